@@ -1,0 +1,159 @@
+"""The wire contracts: AudioArrival (in), Verdict (out), DeadLetter (the failure envelope).
+
+These pydantic models are the source of truth; `schemas/*.schema.json` are exported from
+them (`audioguard schemas export`) and a test fails when the two drift. Every contract is
+versioned by ``schema_version`` ("MAJOR.MINOR"): an unknown major version is rejected
+(the arrival goes to the dead-letter topic), unknown fields are ignored so producers can
+add fields in a minor version without breaking workers.
+
+Used only at the edges (decoding an arrival, encoding a verdict or a dead letter): inside
+the pipeline the data travels in frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_MAJOR = 1
+SCHEMA_VERSION = f"{SCHEMA_MAJOR}.0"
+
+TENANT_PATTERN = r"^[a-z0-9-]{1,40}$"
+TenantId = Annotated[str, Field(pattern=TENANT_PATTERN, description="lowercase [a-z0-9-]{1,40}")]
+Label = Literal["synthetic", "bona_fide", "inconclusive"]
+ErrorCategory = Literal["poison", "retries_exhausted", "fatal"]
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, str_max_length=8192)
+
+    schema_version: str = Field(
+        default=SCHEMA_VERSION,
+        pattern=r"^\d+\.\d+$",
+        description=f"MAJOR.MINOR; this worker reads major {SCHEMA_MAJOR} only",
+    )
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_major(cls, value: str) -> str:
+        major = int(value.split(".", 1)[0])
+        if major != SCHEMA_MAJOR:
+            raise ValueError(f"unknown major schema version {major} (this worker reads {SCHEMA_MAJOR})")
+        return value
+
+
+class AudioArrival(_Contract):
+    """A platform's event: one audio upload is ready to be checked."""
+
+    event_id: str = Field(min_length=1, max_length=200)
+    idempotency_key: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The same upload must always carry the same key; it names the verdict",
+    )
+    tenant_id: TenantId
+    content_id: str = Field(min_length=1, max_length=200)
+    audio_uri: str = Field(min_length=1, max_length=2048, description="file://, s3:// or gs://")
+    content_type: str | None = Field(default=None, max_length=100)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    byte_size: int | None = Field(default=None, ge=0)
+    duration_seconds: float | None = Field(default=None, ge=0)
+    submitted_at: AwareDatetime
+    priority: int = Field(default=0, ge=0, le=9, description="0 (default) .. 9 (first within the tenant)")
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class WindowSummary(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    count: int = Field(ge=0)
+    mean: float
+    minimum: float
+    maximum: float
+    fraction_over_threshold: float = Field(ge=0, le=1)
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    version: str
+    checksum: str = Field(description="sha256 of the weights file")
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    queued_seconds: float = Field(ge=0, description="from receipt by the worker to the start of scoring")
+    scoring_seconds: float = Field(ge=0, description="model time of the batch the upload rode in")
+    end_to_end_seconds: float = Field(description="from submitted_at to the verdict")
+
+
+class Verdict(_Contract):
+    """The answer for one upload, keyed by its idempotency key."""
+
+    idempotency_key: str
+    tenant_id: TenantId
+    content_id: str
+    event_id: str
+    label: Label
+    score: float = Field(ge=0, le=1, description="probability-like; higher = more likely synthetic")
+    threshold: float = Field(ge=0, le=1, description="calibrated decision threshold the label used")
+    windows: WindowSummary
+    duration_seconds: float = Field(ge=0, description="audio analysed")
+    model: ModelInfo
+    timings: Timings
+    processed_at: AwareDatetime
+    attempt: int = Field(ge=1, description="delivery attempt that produced this verdict")
+
+
+class SourceCoordinates(BaseModel):
+    """Where the original message came from, in its transport's terms."""
+
+    model_config = ConfigDict(frozen=True)
+
+    transport: Literal["kafka", "pubsub", "kinesis"]
+    topic: str
+    partition: int | None = None
+    offset: int | None = None
+    timestamp: datetime | None = None
+    ack_id: str | None = None
+    message_id: str | None = None
+    shard_id: str | None = None
+    sequence_number: str | None = None
+
+
+class DeadLetter(_Contract):
+    """Why an arrival could not become a verdict.
+
+    On Kafka and Pub/Sub the dead-lettered message body is the original payload, byte for
+    byte, and these fields travel as headers / attributes (`dlq.envelope`). Kinesis has no
+    headers, so there the record is this model as JSON with ``payload_b64`` set.
+    """
+
+    tenant_id: str
+    error_class: str
+    error_message: str = Field(max_length=4000)
+    reason: str
+    category: ErrorCategory
+    stack_digest: str = Field(description="sha1 of the traceback's frames, to group identical failures")
+    attempt: int = Field(ge=1)
+    source: SourceCoordinates
+    first_seen_at: AwareDatetime
+    last_failed_at: AwareDatetime
+    worker_id: str
+    model_version: str
+    replay_count: int = Field(default=0, ge=0)
+    replay_id: str | None = None
+    payload_b64: str | None = None
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The exported JSON Schema of each contract, by file name."""
+    return {
+        "audio_arrival.schema.json": AudioArrival.model_json_schema(),
+        "verdict.schema.json": Verdict.model_json_schema(),
+        "dead_letter.schema.json": DeadLetter.model_json_schema(),
+    }

@@ -1,0 +1,211 @@
+"""Worker configuration: one pydantic-settings tree, read from a TOML file, environment
+variables and CLI flags (in rising priority).
+
+    AUDIOGUARD_CONFIG=/etc/audioguard.toml          the file (or `--config FILE`)
+    AUDIOGUARD_KAFKA__BOOTSTRAP_SERVERS=host:9092   a nested value (`__` separates levels)
+    AUDIOGUARD_TENANTS='["acme","globex"]'          lists and maps as JSON
+
+Secrets are `SecretStr`: they print as '**********' and never reach a log line.
+This module reads settings; it must never open a connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = [
+    "BatchSettings",
+    "DlqSettings",
+    "KafkaSettings",
+    "KinesisSettings",
+    "LimitsSettings",
+    "PubSubSettings",
+    "RetrySettings",
+    "Settings",
+    "StorageSettings",
+    "StoreSettings",
+    "TenantSettings",
+    "load_settings",
+]
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "audioguard-workers"
+    # Tansu delays a group's first join by about half the session timeout: keep it short.
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    max_poll_interval_ms: int = 300_000
+    # how quickly a newly created tenant topic matching the pattern is picked up
+    metadata_refresh_ms: int = 5000
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    exactly_once: bool = False
+    #: extra librdkafka settings, passed through as-is (dotted keys)
+    extra: dict[str, str] = Field(default_factory=dict)
+
+
+class PubSubSettings(BaseModel):
+    project_id: str = "audioguard-local"
+    emulator_host: str | None = None
+    max_messages: int = 200
+    max_bytes: int = 64 * 1024 * 1024
+    ack_deadline_seconds: int = 60
+    max_delivery_attempts: int = 5
+
+
+class KinesisSettings(BaseModel):
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    shard_count: int = 1
+    poll_interval_seconds: float = 0.2
+
+
+class StorageSettings(BaseModel):
+    #: directories file:// URIs may point into, for every tenant
+    file_roots: list[Path] = Field(default_factory=list)
+    #: per-tenant file:// roots; a tenant listed here may read only its own root(s)
+    tenant_file_roots: dict[str, list[Path]] = Field(default_factory=dict)
+    #: per-tenant allowed s3 locations, "bucket" or "bucket/prefix"
+    tenant_s3_locations: dict[str, list[str]] = Field(default_factory=dict)
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    max_bytes: int = 50 * 1024 * 1024
+    timeout_seconds: float = 10.0
+
+
+class LimitsSettings(BaseModel):
+    max_event_bytes: int = 64 * 1024
+    max_audio_seconds: float = 600.0
+    min_audio_seconds: float = 0.1
+
+
+class BatchSettings(BaseModel):
+    """Micro-batch bounds: released when full by windows or audio seconds, or when the
+    deadline that started with its first queued item passes."""
+
+    max_windows: int = 32
+    max_audio_seconds: float = 256.0
+    max_wait_ms: float = 20.0
+
+
+class RetrySettings(BaseModel):
+    #: in-place attempts (tenacity) for storage fetches and publishes
+    attempts: int = 4
+    initial_backoff_seconds: float = 0.1
+    max_backoff_seconds: float = 2.0
+    max_total_seconds: float = 15.0
+    #: Kafka retry tiers' delays; after the last tier the message is dead-lettered
+    tier_delays_seconds: list[float] = Field(default_factory=lambda: [10.0, 60.0, 600.0])
+
+
+class DlqSettings(BaseModel):
+    #: the circuit breaker: stop when this share of a window was dead-lettered ...
+    max_invalid_ratio: float = 0.5
+    window: int = 200
+    #: ... or after this many consecutive dead letters
+    max_consecutive: int = 100
+
+
+class StoreSettings(BaseModel):
+    #: memory://, sqlite:///path/to/file.db or redis://host:port/db
+    url: str = "memory://"
+    ttl_seconds: int = 7 * 24 * 3600
+    #: what a duplicate arrival gets: the stored verdict published again, or nothing
+    on_duplicate: Literal["republish", "skip"] = "republish"
+
+
+class TenantSettings(BaseModel):
+    weight: float = 1.0
+    max_in_flight: int = 64
+    max_in_flight_audio_seconds: float = 1200.0
+    rate_per_second: float | None = None
+    burst: int = 10
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AUDIOGUARD_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    transport: Literal["kafka", "pubsub", "kinesis"] = "kafka"
+    #: tenants to serve; on Kafka, empty means every topic matching the arrivals pattern
+    tenants: list[str] = Field(default_factory=list)
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    model_path: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: threads fetching and decoding audio
+    fetch_threads: int = 4
+    max_in_flight: int = 256
+    max_in_flight_audio_seconds: float = 4800.0
+    drain_seconds: float = 20.0
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    pubsub: PubSubSettings = Field(default_factory=PubSubSettings)
+    kinesis: KinesisSettings = Field(default_factory=KinesisSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    dlq: DlqSettings = Field(default_factory=DlqSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    tenant_defaults: TenantSettings = Field(default_factory=TenantSettings)
+    tenant_overrides: dict[str, TenantSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        from consumers.tenancy import validate_tenant
+
+        for tenant in self.tenants:
+            validate_tenant(tenant)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("AUDIOGUARD_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from `config` (TOML; else $AUDIOGUARD_CONFIG), the environment, then `overrides`."""
+    if config is not None:
+        if not config.is_file():
+            raise FileNotFoundError(f"config file {config} does not exist")
+        previous = os.environ.get("AUDIOGUARD_CONFIG")
+        os.environ["AUDIOGUARD_CONFIG"] = str(config)
+        try:
+            return Settings(**overrides)
+        finally:
+            if previous is None:
+                os.environ.pop("AUDIOGUARD_CONFIG", None)
+            else:
+                os.environ["AUDIOGUARD_CONFIG"] = previous
+    return Settings(**overrides)
