@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Debian packages the tests and tools call as programs (promtool, TTS engines for the detector tests ...).
+# Installed only when one is missing; append here, one name each.
+APT_PACKAGES := prometheus espeak-ng
 
-.PHONY: setup demo test lint schemas clean
+.PHONY: setup system-deps demo test lint schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +17,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 demo: setup
 	$(BIN)/audioguard demo
 
-test: setup
+test: setup system-deps
 	$(BIN)/python -m pytest
 
 lint: setup
