@@ -1,0 +1,674 @@
+"""Google Pub/Sub behind the Source/Sink interface (the only module importing google.cloud.pubsub).
+
+Names (see consumers.tenancy): topic `arrivals-<tenant>` with subscription
+`arrivals-<tenant>-workers`, verdict topic `verdicts-<tenant>`, dead-letter topic
+`dlq-<tenant>` with subscription `dlq-<tenant>-replay` for the DLQ tool. `provision_pubsub`
+creates them; the worker subscription carries a dead-letter policy (to `dlq-<tenant>`
+after `pubsub.max_delivery_attempts`) and a retry policy (server-side backoff).
+
+How the source works:
+- one streaming pull per tenant subscription, with flow control (messages and bytes from
+  `settings.pubsub`); its callbacks only append to a bounded per-tenant queue that
+  `poll()` drains round-robin across tenants;
+- a message is *held* from the callback until `ack`, `nack` or `drop`: while it waits in
+  the queue, in a batch or in the scorer, its ack deadline keeps being extended (the
+  client's lease manager while the stream runs; our own extender, with unary
+  ModifyAckDeadline calls, while the tenant is paused);
+- `ack` is a unary Acknowledge RPC, so the caller learns when it failed and it still works
+  for a tenant whose stream was stopped by `pause`;
+- `nack` answers a retryable failure: the ack deadline is set to a backoff that grows with
+  the delivery attempt, so the message comes back later, not at once;
+- `pause(tenant)` stops that tenant's streaming pull (nothing more is pulled); messages
+  already held stay held and are delivered after `resume`, never nacked, because a nack
+  would count as a delivery attempt towards the dead-letter policy.
+
+The sink publishes with message ordering (ordering key = content id, from
+`OutRecord.ordering_key`) and maps record headers to attributes, so the idempotency key
+travels as an attribute. A failed publish future fails the returned future, and the
+ordering key is resumed so that a later retry can go through.
+
+This module must never ack on its own initiative (only `Source.ack` acks) and never let
+a google exception escape: every SDK error is mapped once, by `_map_error`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1.publisher import exceptions as pub_exc
+from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
+from google.protobuf import duration_pb2
+
+from consumers.tenancy import pubsub_subscription, pubsub_topic, validate_tenant
+from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
+from services.errors import AudioguardError, FatalError, RetryableError
+from services.settings import Settings
+
+__all__ = [
+    "PubSubSink",
+    "PubSubSource",
+    "open_pubsub",
+    "provision_pubsub",
+    "verdict_subscription",
+]
+
+log = logging.getLogger(__name__)
+
+#: Pub/Sub limits that bite: attribute values, and ids per Acknowledge / ModifyAckDeadline
+_MAX_ATTRIBUTE_VALUE_BYTES = 1024
+_ACK_CHUNK = 500
+#: Pub/Sub accepts ack deadlines and retry backoffs of 0..600 s, dead-letter attempts 5..100
+_MAX_DEADLINE_SECONDS = 600
+
+
+def verdict_subscription(tenant: str) -> str:
+    """`verdicts-<tenant>-readers`: provisioned with the topics so that no verdict published
+    before a moderation system subscribes is lost (a topic without subscriptions drops)."""
+    return f"{pubsub_topic('verdicts', tenant)}-readers"
+
+
+# --------------------------------------------------------------------------------------
+# the one place SDK errors become audioguard errors
+
+
+def _map_error(exc: BaseException, operation: str) -> AudioguardError:
+    """Translate a google / Pub/Sub client exception into the error taxonomy."""
+    if isinstance(exc, AudioguardError):
+        return exc
+    text = f"{operation}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, gexc.NotFound):
+        return FatalError("missing_topic", text)
+    if isinstance(exc, gexc.PermissionDenied | gexc.Unauthenticated | gexc.Unauthorized | gexc.Forbidden):
+        return FatalError("auth", text)
+    if isinstance(exc, gexc.InvalidArgument | gexc.FailedPrecondition | pub_exc.MessageTooLargeError):
+        return FatalError("bad_request", text)
+    if isinstance(exc, gexc.TooManyRequests | gexc.ResourceExhausted):
+        return RetryableError("throttled", text)
+    if isinstance(exc, pub_exc.PublishToPausedOrderingKeyException):
+        return RetryableError("ordering_key_paused", text)
+    if isinstance(
+        exc,
+        gexc.ServiceUnavailable
+        | gexc.DeadlineExceeded
+        | gexc.InternalServerError
+        | gexc.Aborted
+        | gexc.Cancelled
+        | gexc.Unknown
+        | gexc.RetryError
+        | pub_exc.PublishError
+        | TimeoutError
+        | ConnectionError,
+    ):
+        return RetryableError("unavailable", text)
+    if isinstance(exc, gexc.GoogleAPICallError):
+        return RetryableError("unavailable", text)
+    return FatalError("pubsub_client", text)
+
+
+@contextlib.contextmanager
+def _sdk_errors(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except AudioguardError:
+        raise
+    except (
+        gexc.GoogleAPIError,
+        pub_exc.MessageTooLargeError,
+        pub_exc.PublishToPausedOrderingKeyException,
+        TimeoutError,
+        ConnectionError,
+    ) as exc:
+        raise _map_error(exc, operation) from exc
+
+
+def _use_emulator(settings: Settings) -> None:
+    # The client library finds the emulator only through this variable (and then uses an
+    # insecure channel and anonymous credentials); set it before any client is built.
+    if settings.pubsub.emulator_host:
+        os.environ["PUBSUB_EMULATOR_HOST"] = settings.pubsub.emulator_host
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    seconds = min(max(seconds, 0.0), float(_MAX_DEADLINE_SECONDS))
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+# --------------------------------------------------------------------------------------
+# provisioning
+
+
+def provision_pubsub(settings: Settings, tenants: list[str]) -> None:
+    """Create, idempotently, every topic and subscription `tenants` need.
+
+    Per tenant: topics arrivals-/verdicts-/dlq-<tenant>; subscription
+    arrivals-<tenant>-workers (dead-letter policy to dlq-<tenant>, retry policy with the
+    backoff of `settings.retry`); dlq-<tenant>-replay for the DLQ tool; and
+    verdicts-<tenant>-readers so that verdicts are kept until a reader subscribes.
+    On real Pub/Sub the service agent also needs publisher on the DLQ topic and subscriber
+    on the worker subscription (terraform/ grants it; the emulator has no IAM).
+    """
+    _use_emulator(settings)
+    project = settings.pubsub.project_id
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    attempts = min(max(settings.pubsub.max_delivery_attempts, 5), 100)
+    retry_policy = pubsub_v1.types.RetryPolicy(
+        minimum_backoff=_duration(settings.retry.initial_backoff_seconds),
+        maximum_backoff=_duration(
+            max(settings.retry.max_backoff_seconds, settings.retry.initial_backoff_seconds)
+        ),
+    )
+    try:
+        for tenant in tenants:
+            validate_tenant(tenant)
+            topics = {
+                kind: publisher.topic_path(project, pubsub_topic(kind, tenant))
+                for kind in ("arrivals", "verdicts", "dlq")
+            }
+            for path in topics.values():
+                with _sdk_errors("create_topic"), contextlib.suppress(gexc.AlreadyExists):
+                    publisher.create_topic(request={"name": path})
+            subscriptions: list[dict[str, Any]] = [
+                {
+                    "name": subscriber.subscription_path(project, pubsub_subscription(tenant, "arrivals")),
+                    "topic": topics["arrivals"],
+                    "ack_deadline_seconds": min(max(settings.pubsub.ack_deadline_seconds, 10), 600),
+                    "dead_letter_policy": pubsub_v1.types.DeadLetterPolicy(
+                        dead_letter_topic=topics["dlq"], max_delivery_attempts=attempts
+                    ),
+                    "retry_policy": retry_policy,
+                },
+                {
+                    "name": subscriber.subscription_path(project, pubsub_subscription(tenant, "dlq")),
+                    "topic": topics["dlq"],
+                    "ack_deadline_seconds": 60,
+                },
+                {
+                    "name": subscriber.subscription_path(project, verdict_subscription(tenant)),
+                    "topic": topics["verdicts"],
+                    "ack_deadline_seconds": 60,
+                    "enable_message_ordering": True,
+                },
+            ]
+            for request in subscriptions:
+                with _sdk_errors("create_subscription"), contextlib.suppress(gexc.AlreadyExists):
+                    subscriber.create_subscription(request=request)
+    finally:
+        subscriber.close()
+        publisher.stop()
+
+
+# --------------------------------------------------------------------------------------
+# source
+
+
+@dataclass
+class _Held:
+    """A message between its callback and its ack / nack."""
+
+    tenant: str
+    subscription: str
+    message: Any  # pubsub_v1.subscriber.message.Message
+    #: the streaming pull that leased it; None once that stream was stopped
+    stream: Any
+    delivered: bool = False
+
+
+class PubSubSource(Source):
+    """Streaming pull over one `arrivals-<tenant>-workers` subscription per tenant.
+
+    Thread model: the client's callback threads append to per-tenant queues under one
+    condition; `poll`, `ack`, `nack`, `pause`, `resume` are called from the runner thread;
+    a small extender thread keeps the deadlines of paused tenants' held messages alive.
+    """
+
+    def __init__(self, settings: Settings, tenants: Sequence[str], *, callback_threads: int = 2) -> None:
+        if not tenants:
+            raise FatalError("bad_config", "the Pub/Sub source needs at least one tenant (settings.tenants)")
+        _use_emulator(settings)
+        self._settings = settings
+        self._project = settings.pubsub.project_id
+        self._tenants = [validate_tenant(t) for t in tenants]
+        self._subscriber = pubsub_v1.SubscriberClient()
+        self._subscriptions = {
+            t: self._subscriber.subscription_path(self._project, pubsub_subscription(t, "arrivals"))
+            for t in self._tenants
+        }
+        self._flow_control = pubsub_v1.types.FlowControl(
+            max_messages=settings.pubsub.max_messages,
+            max_bytes=settings.pubsub.max_bytes,
+            # a message can wait in a batch and in the scorer: lease it for as long as a
+            # worker could plausibly hold it, then let Pub/Sub redeliver it elsewhere
+            max_lease_duration=3600,
+        )
+        self._queue_capacity = max(1, settings.pubsub.max_messages)
+        self._deadline = min(max(settings.pubsub.ack_deadline_seconds, 10), _MAX_DEADLINE_SECONDS)
+        self._callback_threads = callback_threads
+        self._cond = threading.Condition()
+        self._queues: dict[str, deque[str]] = {t: deque() for t in self._tenants}
+        self._held: dict[str, _Held] = {}
+        self._streams: dict[str, Any] = {}
+        self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._paused: set[str] = set()
+        self._failure: AudioguardError | None = None
+        self._closed = False
+        self._rr = 0
+        self._stop = threading.Event()
+        for tenant in self._tenants:
+            self._start_stream(tenant)
+        self._extender = threading.Thread(target=self._extend_loop, name="pubsub-lease-extender", daemon=True)
+        self._extender.start()
+
+    # -- streams ------------------------------------------------------------------------
+
+    def _start_stream(self, tenant: str) -> None:
+        executor = ThreadPoolExecutor(
+            max_workers=self._callback_threads, thread_name_prefix=f"pubsub-{tenant}"
+        )
+        stream_box: list[Any] = []
+
+        def callback(message: Any) -> None:
+            self._on_message(tenant, stream_box[0] if stream_box else None, message)
+
+        with _sdk_errors("subscribe"):
+            stream = self._subscriber.subscribe(
+                self._subscriptions[tenant],
+                callback=callback,
+                flow_control=self._flow_control,
+                scheduler=ThreadScheduler(executor=executor),
+            )
+        stream_box.append(stream)
+        stream.add_done_callback(lambda fut, t=tenant: self._on_stream_done(t, fut))
+        self._streams[tenant] = stream
+        self._executors[tenant] = executor
+
+    def _stop_stream(self, tenant: str) -> None:
+        stream = self._streams.pop(tenant, None)
+        self._executors.pop(tenant, None)
+        if stream is None:
+            return
+        stream.cancel()
+        with self._cond:
+            for held in self._held.values():
+                if held.stream is stream:
+                    held.stream = None  # its lease manager is gone: our extender takes over
+
+    def _on_stream_done(self, tenant: str, future: Any) -> None:
+        if future.cancelled() or self._closed:
+            return
+        exc = future.exception()
+        if exc is None:
+            return
+        error = _map_error(exc, f"streaming pull {self._subscriptions[tenant]}")
+        log.error("Pub/Sub streaming pull for tenant %s ended: %s", tenant, error)
+        with self._cond:
+            if self._streams.get(tenant) is future:
+                self._streams.pop(tenant, None)
+            if isinstance(error, FatalError):
+                self._failure = error
+            self._cond.notify_all()
+        if not isinstance(error, FatalError) and tenant not in self._paused and not self._closed:
+            # a transient stream failure the client gave up on: open a new stream
+            time.sleep(min(self._settings.retry.max_backoff_seconds, 1.0))
+            with self._cond:
+                restart = tenant not in self._streams and tenant not in self._paused and not self._closed
+            if restart:
+                self._start_stream(tenant)
+
+    def _on_message(self, tenant: str, stream: Any, message: Any) -> None:
+        with self._cond:
+            # A full queue blocks the callback thread; the client's flow control then stops
+            # pulling. A paused tenant's late arrivals are kept (never nacked, see above).
+            while (
+                len(self._queues[tenant]) >= self._queue_capacity
+                and tenant not in self._paused
+                and not self._closed
+            ):
+                self._cond.wait(0.2)
+            if self._closed:
+                return  # its lease lapses or close() nacked the stream's backlog
+            self._held[message.ack_id] = _Held(tenant, self._subscriptions[tenant], message, stream)
+            self._queues[tenant].append(message.ack_id)
+            self._cond.notify_all()
+
+    # -- Source -------------------------------------------------------------------------
+
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._cond:
+            while True:
+                if self._failure is not None:
+                    raise self._failure
+                active = [t for t in self._tenants if t not in self._paused and self._queues[t]]
+                if active or self._closed:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                self._cond.wait(remaining)
+            out: list[Message] = []
+            # round-robin across tenants so one busy tenant cannot starve the others
+            while active and len(out) < max_messages:
+                self._rr = (self._rr + 1) % len(active)
+                tenant = active[self._rr]
+                ack_id = self._queues[tenant].popleft()
+                held = self._held.get(ack_id)
+                if held is not None:
+                    held.delivered = True
+                    out.append(self._to_message(held))
+                active = [t for t in active if self._queues[t]]
+            self._cond.notify_all()
+            return out
+
+    def _to_message(self, held: _Held) -> Message:
+        msg = held.message
+        topic = pubsub_topic("arrivals", held.tenant)
+        publish_time = msg.publish_time
+        timestamp = publish_time.timestamp() if publish_time is not None else None
+        attempt = msg.delivery_attempt or 1
+        return Message(
+            token=msg.ack_id,
+            tenant=held.tenant,
+            topic=topic,
+            value=bytes(msg.data),
+            key=msg.ordering_key.encode() if msg.ordering_key else None,
+            headers=tuple((k, v.encode()) for k, v in sorted(msg.attributes.items())),
+            timestamp=timestamp,
+            coordinates={
+                "transport": "pubsub",
+                "topic": topic,
+                "subscription": held.subscription,
+                "ack_id": msg.ack_id,
+                "message_id": msg.message_id,
+                "timestamp": timestamp,
+            },
+            delivery_attempt=int(attempt),
+        )
+
+    def _take(self, tokens: Sequence[AckToken]) -> dict[str, list[_Held]]:
+        """Remove these tokens from the held set, grouped by subscription."""
+        groups: dict[str, list[_Held]] = {}
+        with self._cond:
+            for token in tokens:
+                held = self._held.pop(str(token), None)
+                if held is None:
+                    continue
+                with contextlib.suppress(ValueError):
+                    self._queues[held.tenant].remove(str(token))
+                groups.setdefault(held.subscription, []).append(held)
+            self._cond.notify_all()
+        return groups
+
+    def _release(self, items: Iterable[_Held]) -> None:
+        # drop() frees the client's lease and flow-control slot without another RPC
+        for held in items:
+            if held.stream is not None:
+                held.message.drop()
+
+    def ack(self, tokens: Sequence[AckToken]) -> None:
+        """Acknowledge synchronously (unary Acknowledge); raises RetryableError / FatalError.
+        Unknown tokens (already acked or dropped) are ignored: ack is idempotent."""
+        groups = self._take(tokens)
+        try:
+            for subscription, items in groups.items():
+                ids = [h.message.ack_id for h in items]
+                for i in range(0, len(ids), _ACK_CHUNK):
+                    with _sdk_errors("acknowledge"):
+                        self._subscriber.acknowledge(
+                            request={"subscription": subscription, "ack_ids": ids[i : i + _ACK_CHUNK]}
+                        )
+        finally:
+            self._release(h for items in groups.values() for h in items)
+
+    def nack(self, tokens: Sequence[AckToken], delay_seconds: float | None = None) -> None:
+        """Give these messages back for redelivery after a backoff.
+
+        `delay_seconds=None` backs off exponentially with the delivery attempt (bounded by
+        `settings.retry`, with jitter); 0 redelivers at once. Every nack counts as a
+        delivery attempt for the dead-letter policy."""
+        groups = self._take(tokens)
+        retry = self._settings.retry
+        try:
+            for subscription, items in groups.items():
+                by_delay: dict[int, list[str]] = {}
+                for held in items:
+                    if delay_seconds is None:
+                        attempt = held.message.delivery_attempt or 1
+                        backoff = min(
+                            retry.initial_backoff_seconds * 2 ** (attempt - 1), retry.max_backoff_seconds
+                        )
+                        delay = backoff * random.uniform(0.5, 1.0)
+                    else:
+                        delay = delay_seconds
+                    seconds = min(max(round(delay), 0), _MAX_DEADLINE_SECONDS)
+                    by_delay.setdefault(seconds, []).append(held.message.ack_id)
+                for seconds, ids in by_delay.items():
+                    for i in range(0, len(ids), _ACK_CHUNK):
+                        with _sdk_errors("modify_ack_deadline"):
+                            self._subscriber.modify_ack_deadline(
+                                request={
+                                    "subscription": subscription,
+                                    "ack_ids": ids[i : i + _ACK_CHUNK],
+                                    "ack_deadline_seconds": seconds,
+                                }
+                            )
+        finally:
+            self._release(h for items in groups.values() for h in items)
+
+    def drop(self, tokens: Sequence[AckToken]) -> None:
+        """Forget these messages; Pub/Sub redelivers them at once (a nack without delay)."""
+        try:
+            self.nack(tokens, delay_seconds=0)
+        except AudioguardError as exc:
+            # the lease lapses by itself after the ack deadline: redelivery only comes later
+            log.warning("could not nack dropped Pub/Sub messages: %s", exc)
+
+    def pause(self, tenants: Iterable[str]) -> None:
+        for tenant in tenants:
+            if tenant not in self._subscriptions or tenant in self._paused:
+                continue
+            with self._cond:
+                self._paused.add(tenant)
+                self._cond.notify_all()
+            self._stop_stream(tenant)
+
+    def resume(self, tenants: Iterable[str]) -> None:
+        for tenant in tenants:
+            if tenant not in self._paused:
+                continue
+            with self._cond:
+                self._paused.discard(tenant)
+                self._cond.notify_all()
+            if not self._closed and tenant not in self._streams:
+                self._start_stream(tenant)
+
+    def paused(self) -> frozenset[str]:
+        return frozenset(self._paused)
+
+    def in_flight(self) -> int:
+        """Messages received and not yet acked, nacked or dropped (queued or handed out)."""
+        with self._cond:
+            return len(self._held)
+
+    def close(self, timeout: float) -> None:
+        """Stop every stream, hand back (nack) what was received but never finished."""
+        if self._closed:
+            return
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._stop.set()
+        streams = list(self._streams.values())
+        self._streams.clear()
+        for stream in streams:
+            stream.cancel()
+        with self._cond:
+            leftovers = list(self._held)
+        if leftovers:
+            try:
+                self.nack(leftovers, delay_seconds=0)
+            except AudioguardError as exc:
+                log.warning("could not hand back %d Pub/Sub messages on close: %s", len(leftovers), exc)
+        for stream in streams:
+            with contextlib.suppress(Exception):
+                stream.result(timeout=max(0.0, deadline - time.monotonic()))
+        self._extender.join(max(0.0, deadline - time.monotonic()))
+        self._subscriber.close()
+
+    # -- our own lease extension for messages whose stream was stopped ----------------------
+
+    def _extend_loop(self) -> None:
+        period = max(1.0, self._deadline / 3)
+        while not self._stop.wait(period):
+            with self._cond:
+                orphans: dict[str, list[str]] = {}
+                for ack_id, held in self._held.items():
+                    if held.stream is None:
+                        orphans.setdefault(held.subscription, []).append(ack_id)
+            for subscription, ids in orphans.items():
+                for i in range(0, len(ids), _ACK_CHUNK):
+                    try:
+                        with _sdk_errors("modify_ack_deadline"):
+                            self._subscriber.modify_ack_deadline(
+                                request={
+                                    "subscription": subscription,
+                                    "ack_ids": ids[i : i + _ACK_CHUNK],
+                                    "ack_deadline_seconds": self._deadline,
+                                }
+                            )
+                    except AudioguardError as exc:
+                        log.warning("lease extension failed for %d messages: %s", len(ids), exc)
+
+
+# --------------------------------------------------------------------------------------
+# sink
+
+
+class PubSubSink(Sink):
+    """Publishes verdicts and dead letters to `verdicts-<tenant>` / `dlq-<tenant>`.
+
+    Ordering key = `OutRecord.ordering_key` (the content id), else the record key; headers
+    become attributes (values must be UTF-8 and at most 1024 bytes: Pub/Sub's limit)."""
+
+    def __init__(self, settings: Settings, *, max_outstanding: int = 1000) -> None:
+        _use_emulator(settings)
+        self._project = settings.pubsub.project_id
+        self._publisher = pubsub_v1.PublisherClient(
+            batch_settings=pubsub_v1.types.BatchSettings(max_latency=0.01, max_messages=100),
+            publisher_options=pubsub_v1.types.PublisherOptions(
+                enable_message_ordering=True,
+                flow_control=pubsub_v1.types.PublishFlowControl(
+                    message_limit=max_outstanding,
+                    byte_limit=64 * 1024 * 1024,
+                    limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.ERROR,
+                ),
+            ),
+        )
+        self._lock = threading.Lock()
+        self._outstanding: set[Future[None]] = set()
+        self._done = threading.Condition(self._lock)
+
+    def _topic(self, record: OutRecord) -> str:
+        if record.destination == "retry":
+            # Pub/Sub retries by nack with backoff and the subscription's retry policy
+            raise FatalError("unsupported_destination", "Pub/Sub has no retry topics; nack instead")
+        return str(self._publisher.topic_path(self._project, pubsub_topic(record.destination, record.tenant)))
+
+    @staticmethod
+    def _attributes(record: OutRecord) -> dict[str, str]:
+        attributes: dict[str, str] = {}
+        for name, raw in record.headers:
+            value = raw.decode("utf-8", errors="strict")
+            if len(raw) > _MAX_ATTRIBUTE_VALUE_BYTES:
+                raise FatalError(
+                    "attribute_too_large",
+                    f"header {name!r} has {len(raw)} bytes; "
+                    f"Pub/Sub attribute values hold {_MAX_ATTRIBUTE_VALUE_BYTES}",
+                )
+            attributes[name] = value
+        return attributes
+
+    def publish(self, record: OutRecord) -> Future[None]:
+        result: Future[None] = Future()
+        try:
+            topic = self._topic(record)
+            attributes = self._attributes(record)
+        except (AudioguardError, UnicodeDecodeError) as exc:
+            result.set_exception(
+                exc if isinstance(exc, AudioguardError) else FatalError("bad_header", str(exc))
+            )
+            return result
+        ordering_key = (
+            record.ordering_key if record.ordering_key is not None else record.key.decode("utf-8", "replace")
+        )
+        try:
+            with _sdk_errors("publish"):
+                sdk_future = self._publisher.publish(
+                    topic, record.value, ordering_key=ordering_key, **attributes
+                )
+        except pub_exc.FlowControlLimitError as exc:
+            raise MessageRejected(str(exc)) from exc
+        except AudioguardError as exc:
+            self._resume_key(topic, ordering_key)
+            result.set_exception(exc)
+            return result
+        with self._lock:
+            self._outstanding.add(result)
+        sdk_future.add_done_callback(lambda fut: self._settle(fut, result, topic, ordering_key))
+        return result
+
+    def _settle(self, sdk_future: Any, result: Future[None], topic: str, ordering_key: str) -> None:
+        exc = sdk_future.exception()
+        if exc is not None:
+            # the client pauses an ordering key after a failure; resume it so a retry of
+            # this record (or the next one for this content) can be published
+            self._resume_key(topic, ordering_key)
+            result.set_exception(_map_error(exc, f"publish to {topic}"))
+        else:
+            result.set_result(None)
+        with self._lock:
+            self._outstanding.discard(result)
+            self._done.notify_all()
+
+    def _resume_key(self, topic: str, ordering_key: str) -> None:
+        if ordering_key:
+            with contextlib.suppress(Exception):
+                self._publisher.resume_publish(topic, ordering_key)
+
+    def poll(self) -> None:
+        """Delivery reports arrive on the client's own threads: nothing to serve here."""
+
+    def flush(self, timeout: float) -> int:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._lock:
+            while self._outstanding:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._done.wait(remaining)
+            return len(self._outstanding)
+
+    def close(self, timeout: float) -> None:
+        self.flush(timeout)
+        with contextlib.suppress(Exception):
+            self._publisher.stop()
+
+
+def open_pubsub(settings: Settings) -> tuple[Source, Sink]:
+    """The Source and Sink of `settings.tenants` on Pub/Sub (emulator when
+    `pubsub.emulator_host` is set)."""
+    return PubSubSource(settings, settings.tenants), PubSubSink(settings)
