@@ -16,6 +16,7 @@ from pathlib import Path
 #: modules that contribute sub-commands, in the order `--help` lists them
 COMMAND_MODULES = [
     "services.commands",
+    "services.detector.cli",
 ]
 
 

@@ -1,0 +1,188 @@
+"""The detector at run time: windowing, batched scoring and the per-upload decision.
+
+The worker codes against `Detector` with numpy arrays only, so torch stays inside
+services/detector/. Scores are calibrated probabilities in [0, 1] (higher = more likely
+synthetic): score = sigmoid(scale * logit + bias), with scale and bias fitted on the dev split.
+
+Decision rule (documented in docs/model-card.md): the upload's score is the mean of its window
+scores; it is "inconclusive" when that mean lies within `inconclusive_margin` of the EER
+threshold, otherwise "synthetic" at or above the threshold and "bona_fide" below it.
+
+This module must never fetch audio, talk to a broker or pick a device other than the one it
+was given; CUDA out-of-memory is translated once, here, into ResourceExhausted("cuda_oom").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from services.errors import FatalError, ResourceExhausted, RetryableError
+
+from ._artifact import WEIGHTS_FILE, ModelMeta, default_artifact_dir, read_manifest
+from ._frontend import FrontEndConfig
+from ._model import DetectorNet, NetConfig
+from ._windows import cut_windows, resample
+
+_threads_lock = threading.Lock()
+_threads_configured = False
+
+
+def configure_torch_threads(threads: int | None = None) -> int:
+    """Cap torch's intra-op pool so the scorer leaves cores to the fetch threads beside it.
+
+    Default: half the cores, at least 1, at most 4. Idempotent; the inter-op pool can only be
+    set once per process, so a failure there is ignored.
+    """
+    global _threads_configured
+    n = threads if threads is not None else max(1, min(4, (os.cpu_count() or 2) // 2))
+    with _threads_lock:
+        torch.set_num_threads(n)
+        if not _threads_configured:
+            # raises when already set or when parallel work already ran: harmless either way
+            with contextlib.suppress(RuntimeError):
+                torch.set_num_interop_threads(1)
+            _threads_configured = True
+    return n
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One upload's verdict material."""
+
+    score: float  # in [0, 1], higher = more likely synthetic
+    label: str  # "synthetic" | "bona_fide" | "inconclusive"
+    threshold: float
+    window_count: int
+    mean: float
+    minimum: float
+    maximum: float
+    fraction_over_threshold: float
+
+
+def decide(window_scores: np.ndarray, threshold: float, margin: float) -> Decision:
+    scores = np.asarray(window_scores, dtype=np.float64).reshape(-1)
+    if scores.size == 0:
+        raise ValueError("decide() needs at least one window score")
+    mean = float(scores.mean())
+    if abs(mean - threshold) < margin:
+        label = "inconclusive"
+    elif mean >= threshold:
+        label = "synthetic"
+    else:
+        label = "bona_fide"
+    return Decision(
+        score=mean,
+        label=label,
+        threshold=float(threshold),
+        window_count=int(scores.size),
+        mean=mean,
+        minimum=float(scores.min()),
+        maximum=float(scores.max()),
+        fraction_over_threshold=float((scores >= threshold).mean()),
+    )
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class Detector:
+    """A loaded, verified model. `windows` is thread-safe CPU work; `score_windows` runs the net."""
+
+    def __init__(self, meta: ModelMeta, net: DetectorNet, device: str) -> None:
+        self.meta = meta
+        self.device = device
+        self._net = net
+        self._lock = threading.Lock()  # one forward pass at a time; batches are the parallelism
+
+    def windows(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        """1-D (or (n, channels)) float samples at any rate -> (n_windows, window_samples) float32
+        at the model rate; fixed windows, the last one repeat-padded; always >= 1 window."""
+        at_rate = resample(samples, sample_rate, self.meta.sample_rate)
+        min_tail = int(round(self.meta.min_tail_seconds * self.meta.sample_rate))
+        return cut_windows(at_rate, self.meta.window_samples, min_tail)
+
+    def logits(self, windows: np.ndarray) -> np.ndarray:
+        """Raw network outputs for (n, window_samples) windows (used by calibration and eval)."""
+        arr = np.ascontiguousarray(windows, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[1] != self.meta.window_samples:
+            raise ValueError(f"expected (n, {self.meta.window_samples}) windows, got shape {arr.shape}")
+        if arr.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        try:
+            with self._lock, torch.inference_mode():
+                batch = torch.from_numpy(arr).to(self.device)
+                out = self._net(batch).float().cpu().numpy()
+        except Exception as exc:
+            if _is_oom(exc):
+                if self.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                raise ResourceExhausted(
+                    "cuda_oom", f"out of accelerator memory scoring {arr.shape[0]} windows; split the batch"
+                ) from exc
+            raise RetryableError("scoring_failed", f"{type(exc).__name__}: {exc}") from exc
+        return np.asarray(out, dtype=np.float32)
+
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        z = self.meta.calibration_scale * np.asarray(logits, dtype=np.float64) + self.meta.calibration_bias
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+    def score_windows(self, windows: np.ndarray) -> np.ndarray:
+        """(n, window_samples) float32 -> (n,) float32 scores in [0, 1]. Deterministic: eval mode,
+        inference mode, no dropout, no randomness. Raises ResourceExhausted("cuda_oom") on CUDA OOM."""
+        return self.calibrate(self.logits(windows))
+
+    def decide(self, window_scores: np.ndarray) -> Decision:
+        """Mean of the window scores against the EER threshold, with an inconclusive band of
+        +/- meta.inconclusive_margin around it."""
+        return decide(window_scores, self.meta.threshold, self.meta.inconclusive_margin)
+
+    def score_samples(self, samples: np.ndarray, sample_rate: int) -> Decision:
+        """Convenience for one clip: windows -> scores -> decision."""
+        return self.decide(self.score_windows(self.windows(samples, sample_rate)))
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FatalError("bad_config", f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+def build_net(meta_frontend: dict[str, Any], meta_network: dict[str, Any]) -> DetectorNet:
+    return DetectorNet(FrontEndConfig.from_dict(meta_frontend), NetConfig.from_dict(meta_network))
+
+
+def load_detector(
+    path: str | Path | None = None, device: str = "auto", threads: int | None = None
+) -> Detector:
+    """Load and verify an artifact directory (default: the shipped one).
+
+    Raises FatalError("model_checksum") when the weights' sha256 differs from the manifest,
+    FatalError("model_missing" / "model_manifest") when the artifact is absent or malformed.
+    device "auto" = cuda when available, else cpu. `threads` caps torch's CPU threads.
+    """
+    directory = Path(path) if path is not None else default_artifact_dir()
+    meta, _ = read_manifest(directory)
+    configure_torch_threads(threads)
+    dev = resolve_device(device)
+    net = build_net(meta.frontend, meta.network)
+    try:
+        state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except Exception as exc:  # a verified file that does not fit the declared network
+        raise FatalError("model_manifest", f"weights do not match the manifest's network: {exc}") from exc
+    net.eval().to(dev)
+    return Detector(meta, net, dev)

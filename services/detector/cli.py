@@ -1,0 +1,143 @@
+"""Sub-commands of the detector: `data build`, `train`, `eval`, `score`.
+
+Every handler imports torch and the heavy modules lazily so `audioguard --help` stays fast.
+This module must never hold logic of its own beyond argument wiring and output formatting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA = Path("data/detector")
+
+
+def add_parser(subparsers: Any) -> None:
+    data = subparsers.add_parser("data", help="build the detector's training/evaluation data set")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    build = data_sub.add_parser(
+        "build",
+        help="install the Debian/PyPI sources, synthesise, apply channel treatment, split, write a manifest",
+    )
+    build.add_argument("--out", type=Path, default=DEFAULT_DATA, help="output folder (default %(default)s)")
+    build.add_argument("--seed", type=int, default=1234)
+    build.add_argument("--per-source", type=int, default=None, help="cap utterances per source (smaller set)")
+    build.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
+    build.add_argument("--force", action="store_true", help="rebuild even when the cache matches")
+    build.set_defaults(handler=_data_build)
+
+    train = subparsers.add_parser(
+        "train", help="train the detector on a built data set and export an artifact"
+    )
+    train.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    train.add_argument("--out", type=Path, default=None, help="artifact folder (default: the shipped one)")
+    train.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget for training")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--version", default="1.0.0")
+    train.add_argument("--shuffle-labels", action="store_true", help="sanity run: train on shuffled labels")
+    train.set_defaults(handler=_train)
+
+    ev = subparsers.add_parser(
+        "eval", help="evaluate an artifact: EER, miss@1%%FA, breakdowns, probe, DET plot"
+    )
+    ev.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ev.add_argument("--model", type=Path, default=None, help="artifact folder (default: the shipped one)")
+    ev.add_argument("--out", type=Path, default=Path("data/detector-eval"))
+    ev.add_argument("--bootstrap", type=int, default=300)
+    ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--shuffle-check", action="store_true", help="also train+evaluate a label-shuffled model")
+    ev.set_defaults(handler=_eval)
+
+    score = subparsers.add_parser("score", help="score audio files (WAV/FLAC/OGG/MP3, any rate/channels)")
+    score.add_argument("paths", nargs="+", type=Path)
+    score.add_argument("--json", action="store_true", help="one JSON object per line")
+    score.add_argument("--model", type=Path, default=None, help="artifact folder (default: the shipped one)")
+    score.add_argument("--device", default="auto")
+    score.set_defaults(handler=_score)
+
+
+def _data_build(args: argparse.Namespace) -> int:
+    from ._data import build_dataset
+
+    build_dataset(
+        args.out, seed=args.seed, per_source=args.per_source, install=not args.no_install, force=args.force
+    )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ._train import TrainConfig, train_and_export
+
+    cfg = TrainConfig(
+        minutes=args.minutes,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        seed=args.seed,
+        shuffle_labels=args.shuffle_labels,
+        version=args.version,
+    )
+    train_and_export(args.data, args.out, cfg)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ._eval import evaluate
+
+    evaluate(
+        args.data,
+        args.model,
+        args.out,
+        bootstrap=args.bootstrap,
+        threads=args.threads,
+        shuffle_check=args.shuffle_check,
+    )
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from ._audio import UnreadableAudio, read_mono
+    from ._runtime import load_detector
+
+    detector = load_detector(args.model, device=args.device)
+    failures = 0
+    for path in args.paths:
+        record: dict[str, Any]
+        try:
+            samples, rate = read_mono(path)
+            if samples.size == 0:
+                raise UnreadableAudio(f"{path}: no audio frames")
+            decision = detector.score_samples(samples, rate)
+        except UnreadableAudio as exc:
+            failures += 1
+            record = {"path": str(path), "error": "unreadable_audio", "message": str(exc)}
+            if args.json:
+                print(json.dumps(record), flush=True)
+            print(f"audioguard score: {exc}", file=sys.stderr)
+            continue
+        record = {
+            "path": str(path),
+            "score": round(decision.score, 6),
+            "label": decision.label,
+            "threshold": detector.meta.threshold,
+            "model": detector.meta.name,
+            "model_version": detector.meta.version,
+            "windows": decision.window_count,
+            "duration_seconds": round(samples.size / rate, 3),
+        }
+        if args.json:
+            print(json.dumps(record))
+        else:
+            print(
+                f"{path}: {decision.label} score={decision.score:.4f} "
+                f"threshold={detector.meta.threshold:.4f} "
+                f"windows={decision.window_count} duration={samples.size / rate:.2f}s "
+                f"model={detector.meta.name}@{detector.meta.version}"
+            )
+    return 1 if failures else 0
