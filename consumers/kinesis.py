@@ -1,0 +1,695 @@
+"""AWS Kinesis Data Streams behind the Source/Sink interface (the only module importing boto3
+for Kinesis).
+
+Streams (see consumers.tenancy): `audioguard-arrivals-<tenant>`,
+`audioguard-verdicts-<tenant>`, `audioguard-dlq-<tenant>`; `provision_kinesis` creates them.
+
+Source: shard discovery (ListShards, repeated every `_DISCOVERY_SECONDS`), one shard
+iterator per shard, GetRecords round-robin across the shards of unpaused tenants. A
+throttled or failing GetRecords (ProvisionedThroughputExceeded -> `RetryableError`,
+mapped once in `_sdk_errors`) backs that shard off exponentially with jitter; the other
+shards go on. Ack tokens are (stream, shard id, sequence number). A shard's checkpoint
+advances only across a contiguous run of acked records, and is written to the
+checkpoint store inside `ack`, which the pipeline calls only once the verdicts (or dead
+letters) of those records are durable. A restarted worker resumes AFTER_SEQUENCE_NUMBER
+its checkpoint (TRIM_HORIZON when there is none), so at most the records after the last
+contiguous ack are delivered again, and the verdict store answers them.
+
+Sink: PutRecords in batches of up to 500 records / 5 MiB per stream. When
+FailedRecordCount > 0, exactly the failed entries are sent again, with backoff, up to
+`settings.retry.attempts` calls; a record that never succeeds fails its future with
+`RetryableError("partial_publish")`. Kinesis records have no headers, so a dead letter is
+the DeadLetter JSON with `payload_b64` (the pipeline builds it that way for Kinesis) and
+a verdict record is the verdict JSON; the partition key is the content id.
+
+Resharding, and its limits:
+- a child shard (split or merge) is read only after all of its parents were read to
+  their end and every record of theirs was acked (then their checkpoint is `SHARD_END`),
+  so per-content ordering survives a reshard;
+- a parent that aged out of the stream's retention is treated as finished;
+- there is no lease table: every worker reads every shard of its tenants' streams.
+  Running two workers on one stream is safe (idempotent verdicts) but does the work
+  twice; spreading shards over workers needs leases (KCL's DynamoDB table), which this
+  adapter does not implement. Scale a tenant with shards *and* one worker per stream;
+- a worker down for longer than the stream's retention (24 h by default) loses the
+  records that expired: Kinesis deletes them, no checkpoint can bring them back.
+
+This module must never ack or checkpoint on its own initiative (only `Source.ack`
+checkpoints), never checkpoint past an unacked record, and never let a botocore
+exception escape: every SDK error is mapped once, by `_map_error`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from consumers.tenancy import kinesis_stream, validate_tenant
+from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
+from services.errors import AudioguardError, FatalError, RetryableError
+from services.settings import Settings
+
+__all__ = [
+    "SHARD_END",
+    "CheckpointStore",
+    "KinesisSink",
+    "KinesisSource",
+    "checkpoint_name",
+    "open_kinesis",
+    "provision_kinesis",
+]
+
+log = logging.getLogger(__name__)
+
+#: the checkpoint of a shard that was read to its end and fully acked
+SHARD_END = "SHARD_END"
+#: how often the shard list is refreshed (new shards after a reshard)
+_DISCOVERY_SECONDS = 10.0
+#: PutRecords limits: records and bytes per call, bytes per record (data + partition key)
+_PUT_MAX_RECORDS = 500
+_PUT_MAX_BYTES = 5 * 1024 * 1024
+_GET_MAX_RECORDS = 10_000
+
+_THROTTLING = {
+    "ProvisionedThroughputExceededException",
+    "LimitExceededException",
+    "ThrottlingException",
+    "KMSThrottlingException",
+    "RequestLimitExceeded",
+}
+_AUTH = {
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "ExpiredTokenException",
+    "KMSAccessDeniedException",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+}
+_UNAVAILABLE = {"InternalFailure", "ServiceUnavailable", "InternalServerError", "KMSNotFoundException"}
+
+
+@runtime_checkable
+class CheckpointStore(Protocol):
+    """Where shard checkpoints live. `services.store.VerdictStore` (memory, SQLite, Redis)
+    provides exactly this; both methods raise `RetryableError` on transient trouble."""
+
+    def get_checkpoint(self, name: str) -> str | None: ...
+
+    def set_checkpoint(self, name: str, value: str) -> None: ...
+
+
+def _unpack(token: AckToken) -> tuple[str, str, str]:
+    if not isinstance(token, tuple) or len(token) != 3:
+        raise ValueError(f"not a Kinesis ack token: {token!r}")
+    return str(token[0]), str(token[1]), str(token[2])
+
+
+def checkpoint_name(application: str, stream: str, shard_id: str) -> str:
+    """The store key of one shard's checkpoint; `application` separates independent readers
+    of the same stream (like a Kafka consumer group)."""
+    return f"kinesis/{application}/{stream}/{shard_id}"
+
+
+# --------------------------------------------------------------------------------------
+# the one place SDK errors become audioguard errors
+
+
+def _map_error(exc: BaseException, operation: str) -> AudioguardError:
+    if isinstance(exc, AudioguardError):
+        return exc
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        text = f"{operation}: {code}: {exc}"
+        if code in _THROTTLING:
+            return RetryableError("throttled", text)
+        if code == "ExpiredIteratorException":
+            return RetryableError("expired_iterator", text)
+        if code == "ResourceNotFoundException":
+            return FatalError("missing_topic", text)
+        if code in _AUTH or status in (401, 403):
+            return FatalError("auth", text)
+        if code in _UNAVAILABLE or status >= 500:
+            return RetryableError("unavailable", text)
+        if code == "ResourceInUseException":
+            return RetryableError("resource_in_use", text)
+        return FatalError("bad_request", text)
+    if isinstance(exc, NoCredentialsError):
+        return FatalError("auth", f"{operation}: {exc}")
+    if isinstance(exc, BotoCoreError | ConnectionError | TimeoutError):
+        # endpoint unreachable, connection reset, read timeout
+        return RetryableError("unavailable", f"{operation}: {type(exc).__name__}: {exc}")
+    return FatalError("kinesis_client", f"{operation}: {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def _sdk_errors(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except AudioguardError:
+        raise
+    except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as exc:
+        raise _map_error(exc, operation) from exc
+
+
+def _client(settings: Settings) -> Any:
+    session = boto3.session.Session()
+    options: dict[str, Any] = {}
+    if settings.kinesis.endpoint_url and session.get_credentials() is None:
+        # a local endpoint (moto) accepts any credentials; real AWS uses the default chain
+        options.update(aws_access_key_id="audioguard-local", aws_secret_access_key="audioguard-local")
+    return session.client(
+        "kinesis",
+        region_name=settings.kinesis.region,
+        endpoint_url=settings.kinesis.endpoint_url,
+        config=Config(
+            # our own backoff owns retries (per shard, per failed record); botocore's would
+            # hide throttling from it
+            retries={"mode": "standard", "total_max_attempts": 1},
+            connect_timeout=5,
+            read_timeout=10,
+        ),
+        **options,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# provisioning
+
+
+def provision_kinesis(settings: Settings, tenants: list[str], *, timeout: float = 60.0) -> None:
+    """Create, idempotently, the arrivals / verdicts / dlq streams of each tenant with
+    `kinesis.shard_count` shards, and wait until they are ACTIVE."""
+    client = _client(settings)
+    names = [
+        kinesis_stream(kind, validate_tenant(t)) for t in tenants for kind in ("arrivals", "verdicts", "dlq")
+    ]
+    try:
+        for name in names:
+            try:
+                with _sdk_errors("create_stream"):
+                    client.create_stream(StreamName=name, ShardCount=settings.kinesis.shard_count)
+            except RetryableError as exc:
+                if exc.reason != "resource_in_use":  # it exists already
+                    raise
+        deadline = time.monotonic() + timeout
+        for name in names:
+            while True:
+                with _sdk_errors("describe_stream_summary"):
+                    summary = client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+                if summary["StreamStatus"] == "ACTIVE":
+                    break
+                if time.monotonic() > deadline:
+                    raise RetryableError("unavailable", f"stream {name} not ACTIVE after {timeout:.0f}s")
+                time.sleep(0.2)
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------------------
+# source
+
+
+@dataclass
+class _Shard:
+    tenant: str
+    stream: str
+    shard_id: str
+    parents: tuple[str, ...]
+    checkpoint_key: str
+    iterator: str | None = None
+    #: the shard was read to its end (GetRecords returned no NextShardIterator)
+    exhausted: bool = False
+    #: read to its end and every record acked: SHARD_END is (or is to be) checkpointed
+    finished: bool = False
+    #: delivered and not yet checkpointed, in delivery (= sequence) order
+    pending: deque[int] = field(default_factory=deque)
+    pending_set: set[int] = field(default_factory=set)
+    acked: set[int] = field(default_factory=set)
+    #: the last sequence handed out (where a refreshed iterator continues)
+    last_delivered: str | None = None
+    #: the last checkpoint read or written, and one computed but not yet written
+    checkpoint: str | None = None
+    unwritten: str | None = None
+    next_fetch: float = 0.0
+    backoff: float = 0.0
+
+
+class KinesisSource(Source):
+    """Reads the arrivals streams of `tenants`; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tenants: Sequence[str],
+        checkpoints: CheckpointStore,
+        *,
+        application: str = "audioguard-workers",
+        client: Any | None = None,
+    ) -> None:
+        if not tenants:
+            raise FatalError("bad_config", "the Kinesis source needs at least one tenant (settings.tenants)")
+        self._settings = settings
+        self._tenants = [validate_tenant(t) for t in tenants]
+        self._streams = {kinesis_stream("arrivals", t): t for t in self._tenants}
+        self._checkpoints = checkpoints
+        self._application = application
+        self._client = client if client is not None else _client(settings)
+        self._shards: dict[tuple[str, str], _Shard] = {}
+        self._paused: set[str] = set()
+        self._next_discovery = 0.0
+        self._rr = 0
+        self._idle = max(settings.kinesis.poll_interval_seconds, 0.0)
+        self._lock = threading.RLock()
+        self._discover()
+
+    # -- shards -------------------------------------------------------------------------
+
+    def _discover(self) -> None:
+        """Refresh the shard list of every stream (new children after a reshard)."""
+        for stream, tenant in self._streams.items():
+            shards: list[dict[str, Any]] = []
+            kwargs: dict[str, Any] = {"StreamName": stream}
+            while True:
+                with _sdk_errors("list_shards"):
+                    page = self._client.list_shards(**kwargs)
+                shards.extend(page.get("Shards", []))
+                token = page.get("NextToken")
+                if not token:
+                    break
+                kwargs = {"NextToken": token}
+            for shard in shards:
+                key = (stream, shard["ShardId"])
+                if key in self._shards:
+                    continue
+                parents = tuple(
+                    p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p
+                )
+                state = _Shard(
+                    tenant=tenant,
+                    stream=stream,
+                    shard_id=shard["ShardId"],
+                    parents=parents,
+                    checkpoint_key=checkpoint_name(self._application, stream, shard["ShardId"]),
+                )
+                state.checkpoint = self._checkpoints.get_checkpoint(state.checkpoint_key)
+                if state.checkpoint == SHARD_END:
+                    state.exhausted = state.finished = True
+                self._shards[key] = state
+        self._next_discovery = time.monotonic() + _DISCOVERY_SECONDS
+
+    def _parents_done(self, shard: _Shard) -> bool:
+        for parent in shard.parents:
+            state = self._shards.get((shard.stream, parent))
+            # a parent no longer listed has aged out of retention: nothing left to read
+            if state is not None and not state.finished:
+                return False
+        return True
+
+    def _iterator(self, shard: _Shard) -> str:
+        position = shard.last_delivered or shard.checkpoint
+        kwargs: dict[str, Any] = {"StreamName": shard.stream, "ShardId": shard.shard_id}
+        if position:
+            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=position)
+        else:
+            kwargs.update(ShardIteratorType="TRIM_HORIZON")
+        with _sdk_errors("get_shard_iterator"):
+            return str(self._client.get_shard_iterator(**kwargs)["ShardIterator"])
+
+    def _fetch(self, shard: _Shard, limit: int) -> list[Message]:
+        """One GetRecords on `shard`; a retryable failure backs this shard off and returns []."""
+        now = time.monotonic()
+        try:
+            if shard.iterator is None:
+                shard.iterator = self._iterator(shard)
+            with _sdk_errors("get_records"):
+                response = self._client.get_records(ShardIterator=shard.iterator, Limit=limit)
+        except RetryableError as exc:
+            if exc.reason == "expired_iterator":
+                shard.iterator = None  # the next fetch asks for a fresh one after last_delivered
+                shard.next_fetch = now
+                return []
+            retry = self._settings.retry
+            shard.backoff = min(
+                max(shard.backoff * 2, retry.initial_backoff_seconds), max(retry.max_backoff_seconds, 0.001)
+            )
+            shard.next_fetch = now + shard.backoff * random.uniform(0.5, 1.0)
+            log.warning(
+                "GetRecords on %s/%s failed (%s); backing off %.2fs",
+                shard.stream,
+                shard.shard_id,
+                exc,
+                shard.backoff,
+            )
+            return []
+        shard.backoff = 0.0
+        shard.iterator = response.get("NextShardIterator")
+        records = response.get("Records", [])
+        if shard.iterator is None:
+            shard.exhausted = True
+            self._maybe_finish(shard)
+        # an empty answer means "caught up": wait a little before asking that shard again
+        # (Kinesis allows 5 GetRecords per shard per second)
+        shard.next_fetch = now if records else now + self._idle
+        messages = []
+        for record in records:
+            sequence = str(record["SequenceNumber"])
+            number = int(sequence)
+            shard.pending.append(number)
+            shard.pending_set.add(number)
+            shard.last_delivered = sequence
+            arrived = record.get("ApproximateArrivalTimestamp")
+            timestamp = arrived.timestamp() if arrived is not None else None
+            messages.append(
+                Message(
+                    token=(shard.stream, shard.shard_id, sequence),
+                    tenant=shard.tenant,
+                    topic=shard.stream,
+                    value=bytes(record["Data"]),
+                    key=str(record.get("PartitionKey", "")).encode() or None,
+                    timestamp=timestamp,
+                    coordinates={
+                        "transport": "kinesis",
+                        "topic": shard.stream,
+                        "shard_id": shard.shard_id,
+                        "sequence_number": sequence,
+                        "timestamp": timestamp,
+                    },
+                )
+            )
+        return messages
+
+    # -- Source -------------------------------------------------------------------------
+
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._lock:
+            if time.monotonic() >= self._next_discovery:
+                try:
+                    self._discover()
+                except RetryableError as exc:
+                    log.warning("shard discovery failed: %s", exc)
+                    self._next_discovery = time.monotonic() + min(_DISCOVERY_SECONDS, 1.0)
+            out: list[Message] = []
+            while True:
+                ready = [
+                    s
+                    for s in self._shards.values()
+                    if s.tenant not in self._paused and not s.exhausted and self._parents_done(s)
+                ]
+                now = time.monotonic()
+                due = [s for s in ready if s.next_fetch <= now]
+                # rotate the start so no shard (and no tenant) is always served first
+                if due:
+                    self._rr = (self._rr + 1) % len(due)
+                    due = due[self._rr :] + due[: self._rr]
+                for shard in due:
+                    if len(out) >= max_messages:
+                        break
+                    out.extend(self._fetch(shard, min(max_messages - len(out), _GET_MAX_RECORDS)))
+                if out:
+                    return out
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return out
+                waits = [s.next_fetch - time.monotonic() for s in ready]
+                pause = min([w for w in waits if w > 0] or [self._idle or 0.05])
+                time.sleep(max(0.001, min(pause, remaining)))
+
+    def ack(self, tokens: Sequence[AckToken]) -> None:
+        """Mark records finished and checkpoint every shard whose contiguous acked run grew.
+        Raises `RetryableError` when the checkpoint store cannot be written; the checkpoint
+        is then written by the next `ack` (or `close`). Unknown tokens are ignored."""
+        with self._lock:
+            touched: dict[tuple[str, str], _Shard] = {}
+            for token in tokens:
+                stream, shard_id, sequence = _unpack(token)
+                shard = self._shards.get((stream, shard_id))
+                number = int(sequence)
+                if shard is None or number not in shard.pending_set:
+                    continue
+                shard.acked.add(number)
+                touched[(stream, shard_id)] = shard
+            for shard in touched.values():
+                last: int | None = None
+                while shard.pending and shard.pending[0] in shard.acked:
+                    last = shard.pending.popleft()
+                    shard.acked.discard(last)
+                    shard.pending_set.discard(last)
+                if last is not None:
+                    shard.unwritten = str(last)
+                self._maybe_finish(shard)
+            self._write_checkpoints(touched.values())
+
+    def _maybe_finish(self, shard: _Shard) -> None:
+        if shard.exhausted and not shard.pending and not shard.finished:
+            shard.finished = True
+            shard.unwritten = SHARD_END
+
+    def _write_checkpoints(self, shards: Iterable[_Shard]) -> None:
+        for shard in shards:
+            if shard.unwritten is None:
+                continue
+            self._checkpoints.set_checkpoint(shard.checkpoint_key, shard.unwritten)
+            shard.checkpoint, shard.unwritten = shard.unwritten, None
+
+    def drop(self, tokens: Sequence[AckToken]) -> None:
+        """Forget these records: their shard is rewound to the earliest of them, so they
+        (and the records after them) are read again."""
+        with self._lock:
+            for token in tokens:
+                stream, shard_id, sequence = _unpack(token)
+                shard = self._shards.get((stream, shard_id))
+                number = int(sequence)
+                if shard is None or number not in shard.pending_set:
+                    continue
+                keep = deque(n for n in shard.pending if n < number)
+                for gone in [n for n in shard.pending if n >= number]:
+                    shard.pending_set.discard(gone)
+                    shard.acked.discard(gone)
+                shard.pending = keep
+                shard.last_delivered = str(keep[-1]) if keep else shard.checkpoint
+                if shard.last_delivered == SHARD_END:
+                    shard.last_delivered = None
+                shard.iterator = None
+                shard.exhausted = False
+                shard.next_fetch = 0.0
+
+    def pause(self, tenants: Iterable[str]) -> None:
+        with self._lock:
+            self._paused.update(t for t in tenants if t in self._tenants)
+
+    def resume(self, tenants: Iterable[str]) -> None:
+        with self._lock:
+            self._paused.difference_update(tenants)
+
+    def paused(self) -> frozenset[str]:
+        return frozenset(self._paused)
+
+    def in_flight(self) -> int:
+        """Records delivered and not yet checkpointed."""
+        with self._lock:
+            return sum(len(s.pending) for s in self._shards.values())
+
+    def checkpoints(self) -> dict[str, str | None]:
+        """shard id -> the checkpoint last written (for tests and `audioguard` status output)."""
+        with self._lock:
+            return {f"{s.stream}/{s.shard_id}": s.checkpoint for s in self._shards.values()}
+
+    def close(self, timeout: float) -> None:
+        """Write any checkpoint a failed ack left unwritten; nothing is acked here."""
+        with self._lock:
+            try:
+                self._write_checkpoints(self._shards.values())
+            except AudioguardError as exc:
+                log.warning("could not write Kinesis checkpoints on close: %s", exc)
+            with contextlib.suppress(Exception):
+                self._client.close()
+
+
+# --------------------------------------------------------------------------------------
+# sink
+
+
+@dataclass
+class _Pending:
+    record: OutRecord
+    stream: str
+    entry: dict[str, Any]
+    size: int
+    future: Future[None]
+
+
+def _partition_key(record: OutRecord) -> str:
+    key = record.ordering_key if record.ordering_key is not None else record.key.decode("utf-8", "replace")
+    if not key:
+        return "-"
+    # Kinesis partition keys are 1..256 Unicode characters: hash longer ones (stable)
+    return key if len(key) <= 256 else hashlib.sha256(key.encode()).hexdigest()
+
+
+class KinesisSink(Sink):
+    """PutRecords to `audioguard-<destination>-<tenant>` from one sender thread.
+
+    Every future resolves only after Kinesis accepted its record; partial success is
+    retried for exactly the failed records and is a failure when it never completes."""
+
+    def __init__(self, settings: Settings, *, max_outstanding: int = 2000, client: Any | None = None) -> None:
+        self._settings = settings
+        self._client = client if client is not None else _client(settings)
+        self._max_outstanding = max_outstanding
+        self._cond = threading.Condition()
+        self._queue: deque[_Pending] = deque()
+        self._outstanding = 0
+        self._closed = False
+        #: PutRecords calls made and records re-sent after a partial failure (tests, metrics)
+        self.calls = 0
+        self.resent = 0
+        self._thread = threading.Thread(target=self._run, name="kinesis-sink", daemon=True)
+        self._thread.start()
+
+    def publish(self, record: OutRecord) -> Future[None]:
+        future: Future[None] = Future()
+        if record.destination == "retry":
+            # Kinesis retries in place (with backoff); there are no retry streams
+            future.set_exception(FatalError("unsupported_destination", "Kinesis has no retry streams"))
+            return future
+        stream = kinesis_stream(record.destination, record.tenant)
+        key = _partition_key(record)
+        size = len(record.value) + len(key.encode())
+        if size > 1024 * 1024:
+            future.set_exception(
+                FatalError("record_too_large", f"{size} bytes exceed Kinesis' 1 MiB per record")
+            )
+            return future
+        with self._cond:
+            if self._closed:
+                future.set_exception(FatalError("closed", "the Kinesis sink is closed"))
+                return future
+            if self._outstanding >= self._max_outstanding:
+                raise MessageRejected(f"{self._outstanding} Kinesis records outstanding")
+            self._outstanding += 1
+            self._queue.append(
+                _Pending(record, stream, {"Data": record.value, "PartitionKey": key}, size, future)
+            )
+            self._cond.notify_all()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue and self._closed:
+                    return
+                # one batch for the stream at the head of the queue, in order
+                stream = self._queue[0].stream
+                batch: list[_Pending] = []
+                size = 0
+                rest: deque[_Pending] = deque()
+                while self._queue:
+                    item = self._queue.popleft()
+                    fits = len(batch) < _PUT_MAX_RECORDS and size + item.size <= _PUT_MAX_BYTES
+                    if item.stream == stream and fits:
+                        batch.append(item)
+                        size += item.size
+                    else:
+                        rest.append(item)
+                self._queue = rest
+            try:
+                self._put(stream, batch)
+            except BaseException as exc:  # never lose a future, whatever happened
+                error = exc if isinstance(exc, AudioguardError) else _map_error(exc, "put_records")
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+            finally:
+                with self._cond:
+                    self._outstanding -= len(batch)
+                    self._cond.notify_all()
+
+    def _put(self, stream: str, batch: list[_Pending]) -> None:
+        retry = self._settings.retry
+        todo = batch
+        last_error: AudioguardError | None = None
+        backoff = retry.initial_backoff_seconds
+        for attempt in range(max(retry.attempts, 1)):
+            if attempt:
+                time.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, retry.max_backoff_seconds)
+            try:
+                self.calls += 1
+                with _sdk_errors("put_records"):
+                    response = self._client.put_records(StreamName=stream, Records=[p.entry for p in todo])
+            except RetryableError as exc:
+                last_error = exc  # the whole call failed: send the same records again
+                continue
+            failed: list[_Pending] = []
+            codes: dict[str, int] = {}
+            for item, result in zip(todo, response.get("Records", []), strict=True):
+                if result.get("ErrorCode"):
+                    failed.append(item)
+                    codes[str(result["ErrorCode"])] = codes.get(str(result["ErrorCode"]), 0) + 1
+                else:
+                    item.future.set_result(None)
+            if not failed:
+                return
+            self.resent += len(failed)
+            last_error = RetryableError(
+                "partial_publish",
+                f"PutRecords to {stream}: {len(failed)} of {len(todo)} records failed ({codes})",
+            )
+            log.warning("%s; re-sending exactly those", last_error)
+            todo = failed
+        assert last_error is not None
+        for item in todo:
+            item.future.set_exception(last_error)
+
+    def poll(self) -> None:
+        """Delivery results arrive on the sender thread: nothing to serve here."""
+
+    def flush(self, timeout: float) -> int:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._cond:
+            while self._outstanding:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._outstanding
+
+    def close(self, timeout: float) -> None:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(Exception):
+            self._client.close()
+
+
+def open_kinesis(settings: Settings, checkpoints: CheckpointStore | None = None) -> tuple[Source, Sink]:
+    """The Source and Sink of `settings.tenants` on Kinesis. Checkpoints go to `checkpoints`,
+    else to the verdict store's backend named by `settings.store.url` (memory:// keeps them
+    only for the life of the process: use sqlite:// or redis:// to resume after a restart)."""
+    if checkpoints is None:
+        from services.store import open_store
+
+        checkpoints = open_store(settings.store.url, settings.store.ttl_seconds)
+    return KinesisSource(settings, settings.tenants, checkpoints), KinesisSink(settings)
