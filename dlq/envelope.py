@@ -1,0 +1,304 @@
+"""The dead-letter envelope: how a failed arrival is written to its tenant's DLQ, and read back.
+
+Two wire forms of one contract (`schemas.DeadLetter`):
+
+* **headers** (Kafka, Pub/Sub): the record's value is the original payload, byte for byte;
+  every envelope field travels as an ``ag-dlq-<field>`` header (`source` as compact JSON),
+  next to the original headers. A consumer of the DLQ sees exactly what the platform sent.
+* **body** (Kinesis, which has no headers): the record's value is the envelope as JSON with
+  ``payload_b64`` holding the original payload.
+
+`dead_letter_from_record` reads either form back, so the inspect / replay tooling does not
+care which transport it is looking at. The replay tool marks what it republishes with
+`REPLAY_COUNT_HEADER` / `REPLAY_ID_HEADER` (see `replay_headers`); a replayed arrival that
+fails again carries both forward into its new envelope.
+
+This module must never alter the original payload, never import an SDK, and never raise
+while building an envelope for a failure it was handed (a worker that cannot dead-letter
+cannot make progress): odd errors and odd coordinates are described, not rejected.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import traceback
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import PurePath
+from typing import Any, get_args
+
+from pydantic import ValidationError
+
+from consumers.transport import Message, OutRecord
+from schemas import DeadLetter, ErrorCategory, SourceCoordinates
+from services.errors import AudioguardError, FatalError, PoisonMessage, RetryableError
+
+__all__ = [
+    "ENVELOPE_FIELDS",
+    "HEADER_PREFIX",
+    "MAX_HEADER_VALUE_BYTES",
+    "REPLAY_COUNT_HEADER",
+    "REPLAY_ID_HEADER",
+    "build_dead_letter",
+    "dead_letter_from_record",
+    "dead_letter_record",
+    "envelope_header",
+    "error_category",
+    "replay_headers",
+    "stack_digest",
+]
+
+#: every envelope header starts with this; the rest of the name is the DeadLetter field name
+HEADER_PREFIX = "ag-dlq-"
+#: set by the replay tool on the arrival it republishes; read back into the next envelope
+REPLAY_COUNT_HEADER = "ag-replay-count"
+REPLAY_ID_HEADER = "ag-replay-id"
+#: Pub/Sub caps an attribute value at 1024 bytes; the error message is cut to fit in header form
+MAX_HEADER_VALUE_BYTES = 1024
+#: the DeadLetter fields carried as headers (payload_b64 only exists in the body form)
+ENVELOPE_FIELDS: tuple[str, ...] = tuple(name for name in DeadLetter.model_fields if name != "payload_b64")
+
+_MAX_MESSAGE_CHARS = 4000  # DeadLetter.error_message's limit
+_MAX_CAUSE_DEPTH = 5
+_TRANSPORTS = frozenset(get_args(SourceCoordinates.model_fields["transport"].annotation))
+_INT_COORDINATES = ("partition", "offset")
+_STR_COORDINATES = ("ack_id", "message_id", "shard_id", "sequence_number")
+
+
+def envelope_header(field: str) -> str:
+    """The header name of a DeadLetter field: ``ag-dlq-<field>``."""
+    if field not in ENVELOPE_FIELDS:
+        raise KeyError(f"{field!r} is not a dead-letter envelope field")
+    return HEADER_PREFIX + field
+
+
+def _frame_file(filename: str) -> str:
+    # The last two path parts ("services/storage.py"): stable across checkouts, virtualenvs
+    # and container layouts, still telling apart the many __init__.py files.
+    return "/".join(PurePath(filename).parts[-2:])
+
+
+def stack_digest(error: BaseException) -> str:
+    """sha1 of the error's type and its traceback's (file, function) frames, following
+    ``raise ... from`` causes: stable across line edits and messages, so identical failures
+    group together on a dashboard even when their messages name different uploads."""
+    parts: list[str] = []
+    current: BaseException | None = error
+    for _ in range(_MAX_CAUSE_DEPTH):
+        if current is None:
+            break
+        kind = type(current)
+        parts.append(f"{kind.__module__}.{kind.__qualname__}")
+        parts.extend(
+            f"{_frame_file(frame.filename)}:{frame.name}"
+            for frame in traceback.extract_tb(current.__traceback__)
+        )
+        current = current.__cause__
+    return hashlib.sha1("\n".join(parts).encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def error_category(error: BaseException) -> tuple[ErrorCategory, str]:
+    """(category, reason) of an error: PoisonMessage -> poison, RetryableError ->
+    retries_exhausted, FatalError -> fatal, anything else -> poison / "unexpected_error"."""
+    if isinstance(error, PoisonMessage):
+        return "poison", error.reason
+    if isinstance(error, RetryableError):
+        return "retries_exhausted", error.reason
+    if isinstance(error, FatalError):
+        return "fatal", error.reason
+    return "poison", "unexpected_error"
+
+
+def _error_class(error: BaseException) -> str:
+    kind = type(error)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _error_message(error: BaseException) -> str:
+    text = error.message if isinstance(error, AudioguardError) else str(error)
+    if not text:
+        text = type(error).__name__
+    if len(text) > _MAX_MESSAGE_CHARS:
+        text = text[: _MAX_MESSAGE_CHARS - 1] + "…"
+    return text
+
+
+def _coordinates(message: Message, transport: str) -> SourceCoordinates:
+    raw = message.coordinates
+    values: dict[str, Any] = {"transport": transport, "topic": message.topic}
+    for name in _INT_COORDINATES:
+        value = raw.get(name)
+        if isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit()):
+            values[name] = int(value)
+    for name in _STR_COORDINATES:
+        value = raw.get(name)
+        if value is not None:
+            values[name] = str(value)
+    if message.timestamp is not None:
+        values["timestamp"] = datetime.fromtimestamp(message.timestamp, UTC)
+    return SourceCoordinates(**values)
+
+
+def _replay_marks(message: Message) -> tuple[int, str | None]:
+    count_raw = message.header(REPLAY_COUNT_HEADER)
+    id_raw = message.header(REPLAY_ID_HEADER)
+    count = 0
+    if count_raw is not None:
+        try:
+            count = max(0, int(count_raw.decode("ascii")))
+        except (UnicodeDecodeError, ValueError):
+            count = 0  # a mangled mark must not stop the dead letter; the replay id still links it
+    replay_id = id_raw.decode("utf-8", errors="replace") if id_raw else None
+    return count, replay_id
+
+
+def build_dead_letter(
+    message: Message,
+    error: BaseException,
+    *,
+    attempt: int,
+    first_seen_at: datetime,
+    worker_id: str,
+    model_version: str,
+    transport: str,
+    failed_at: datetime | None = None,
+) -> DeadLetter:
+    """The envelope for `message`, which failed with `error` on delivery attempt `attempt`.
+
+    `first_seen_at` is when a worker first saw this arrival (naive datetimes are taken as UTC);
+    `failed_at` defaults to now. Raises ValueError only for an unknown `transport`.
+    """
+    if transport not in _TRANSPORTS:
+        raise ValueError(f"unknown transport {transport!r}; expected one of {sorted(_TRANSPORTS)}")
+    category, reason = error_category(error)
+    replay_count, replay_id = _replay_marks(message)
+    if first_seen_at.tzinfo is None:
+        first_seen_at = first_seen_at.replace(tzinfo=UTC)
+    return DeadLetter(
+        tenant_id=message.tenant,
+        error_class=_error_class(error),
+        error_message=_error_message(error),
+        reason=reason,
+        category=category,
+        stack_digest=stack_digest(error),
+        attempt=max(1, attempt),
+        source=_coordinates(message, transport),
+        first_seen_at=first_seen_at,
+        last_failed_at=failed_at or datetime.now(UTC),
+        worker_id=worker_id,
+        model_version=model_version,
+        replay_count=replay_count,
+        replay_id=replay_id,
+    )
+
+
+def _cut_utf8(text: str, limit: int) -> bytes:
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return data
+    return data[: limit - 3].decode("utf-8", errors="ignore").encode("utf-8") + "…".encode()
+
+
+def _envelope_headers(dead_letter: DeadLetter) -> list[tuple[str, bytes]]:
+    headers: list[tuple[str, bytes]] = []
+    for name, value in dead_letter.model_dump(mode="json", exclude={"payload_b64"}).items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            encoded = json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        elif name == "error_message":
+            encoded = _cut_utf8(str(value), MAX_HEADER_VALUE_BYTES)
+        else:
+            encoded = str(value).encode("utf-8")
+        headers.append((HEADER_PREFIX + name, encoded))
+    return headers
+
+
+def _without_envelope(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    # A message dead-lettered twice (replayed, failed again) must not carry two envelopes.
+    return [(name, value) for name, value in headers if not name.startswith(HEADER_PREFIX)]
+
+
+def dead_letter_record(
+    message: Message,
+    dead_letter: DeadLetter,
+    *,
+    with_headers: bool = True,
+    idempotency_key: str | None = None,
+) -> OutRecord:
+    """The record for the tenant's DLQ (destination "dlq").
+
+    key: the message's key, else `idempotency_key`, else the payload's sha256 (always set, so a
+    Kinesis partition key exists). with_headers=True: value is the original payload unchanged,
+    the original headers are kept and the envelope added as ``ag-dlq-*`` headers.
+    with_headers=False (Kinesis): value is the envelope JSON with ``payload_b64``, no headers.
+    """
+    if message.key:
+        key = message.key
+    elif idempotency_key:
+        key = idempotency_key.encode("utf-8")
+    else:
+        key = hashlib.sha256(message.value).hexdigest().encode("ascii")
+    if with_headers:
+        return OutRecord(
+            tenant=dead_letter.tenant_id,
+            destination="dlq",
+            key=key,
+            value=message.value,
+            headers=tuple(_without_envelope(message.headers) + _envelope_headers(dead_letter)),
+        )
+    body = dead_letter.model_copy(update={"payload_b64": base64.b64encode(message.value).decode("ascii")})
+    return OutRecord(
+        tenant=dead_letter.tenant_id,
+        destination="dlq",
+        key=key,
+        value=body.model_dump_json(exclude_none=True).encode("utf-8"),
+    )
+
+
+def dead_letter_from_record(value: bytes, headers: Sequence[tuple[str, bytes]]) -> tuple[DeadLetter, bytes]:
+    """(envelope, original payload) from a DLQ record in either form.
+
+    Raises ``PoisonMessage("bad_dead_letter")`` when the record is neither form (e.g. written
+    by something other than audioguard)."""
+    fields: dict[str, Any] = {}
+    for name, raw in headers:
+        if not name.startswith(HEADER_PREFIX):
+            continue
+        field = name[len(HEADER_PREFIX) :]
+        if field not in ENVELOPE_FIELDS:
+            continue  # a field from a newer minor version: ignore it, like the contract does
+        text = raw.decode("utf-8", errors="replace")
+        fields[field] = json.loads(text) if field == "source" else text
+    try:
+        if fields:
+            return DeadLetter.model_validate(fields), value
+        envelope = DeadLetter.model_validate_json(value)
+    except (ValidationError, ValueError) as error:
+        raise PoisonMessage("bad_dead_letter", f"not an audioguard dead letter: {error}") from error
+    if envelope.payload_b64 is None:
+        raise PoisonMessage("bad_dead_letter", "dead letter in body form without payload_b64")
+    try:
+        payload = base64.b64decode(envelope.payload_b64, validate=True)
+    except ValueError as error:
+        raise PoisonMessage("bad_dead_letter", f"payload_b64 is not base64: {error}") from error
+    return envelope, payload
+
+
+def replay_headers(
+    dead_letter: DeadLetter, original_headers: Sequence[tuple[str, bytes]], replay_id: str
+) -> tuple[tuple[str, bytes], ...]:
+    """Headers for republishing a dead letter's payload to the arrivals topic: the original
+    headers without the envelope or older replay marks, plus replay count + 1 and `replay_id`."""
+    kept = [
+        (name, value)
+        for name, value in _without_envelope(original_headers)
+        if name not in (REPLAY_COUNT_HEADER, REPLAY_ID_HEADER)
+    ]
+    kept.append((REPLAY_COUNT_HEADER, str(dead_letter.replay_count + 1).encode("ascii")))
+    kept.append((REPLAY_ID_HEADER, replay_id.encode("utf-8")))
+    return tuple(kept)
