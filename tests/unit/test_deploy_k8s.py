@@ -1,0 +1,253 @@
+"""Offline checks of deploy/k8s/: render every template the way Terraform and envsubst do,
+then validate each object against the Kubernetes 1.33 OpenAPI schemas (kubernetes-validate,
+strict: unknown fields are errors) and KEDA's own CRD schemas (vendored), and check that
+the pieces agree with each other and with the worker (settings, probes, names, drain).
+
+What only a cluster proves (GPU scheduling, KEDA reading real lag, IRSA / Workload
+Identity) is listed in docs/deploy.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from consumers.tenancy import kinesis_stream, pubsub_subscription
+from services.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+SCHEMAS = Path(__file__).parent / "deploy_schemas"
+K8S_VERSION = "1.33.0"
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+COMMON = {
+    "NAMESPACE": "audioguard",
+    "IMAGE": "registry.example/audioguard/worker@sha256:" + "0" * 64,
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka-0.kafka:9092",
+    "GCP_PROJECT": "my-project",
+    "AWS_REGION": "eu-west-1",
+    "STORE_URL": "redis://10.0.0.3:6379/0",
+    "MIN_REPLICAS": "1",
+    "MAX_REPLICAS": "8",
+    "LAG_TARGET": "400",
+    "ITERATOR_AGE_TARGET_MS": "30000",
+}
+
+
+def render(text: str, values: dict[str, str]) -> str:
+    """`${NAME}` substitution, what templatefile() and envsubst both do with these files."""
+    missing = sorted(set(PLACEHOLDER.findall(text)) - set(values))
+    assert not missing, f"no value for {missing}"
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def group(transport: str, tenant: str | None) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Render namespace + worker + KEDA objects for one worker group."""
+    name = f"audioguard-worker-{tenant}" if tenant else f"audioguard-worker-{transport}"
+    identity = {
+        "kafka": ("audioguard.io/identity", ""),
+        "pubsub": ("iam.gke.io/gcp-service-account", f"ag-{tenant}@my-project.iam.gserviceaccount.com"),
+        "kinesis": ("eks.amazonaws.com/role-arn", f"arn:aws:iam::123456789012:role/audioguard-{tenant}"),
+    }[transport]
+    values = dict(
+        COMMON,
+        NAME=name,
+        TENANT=tenant or "",
+        TENANTS_JSON=f'["{tenant}"]' if tenant else "[]",
+        TRANSPORT=transport,
+        IDENTITY_ANNOTATION=identity[0],
+        IDENTITY=identity[1],
+    )
+    docs: list[dict[str, Any]] = []
+    for rel in ("namespace.yaml", "worker.yaml", f"keda/{transport}.yaml"):
+        docs.extend(d for d in yaml.safe_load_all(render((K8S / rel).read_text(), values)) if d)
+    return values, docs
+
+
+GROUPS = [("kafka", None), ("pubsub", "acme"), ("pubsub", "globex"), ("kinesis", "acme")]
+
+
+@pytest.fixture(scope="module", params=GROUPS, ids=lambda g: f"{g[0]}-{g[1] or 'all'}")
+def rendered(request: pytest.FixtureRequest) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    transport, tenant = request.param
+    return group(transport, tenant)
+
+
+def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def _crd_validator(file: str) -> jsonschema.protocols.Validator:
+    crd = yaml.safe_load((SCHEMAS / file).read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+    schema = version["schema"]["openAPIV3Schema"]
+    return jsonschema.Draft7Validator(schema)
+
+
+KEDA = {
+    "ScaledObject": "keda.sh_scaledobjects.yaml",
+    "TriggerAuthentication": "keda.sh_triggerauthentications.yaml",
+}
+
+
+def validate(doc: dict[str, Any]) -> list[str]:
+    if doc["apiVersion"].startswith("keda.sh/"):
+        return [f"{list(e.path)}: {e.message}" for e in _crd_validator(KEDA[doc["kind"]]).iter_errors(doc)]
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return [str(exc)]
+    return []
+
+
+def test_every_object_is_valid_against_its_schema(
+    rendered: tuple[dict[str, str], list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+    } <= kinds
+    assert "ScaledObject" in kinds
+    for doc in docs:
+        errors = validate(doc)
+        assert not errors, f"{doc['kind']} {doc['metadata']['name']}: {errors}"
+
+
+def test_the_validators_reject_broken_objects() -> None:
+    _, docs = group("pubsub", "acme")
+    deployment = yaml.safe_load(yaml.safe_dump(_one(docs, "Deployment")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["pth"] = "/x"
+    assert validate(deployment), "strict schema must reject an unknown field"
+    scaled = yaml.safe_load(yaml.safe_dump(_one(docs, "ScaledObject")))
+    del scaled["spec"]["scaleTargetRef"]["name"]
+    assert validate(scaled), "KEDA schema must require scaleTargetRef.name"
+    scaled = yaml.safe_load(yaml.safe_dump(_one(docs, "ScaledObject")))
+    scaled["spec"]["triggers"] = [{"metadata": {}}]
+    assert validate(scaled), "KEDA schema must require a trigger type"
+
+
+def test_the_worker_settings_parse_and_match_the_pod(
+    rendered: tuple[dict[str, str], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values, docs = rendered
+    config = _one(docs, "ConfigMap")["data"]
+    for key in list(os.environ):
+        if key.startswith("AUDIOGUARD_"):
+            monkeypatch.delenv(key)
+    for key, value in config.items():
+        assert key.startswith("AUDIOGUARD_")
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.transport == values["TRANSPORT"]
+    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"] == ["worker", "--transport", settings.transport]
+    assert container["envFrom"][0]["configMapRef"]["name"] == _one(docs, "ConfigMap")["metadata"]["name"]
+    port = next(p for p in container["ports"] if p["name"] == "metrics")["containerPort"]
+    assert port == settings.metrics_port
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] in ("metrics", settings.metrics_port)
+    # the drain must finish before the kubelet's SIGKILL
+    assert pod["terminationGracePeriodSeconds"] >= settings.drain_seconds + 15
+    if values["TENANT"]:
+        assert settings.tenants == [values["TENANT"]]
+    else:
+        assert settings.tenants == [], "Kafka workers serve every tenant through the pattern"
+
+
+def test_one_gpu_and_one_worker_process_per_pod(
+    rendered: tuple[dict[str, str], list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert len(pod["containers"]) == 1
+    resources = pod["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == 1 == resources["requests"]["nvidia.com/gpu"]
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    env_names = {e["name"] for e in pod["containers"][0].get("env", [])}
+    assert "CUDA_VISIBLE_DEVICES" not in env_names, "the device plugin picks the GPU"
+    assert _one(docs, "ConfigMap")["data"]["AUDIOGUARD_DEVICE"] == "cuda"
+
+
+def test_hardened_pod(rendered: tuple[dict[str, str], list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001  # the image's user (Dockerfile)
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert "replicas" not in _one(docs, "Deployment")["spec"], "KEDA owns the replica count"
+
+
+def test_selectors_and_references_agree(rendered: tuple[dict[str, str], list[dict[str, Any]]]) -> None:
+    values, docs = rendered
+    deployment = _one(docs, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    for kind in ("PodDisruptionBudget",):
+        assert _one(docs, kind)["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert _one(docs, "Service")["spec"]["selector"].items() <= labels.items()
+    sa = _one(docs, "ServiceAccount")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    assert sa["metadata"]["annotations"][values["IDENTITY_ANNOTATION"]] == values["IDENTITY"]
+    namespace = _one(docs, "Namespace")["metadata"]["name"]
+    assert all(d["metadata"].get("namespace", namespace) == namespace for d in docs)
+    scaled = _one(docs, "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    auths = {d["metadata"]["name"] for d in docs if d["kind"] == "TriggerAuthentication"}
+    for trigger in scaled["spec"]["triggers"]:
+        if "authenticationRef" in trigger:
+            assert trigger["authenticationRef"]["name"] in auths
+    assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+
+
+def test_keda_watches_what_the_workers_consume(rendered: tuple[dict[str, str], list[dict[str, Any]]]) -> None:
+    values, docs = rendered
+    (trigger,) = _one(docs, "ScaledObject")["spec"]["triggers"]
+    meta = trigger["metadata"]
+    tenant = values["TENANT"]
+    if values["TRANSPORT"] == "kafka":
+        assert trigger["type"] == "kafka"
+        assert meta["consumerGroup"] == Settings().kafka.group_id == "audioguard-workers"
+        assert meta["bootstrapServers"] == values["KAFKA_BOOTSTRAP_SERVERS"]
+        assert "topic" not in meta, "no topic: lag summed over every topic the pattern matched"
+    elif values["TRANSPORT"] == "pubsub":
+        assert trigger["type"] == "gcp-pubsub"
+        assert meta["subscriptionName"].endswith(f"/subscriptions/{pubsub_subscription(tenant)}")
+        assert meta["mode"] == "SubscriptionSize"
+    else:
+        assert trigger["type"] == "aws-cloudwatch"
+        assert meta["namespace"] == "AWS/Kinesis"
+        assert meta["metricName"] == "GetRecords.IteratorAgeMilliseconds"
+        assert (meta["dimensionName"], meta["dimensionValue"]) == (
+            "StreamName",
+            kinesis_stream("arrivals", tenant),
+        )
+
+
+def test_placeholders_are_the_documented_ones() -> None:
+    documented = set(re.findall(r"^\| `([A-Z_]+)`", (K8S / "README.md").read_text(), re.MULTILINE))
+    documented |= {"MAX_REPLICAS"}  # shares a row with MIN_REPLICAS
+    used: set[str] = set()
+    for path in K8S.rglob("*.yaml"):
+        used |= set(PLACEHOLDER.findall(path.read_text()))
+    assert used and used <= documented, f"undocumented: {used - documented}"
