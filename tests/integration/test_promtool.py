@@ -7,6 +7,7 @@ every alert; the last test proves those unit tests would catch a broken threshol
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -94,3 +95,30 @@ def test_rule_unit_tests_catch_a_broken_threshold(tmp_path: Path) -> None:
     result = _promtool("test", "rules", "rules_test.yml", cwd=tmp_path)
     assert result.returncode != 0
     assert "EndToEndLatencyHigh" in result.stdout + result.stderr
+
+
+def _exprs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["expr"]] if isinstance(node.get("expr"), str) else []
+        return own + [e for value in node.values() for e in _exprs(value)]
+    if isinstance(node, list):
+        return [e for value in node for e in _exprs(value)]
+    return []
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each panel query (Grafana variables replaced) as a recording rule."""
+    dashboard = json.loads((PROM_DIR.parent / "grafana" / "audioguard-dashboard.json").read_text())
+    exprs = _exprs(dashboard["panels"])
+    assert exprs
+    substitutions = {"$__rate_interval": "5m", "$tenant": ".*", "$instance": ".*"}
+    rules = []
+    for index, expr in enumerate(exprs):
+        for variable, value in substitutions.items():
+            expr = expr.replace(variable, value)
+        assert "$" not in expr, expr
+        rules.append({"record": f"dashboard:query_{index}:check", "expr": expr})
+    (tmp_path / "dashboard_rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "d", "rules": rules}]}))
+    result = _promtool("check", "rules", "dashboard_rules.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
