@@ -38,8 +38,9 @@ __all__ = [
 #: (Kafka: (topic, partition, offset); Pub/Sub: ack_id; Kinesis: (shard, sequence)).
 AckToken = Hashable
 
-#: Where a record goes: the tenant's verdicts, its dead letters, or a retry tier.
-Destination = Literal["verdicts", "dlq", "retry"]
+#: Where a record goes: the tenant's verdicts, its dead letters or a retry tier; "arrivals"
+#: is the platform side (`audioguard publish`, the demo, replayed dead letters).
+Destination = Literal["arrivals", "verdicts", "dlq", "retry"]
 
 
 class MessageRejected(Exception):  # noqa: N818 - the name Arroyo and Kafka users know

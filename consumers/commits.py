@@ -1,0 +1,84 @@
+"""Contiguous-commit tracking: which Kafka offset may be committed per partition.
+
+Messages of one partition finish out of order (a short clip overtakes a long one in the
+batcher). The committed offset must never pass an unfinished message, or a crash would
+lose it. The tracker records every offset handed out, marks offsets finished, and
+reports, per partition, the offset just past the longest finished prefix.
+
+Pure bookkeeping: no Kafka client, no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+__all__ = ["OffsetTracker"]
+
+
+@dataclass
+class _Partition:
+    # offsets handed out and not yet finished, as a min-heap with lazy deletion
+    pending: list[int] = field(default_factory=list)
+    finished: set[int] = field(default_factory=set)
+    highest_seen: int = -1
+    committed: int | None = None  # next offset to read, as last committed
+
+
+class OffsetTracker:
+    """Tracks offsets per partition key (e.g. (topic, partition))."""
+
+    def __init__(self) -> None:
+        self._partitions: dict[Hashable, _Partition] = {}
+
+    def add(self, partition: Hashable, offset: int) -> None:
+        """An offset was handed to the pipeline. Offsets of a partition arrive in order."""
+        state = self._partitions.setdefault(partition, _Partition())
+        if offset <= state.highest_seen:
+            # A re-delivery after seek/rebalance: already tracked, nothing new to wait for.
+            return
+        state.highest_seen = offset
+        heapq.heappush(state.pending, offset)
+
+    def finish(self, partition: Hashable, offset: int) -> None:
+        """The message at `offset` is done (verdict or dead letter confirmed). Idempotent;
+        finishing an offset of a forgotten (revoked) partition is ignored."""
+        state = self._partitions.get(partition)
+        if state is not None and offset <= state.highest_seen:
+            state.finished.add(offset)
+
+    def committable(self) -> dict[Hashable, int]:
+        """Partitions whose commit point advanced since `mark_committed`: partition -> the
+        next offset to consume (Kafka's commit convention: last finished + 1)."""
+        result: dict[Hashable, int] = {}
+        for key, state in self._partitions.items():
+            advanced = None
+            while state.pending and state.pending[0] in state.finished:
+                offset = heapq.heappop(state.pending)
+                state.finished.discard(offset)
+                advanced = offset + 1
+            if not state.pending:
+                # nothing outstanding: everything seen is done
+                advanced = state.highest_seen + 1 if state.highest_seen >= 0 else advanced
+            if advanced is not None and (state.committed is None or advanced > state.committed):
+                result[key] = advanced
+        return result
+
+    def mark_committed(self, offsets: dict[Hashable, int]) -> None:
+        for key, offset in offsets.items():
+            state = self._partitions.get(key)
+            if state is not None:
+                state.committed = offset
+
+    def outstanding(self, partition: Hashable | None = None) -> int:
+        """How many handed-out offsets are not yet finished (for one partition or all)."""
+        states = [self._partitions.get(partition)] if partition is not None else self._partitions.values()
+        return sum(len(s.pending) for s in states if s is not None)
+
+    def forget(self, partition: Hashable) -> None:
+        """The partition was revoked: its unfinished messages will be delivered to its next owner."""
+        self._partitions.pop(partition, None)
+
+    def partitions(self) -> list[Hashable]:
+        return list(self._partitions)

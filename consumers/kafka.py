@@ -1,0 +1,391 @@
+"""Kafka adapter (confluent-kafka): the only module that imports the Kafka client.
+
+- `KafkaSource`: pattern subscription to `audioguard.arrivals.<tenant>` (or the configured
+  tenants' topics), manual offsets: nothing is committed until `ack`, and then only across
+  the contiguous run of finished offsets per partition (`commits.OffsetTracker`).
+- `KafkaSink`: idempotent producer (acks=all); every publish returns a future that the
+  delivery report resolves. A delivery error is never swallowed.
+- `create_topics`, `read_topic`: provisioning and reading back, for the CLI and tests.
+
+Kafka errors are mapped into `services.errors` in `_map_error`, and only there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from consumers.commits import OffsetTracker
+from consumers.tenancy import KAFKA_ARRIVALS_PATTERN, kafka_topic, tenant_of_kafka_topic
+from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
+from services.errors import AudioguardError, FatalError, RetryableError
+from services.settings import KafkaSettings, Settings
+
+__all__ = [
+    "KafkaSink",
+    "KafkaSource",
+    "committed_offsets",
+    "create_topics",
+    "open_kafka",
+    "read_topic",
+    "tenant_topics",
+]
+
+log = logging.getLogger("audioguard.kafka")
+
+_FATAL_CODES = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError._AUTHENTICATION,
+    KafkaError._INVALID_ARG,
+    KafkaError.INVALID_CONFIG,
+    KafkaError._FATAL,
+}
+
+
+def _map_error(error: KafkaError, what: str) -> AudioguardError:
+    """The one place Kafka errors become audioguard errors."""
+    if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART or error.code() == KafkaError._UNKNOWN_TOPIC:
+        return FatalError("missing_topic", f"{what}: {error.str()}")
+    if error.fatal() or error.code() in _FATAL_CODES:
+        return FatalError("kafka_fatal", f"{what}: {error.str()}")
+    return RetryableError("kafka_unavailable", f"{what}: {error.str()}")
+
+
+def _client_config(settings: KafkaSettings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "security.protocol": settings.security_protocol,
+    }
+    if settings.sasl_mechanism:
+        config["sasl.mechanism"] = settings.sasl_mechanism
+    if settings.sasl_username:
+        config["sasl.username"] = settings.sasl_username
+    if settings.sasl_password:
+        config["sasl.password"] = settings.sasl_password.get_secret_value()
+    config.update(settings.extra)
+    return config
+
+
+def tenant_topics(
+    tenants: Iterable[str], kinds: Iterable[str] = ("arrivals", "verdicts", "dlq")
+) -> list[str]:
+    return [kafka_topic(kind, tenant) for tenant in tenants for kind in kinds]
+
+
+def create_topics(
+    settings: KafkaSettings, topics: Sequence[str], partitions: int = 1, timeout: float = 30
+) -> None:
+    """Create topics that do not exist yet; existing ones are left alone."""
+    admin = AdminClient(_client_config(settings))
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=1) for topic in topics],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    for topic, future in futures.items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise _map_error(error, f"create topic {topic}") from exc
+
+
+class KafkaSource(Source):
+    """Consumes arrivals; commits only what the pipeline finished, contiguously."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        tenants: Sequence[str] = (),
+        *,
+        on_revoke: Callable[[list[AckToken]], None] | None = None,
+    ) -> None:
+        config = _client_config(settings) | {
+            "group.id": settings.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": settings.session_timeout_ms,
+            "heartbeat.interval.ms": settings.heartbeat_interval_ms,
+            "max.poll.interval.ms": settings.max_poll_interval_ms,
+            "topic.metadata.refresh.interval.ms": settings.metadata_refresh_ms,
+            # read only committed records: verdict topics may be written transactionally
+            "isolation.level": "read_committed",
+        }
+        self._consumer = Consumer(config)
+        self._tracker = OffsetTracker()
+        self._assigned: set[tuple[str, int]] = set()
+        self._paused_tenants: set[str] = set()
+        self._on_revoke = on_revoke
+        topics = [kafka_topic("arrivals", t) for t in tenants] if tenants else [KAFKA_ARRIVALS_PATTERN]
+        self._consumer.subscribe(topics, on_assign=self._assigned_cb, on_revoke=self._revoked_cb)
+
+    # -- rebalance callbacks (run inside poll) ------------------------------------------
+    def _assigned_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned.add((tp.topic, tp.partition))
+        log.info(
+            "partitions assigned", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}
+        )
+        paused = [tp for tp in partitions if tenant_of_kafka_topic(tp.topic) in self._paused_tenants]
+        if paused:
+            consumer.pause(paused)
+
+    def _revoked_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        if self._on_revoke is not None:
+            # the runner abandons in-flight work of these partitions under its drain deadline
+            self._on_revoke(keys)
+        self._commit(only=set(keys))
+        for key in keys:
+            self._assigned.discard(key)
+            self._tracker.forget(key)
+        log.info("partitions revoked", extra={"partitions": [f"{t}[{p}]" for t, p in keys]})
+
+    # -- Source -------------------------------------------------------------------------
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        records = self._consumer.consume(num_messages=max_messages, timeout=timeout)
+        messages: list[Message] = []
+        for record in records:
+            error = record.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                mapped = _map_error(error, "consume")
+                if isinstance(mapped, FatalError) and mapped.reason != "missing_topic":
+                    raise mapped
+                log.warning("consume error", extra={"error": error.str()})
+                continue
+            topic, partition, offset = record.topic(), record.partition(), record.offset()
+            tenant = tenant_of_kafka_topic(topic)
+            if tenant is None:  # a pattern match we do not understand; never ours to process
+                continue
+            self._tracker.add((topic, partition), offset)
+            _, ts = record.timestamp()
+            messages.append(
+                Message(
+                    token=(topic, partition, offset),
+                    tenant=tenant,
+                    topic=topic,
+                    value=record.value() or b"",
+                    key=record.key(),
+                    headers=tuple((k, v or b"") for k, v in (record.headers() or [])),
+                    timestamp=ts / 1000 if ts and ts > 0 else None,
+                    coordinates={"partition": partition, "offset": offset, "timestamp_ms": ts},
+                )
+            )
+        return messages
+
+    def _tenant_partitions(self, tenants: Iterable[str]) -> list[TopicPartition]:
+        wanted = set(tenants)
+        return [TopicPartition(t, p) for t, p in self._assigned if tenant_of_kafka_topic(t) in wanted]
+
+    def pause(self, tenants: Iterable[str]) -> None:
+        new = set(tenants) - self._paused_tenants
+        if new:
+            self._paused_tenants |= new
+            partitions = self._tenant_partitions(new)
+            if partitions:
+                self._consumer.pause(partitions)
+
+    def resume(self, tenants: Iterable[str]) -> None:
+        back = set(tenants) & self._paused_tenants
+        if back:
+            self._paused_tenants -= back
+            partitions = self._tenant_partitions(back)
+            if partitions:
+                self._consumer.resume(partitions)
+
+    def paused(self) -> frozenset[str]:
+        return frozenset(self._paused_tenants)
+
+    def ack(self, tokens: Sequence[AckToken]) -> None:
+        for token in tokens:
+            topic, partition, offset = token  # type: ignore[misc]
+            self._tracker.finish((topic, partition), offset)
+        self._commit()
+
+    def _commit(self, only: set[tuple[str, int]] | None = None) -> None:
+        offsets = self._tracker.committable()
+        if only is not None:
+            offsets = {k: v for k, v in offsets.items() if k in only}
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],  # type: ignore[misc]
+                asynchronous=False,
+            )
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() == KafkaError._NO_OFFSET:
+                return
+            # A failed commit only means re-delivery after a crash; the verdicts are idempotent.
+            log.warning("commit failed; will retry with the next ack", extra={"error": error.str()})
+            return
+        self._tracker.mark_committed(offsets)
+
+    def outstanding(self) -> int:
+        return self._tracker.outstanding()
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Consumer lag per assigned partition: high watermark - position (best effort)."""
+        result: dict[tuple[str, int], int] = {}
+        partitions = [TopicPartition(t, p) for t, p in self._assigned]
+        if not partitions:
+            return result
+        try:
+            positions = self._consumer.position(partitions)
+            for tp in positions:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=1, cached=True)
+                position = tp.offset if tp.offset >= 0 else low
+                result[(tp.topic, tp.partition)] = max(0, high - position)
+        except KafkaException:
+            pass
+        return result
+
+    def close(self, timeout: float) -> None:
+        try:
+            self._commit()
+        finally:
+            self._consumer.close()
+
+
+class KafkaSink(Sink):
+    """Publishes verdicts, dead letters and retries to the tenant's topics."""
+
+    def __init__(self, settings: KafkaSettings, *, transactional_id: str | None = None) -> None:
+        config = _client_config(settings) | {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": 60_000,
+            # bounded local buffer: a full buffer is backpressure, not memory growth
+            "queue.buffering.max.messages": 10_000,
+            "queue.buffering.max.kbytes": 64 * 1024,
+        }
+        if transactional_id:
+            config["transactional.id"] = transactional_id
+        self._producer = Producer(config)
+        self._lock = threading.Lock()
+
+    @property
+    def producer(self) -> Producer:
+        return self._producer
+
+    def publish(self, record: OutRecord) -> Future[None]:
+        topic = kafka_topic(record.destination, record.tenant, record.tier)
+        future: Future[None] = Future()
+
+        def delivered(error: KafkaError | None, _msg: Any) -> None:
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(_map_error(error, f"publish to {topic}"))
+
+        try:
+            self._producer.produce(
+                topic, value=record.value, key=record.key, headers=list(record.headers), on_delivery=delivered
+            )
+        except BufferError as exc:
+            self._producer.poll(0)
+            raise MessageRejected("producer queue full") from exc
+        except KafkaException as exc:
+            raise _map_error(exc.args[0], f"publish to {topic}") from exc
+        return future
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    def flush(self, timeout: float) -> int:
+        return int(self._producer.flush(timeout))
+
+
+def open_kafka(settings: Settings, **options: Any) -> tuple[KafkaSource, KafkaSink]:
+    return KafkaSource(settings.kafka, settings.tenants, **options), KafkaSink(settings.kafka)
+
+
+def read_topic(
+    settings: KafkaSettings,
+    topic: str,
+    *,
+    timeout: float = 10.0,
+    idle: float = 2.0,
+    follow: bool = False,
+    stop: Callable[[], bool] | None = None,
+) -> Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
+    """Yield (key, value, headers) of every committed record of `topic` from the beginning.
+
+    Stops after `idle` seconds without a record (or `timeout` overall) unless `follow`,
+    in which case it runs until `stop()` returns True.
+    """
+    consumer = Consumer(
+        _client_config(settings)
+        | {
+            "group.id": f"audioguard-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        topic_meta = metadata.topics.get(topic)
+        if topic_meta is None or topic_meta.error is not None:
+            raise FatalError("missing_topic", f"topic {topic} does not exist")
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in topic_meta.partitions])
+        started = last = time.monotonic()
+        while True:
+            record = consumer.poll(0.2)
+            now = time.monotonic()
+            if record is not None and record.error() is None:
+                last = now
+                yield (
+                    record.key(),
+                    record.value() or b"",
+                    [(k, v or b"") for k, v in (record.headers() or [])],
+                )
+                continue
+            if follow:
+                if stop is not None and stop():
+                    return
+                continue
+            if now - last > idle or now - started > timeout:
+                return
+    finally:
+        consumer.close()
+
+
+def committed_offsets(
+    settings: KafkaSettings, topics: Sequence[str], group_id: str | None = None
+) -> dict[tuple[str, int], int]:
+    """The consumer group's committed offset per partition of `topics` (-1001 = none)."""
+    consumer = Consumer(_client_config(settings) | {"group.id": group_id or settings.group_id})
+    try:
+        partitions = []
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is not None and meta.error is None:
+                partitions += [TopicPartition(topic, p) for p in meta.partitions]
+        return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=10)}
+    finally:
+        consumer.close()

@@ -1,0 +1,348 @@
+"""The worker loop: poll the source, feed the steps, hold and pause on backpressure, drain.
+
+One thread drives everything except the fetch pool and the scorer thread, so the order
+of acks, pauses and commits is easy to reason about. The source is polled on every turn,
+even when every tenant is paused: on Kafka that keeps the consumer in its group while a
+long batch is scored (max.poll.interval.ms).
+
+Backpressure: when `Admit` rejects a message, the runner keeps it (per tenant, in order),
+pauses that tenant's partitions and offers it again on later turns; the tenant resumes
+once nothing of it is held and its in-flight work is below the low-water mark. The
+backlog stays in the broker, not in memory.
+
+Shutdown (SIGTERM) and partition revocation share one rule: take no new work, finish what
+is in flight within the drain deadline, commit only what finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from consumers.batching import BatchPolicy, MicroBatcher
+from consumers.steps import (
+    Admit,
+    BuildVerdict,
+    Commit,
+    DeadLetter,
+    FetchAudio,
+    InFlight,
+    ParseArrival,
+    Publish,
+    ScoreBatches,
+    Step,
+    Work,
+)
+from consumers.tenancy import TenantPolicy
+from consumers.transport import Message, MessageRejected, OutRecord, Sink, Source
+from schemas import AudioArrival, ModelInfo
+from services.audio import decode_audio
+from services.errors import FatalError
+from services.settings import Settings
+
+__all__ = ["Pipeline", "Worker", "WorkerStats"]
+
+log = logging.getLogger("audioguard.worker")
+
+
+@dataclass
+class WorkerStats:
+    consumed: int = 0
+    verdicts: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    acked: int = 0
+    batches: int = 0
+    windows_scored: int = 0
+
+
+def tenant_policy(settings: Settings, tenant: str) -> TenantPolicy:
+    values = settings.tenant_overrides.get(tenant, settings.tenant_defaults)
+    return TenantPolicy(**values.model_dump())
+
+
+class Pipeline:
+    """Wires the steps for one source/sink pair (see `consumers.steps` for the chain)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: Source,
+        sink: Sink,
+        detector: Any,
+        storage: Any,
+        store: Any,
+        breaker: Any | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        hooks: Any | None = None,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.sink = sink
+        self.detector = detector
+        self.stats = WorkerStats()
+        self._hooks = hooks
+        self._policies: dict[str, TenantPolicy] = {}
+        self.in_flight = InFlight(
+            max_events=settings.max_in_flight,
+            max_seconds=settings.max_in_flight_audio_seconds,
+            tenant_limits=self._tenant_limits,
+        )
+        meta = detector.meta
+        model = ModelInfo(name=meta.name, version=meta.version, checksum=meta.checksum)
+        self._fetch_pool = ThreadPoolExecutor(settings.fetch_threads, thread_name_prefix="fetch")
+        self._score_pool = ThreadPoolExecutor(1, thread_name_prefix="score")
+
+        def load(arrival: AudioArrival, tenant: str) -> tuple[np.ndarray, float]:
+            from services.retry import retry_call
+
+            data = retry_call(
+                lambda: storage.fetch(arrival.audio_uri, tenant, expected_sha256=arrival.sha256),
+                settings.retry,
+                describe="fetch audio",
+            )
+            audio = decode_audio(
+                data,
+                max_seconds=settings.limits.max_audio_seconds,
+                min_seconds=settings.limits.min_audio_seconds,
+            )
+            return detector.windows(audio.samples, audio.sample_rate), audio.duration_seconds
+
+        self.commit = Commit(source, self.in_flight, on_done=self._done)
+        self.publish = Publish(self.commit, sink=sink, attempts=settings.retry.attempts + 1, clock=clock)
+        self.dead_letter = DeadLetter(self.publish, build=self._dead_letter_record, breaker=breaker)
+        self.verdict = BuildVerdict(
+            self.publish, decide=detector.decide, model=model, store=store, clock=clock
+        )
+        self.score = ScoreBatches(
+            self.verdict,
+            dead_letter=self.dead_letter,
+            batcher=MicroBatcher(
+                BatchPolicy(
+                    max_windows=settings.batch.max_windows,
+                    max_audio_seconds=settings.batch.max_audio_seconds,
+                    max_wait_seconds=settings.batch.max_wait_ms / 1000,
+                ),
+                weight=lambda tenant: self.policy(tenant).weight,
+                clock=clock,
+            ),
+            executor=self._score_pool,
+            score=detector.score_windows,
+            window_seconds=meta.window_seconds,
+            clock=clock,
+            on_batch=self._batch_scored,
+        )
+        self.fetch = FetchAudio(
+            self.score,
+            dead_letter=self.dead_letter,
+            executor=self._fetch_pool,
+            load=load,
+            in_flight=self.in_flight,
+        )
+        self.parse = ParseArrival(
+            self.fetch,
+            dead_letter=self.dead_letter,
+            publish=self.publish,
+            commit=self.commit,
+            store=store,
+            max_event_bytes=settings.limits.max_event_bytes,
+            on_duplicate=settings.store.on_duplicate,
+        )
+        self.admit = Admit(self.parse, self.in_flight, clock=clock)
+        self._breaker = breaker
+        self._first_seen: dict[Any, datetime] = {}
+        self.steps: list[Step] = [self.parse, self.fetch, self.score, self.verdict, self.publish, self.commit]
+
+    # -- policy --------------------------------------------------------------------------
+    def policy(self, tenant: str) -> TenantPolicy:
+        policy = self._policies.get(tenant)
+        if policy is None:
+            policy = self._policies[tenant] = tenant_policy(self.settings, tenant)
+        return policy
+
+    def _tenant_limits(self, tenant: str) -> tuple[int, float]:
+        policy = self.policy(tenant)
+        return policy.max_in_flight, policy.max_in_flight_audio_seconds
+
+    # -- callbacks -----------------------------------------------------------------------
+    def _dead_letter_record(self, work: Work) -> OutRecord:
+        from dlq.envelope import build_dead_letter, dead_letter_record
+
+        error = work.error if work.error is not None else RuntimeError("unknown failure")
+        envelope = build_dead_letter(
+            work.message,
+            error,
+            attempt=work.message.delivery_attempt,
+            first_seen_at=datetime.fromtimestamp(work.message.received_at, UTC),
+            worker_id=self.settings.worker_id,
+            model_version=self.detector.meta.version,
+            transport=self.settings.transport,
+        )
+        return dead_letter_record(work.message, envelope, with_headers=self.settings.transport != "kinesis")
+
+    def _batch_scored(self, batch: list[Work], seconds: float) -> None:
+        self.stats.batches += 1
+        self.stats.windows_scored += sum(len(w.windows) for w in batch if w.windows is not None)
+        if self._hooks is not None:
+            self._hooks.batch_scored(batch, seconds)
+
+    def _done(self, work: Work) -> None:
+        self.stats.acked += 1
+        if work.outcome == "verdict":
+            self.stats.verdicts += 1
+            if self._breaker is not None:
+                self._breaker.record_success()
+        elif work.outcome == "duplicate":
+            self.stats.duplicates += 1
+        elif work.outcome == "dead_letter":
+            self.stats.dead_letters += 1
+        if self._hooks is not None:
+            self._hooks.done(work)
+
+    # -- driving -------------------------------------------------------------------------
+    def admit_message(self, message: Message) -> None:
+        self.admit.admit(message)
+        self.stats.consumed += 1
+
+    def poll(self) -> None:
+        for step in self.steps:
+            step.poll()
+        # a verdict published this turn can be committed this turn
+        self.publish.poll()
+        self.commit.poll()
+
+    def pending(self) -> int:
+        return self.in_flight.total_events()
+
+    def busy(self) -> bool:
+        return self.pending() > 0
+
+    def close(self) -> None:
+        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
+        self._score_pool.shutdown(wait=True)
+
+
+class Worker:
+    """Runs a Pipeline until `stop` is set, then drains within `settings.drain_seconds`."""
+
+    def __init__(self, pipeline: Pipeline, *, poll_batch: int = 100) -> None:
+        self.pipeline = pipeline
+        self.source = pipeline.source
+        self.sink = pipeline.sink
+        self.poll_batch = poll_batch
+        self.held: dict[str, deque[Message]] = {}
+        self.heartbeat = time.monotonic()
+        self.stopping = threading.Event()
+
+    def _offer_held(self) -> None:
+        for tenant in list(self.held):
+            queue = self.held[tenant]
+            while queue:
+                try:
+                    self.pipeline.admit_message(queue[0])
+                except MessageRejected:
+                    break
+                queue.popleft()
+            if not queue:
+                del self.held[tenant]
+
+    def _offer(self, messages: list[Message]) -> None:
+        for message in messages:
+            queue = self.held.get(message.tenant)
+            if queue is not None:
+                queue.append(message)
+                continue
+            try:
+                self.pipeline.admit_message(message)
+            except MessageRejected:
+                self.held[message.tenant] = deque([message])
+                self.source.pause([message.tenant])
+
+    def _resume_below_low_water(self) -> None:
+        ready = [
+            t
+            for t in self.source.paused()
+            if t not in self.held and self.pipeline.in_flight.below_low_water(t)
+        ]
+        if ready:
+            self.source.resume(ready)
+
+    def turn(self) -> None:
+        """One iteration: poll the source (always), admit, advance every step."""
+        self.heartbeat = time.monotonic()
+        self._offer_held()
+        busy = self.pipeline.busy()
+        messages = self.source.poll(self.poll_batch, 0.005 if busy else 0.05)
+        self._offer(messages)
+        self.pipeline.poll()
+        self._resume_below_low_water()
+
+    def run(self, stop: threading.Event | None = None, until: Callable[[], bool] | None = None) -> int:
+        stop = stop or self.stopping
+        try:
+            while not stop.is_set() and not (until is not None and until()):
+                self.turn()
+        except FatalError as error:
+            log.error("fatal error; stopping", extra={"reason": error.reason, "error": error.message})
+            self.shutdown(abandon=True)
+            raise
+        self.shutdown()
+        return 0
+
+    def shutdown(self, abandon: bool = False) -> None:
+        """Take no new work, finish in-flight work within the drain deadline, commit it."""
+        deadline = time.monotonic() + (0 if abandon else self.pipeline.settings.drain_seconds)
+        self.held.clear()
+        while self.pipeline.busy() and time.monotonic() < deadline:
+            self.heartbeat = time.monotonic()
+            # keep the consumer alive in its group while draining, but admit nothing new
+            self.source.pause(self.source_tenants())
+            self.source.poll(self.poll_batch, 0.005)
+            self.pipeline.poll()
+        if self.pipeline.busy():
+            log.warning(
+                "drain deadline passed; unfinished work will be redelivered",
+                extra={"in_flight": self.pipeline.pending()},
+            )
+        self.sink.flush(5)
+        self.pipeline.close()
+        self.source.close(10)
+
+    def source_tenants(self) -> list[str]:
+        return list(self.pipeline.in_flight.events)
+
+
+def build_worker(settings: Settings, *, detector: Any | None = None, hooks: Any | None = None) -> Worker:
+    """Assemble a worker from settings: transport, storage, verdict store, detector, breaker."""
+    from consumers.transports import open_transport
+    from dlq.breaker import DlqBreaker
+    from services.storage import AudioStorage
+    from services.store import open_store
+
+    if detector is None:
+        from services.detector import load_detector
+
+        detector = load_detector(settings.model_path, device=settings.device)
+    store = open_store(settings.store.url, settings.store.ttl_seconds)
+    source, sink = open_transport(settings)
+    pipeline = Pipeline(
+        settings,
+        source=source,
+        sink=sink,
+        detector=detector,
+        storage=AudioStorage(settings.storage),
+        store=store,
+        breaker=DlqBreaker(settings.dlq),
+        hooks=hooks,
+    )
+    return Worker(pipeline)

@@ -1,0 +1,686 @@
+"""The pipeline steps, each a small object with `submit / poll / join / close` (Arroyo's shape).
+
+    Admit ─► ParseArrival ─► FetchAudio ─► ScoreBatches ─► BuildVerdict ─► Publish ─► Commit
+               │   └─ duplicate: stored verdict ───────────────────────────►┘  (or straight to Commit)
+               └──────────┴──────────────┴───────────────┴──► DeadLetter ─► Publish
+
+Every `Work` item carries its `Message`, so the ack token travels with the payload to the
+last step; acking happens only in `Commit`, after the Sink confirmed the verdict or the
+dead letter. `Admit` is the one step that refuses work (`MessageRejected`): it bounds the
+events and seconds of audio in flight per tenant and in total, which bounds every queue
+behind it. The steps after it never reject; a step whose successor is momentarily busy
+keeps the item in a small outbox (bounded by the same admission limits).
+
+Steps are broker-neutral: they see `Source`, `Sink`, `Message` and `OutRecord` only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from consumers.batching import MicroBatcher
+from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
+from schemas import SCHEMA_VERSION, AudioArrival, ModelInfo, Timings, Verdict, WindowSummary
+from services.errors import AudioguardError, FatalError, PoisonMessage, ResourceExhausted, RetryableError
+
+__all__ = [
+    "Admit",
+    "BuildVerdict",
+    "Commit",
+    "DeadLetter",
+    "FetchAudio",
+    "InFlight",
+    "ParseArrival",
+    "Publish",
+    "ScoreBatches",
+    "Step",
+    "Work",
+]
+
+log = logging.getLogger("audioguard.pipeline")
+
+VERDICT_HEADERS = ("ag-idempotency-key", "ag-model-version", "ag-schema-version")
+
+
+@dataclass(frozen=True)
+class Work:
+    """One arrival on its way through the pipeline. Replaced, never mutated."""
+
+    message: Message
+    admitted_at: float
+    arrival: AudioArrival | None = None
+    windows: np.ndarray | None = None
+    duration_seconds: float = 0.0
+    scoring_started: float | None = None
+    scoring_seconds: float = 0.0
+    scores: np.ndarray | None = None
+    record: OutRecord | None = None
+    outcome: str = ""  # "verdict" | "duplicate" | "dead_letter"
+    label: str | None = None
+    error: BaseException | None = field(default=None, compare=False)
+
+    @property
+    def tenant(self) -> str:
+        return self.message.tenant
+
+
+class Step(ABC):
+    @abstractmethod
+    def submit(self, work: Work) -> None:
+        """Take `work`. Only `Admit` may raise `MessageRejected`."""
+
+    def poll(self) -> None:  # noqa: B027 - optional for steps that finish inside submit
+        """Make progress without blocking: forward finished work to the next step."""
+
+    def join(self, timeout: float | None = None) -> None:  # noqa: B027
+        """Finish what was submitted, within `timeout` seconds."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release threads and resources."""
+
+    def pending(self) -> int:
+        """Items held by this step (for draining and tests)."""
+        return 0
+
+
+class _Forwarding(Step):
+    """A step with an outbox: if the next step is busy, hold and retry on `poll`."""
+
+    def __init__(self, next_step: Step) -> None:
+        self._next = next_step
+        self._outbox: deque[Work] = deque()
+
+    def _forward(self, work: Work) -> None:
+        if self._outbox:
+            self._outbox.append(work)
+            return
+        try:
+            self._next.submit(work)
+        except MessageRejected:
+            self._outbox.append(work)
+
+    def _drain_outbox(self) -> None:
+        while self._outbox:
+            try:
+                self._next.submit(self._outbox[0])
+            except MessageRejected:
+                return
+            self._outbox.popleft()
+
+    def poll(self) -> None:
+        self._drain_outbox()
+
+    def pending(self) -> int:
+        return len(self._outbox)
+
+
+# -- admission -----------------------------------------------------------------------------
+class InFlight:
+    """Counts events and seconds of audio admitted but not yet acked, per tenant and in total.
+
+    `seconds` starts as the arrival's duration hint (or 0) and is corrected once the audio
+    is decoded, so a tenant that under-reports durations is caught one event later.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_events: int,
+        max_seconds: float,
+        tenant_limits: Callable[[str], tuple[int, float]],
+        low_water: float = 0.75,
+    ) -> None:
+        self.max_events = max_events
+        self.max_seconds = max_seconds
+        self._tenant_limits = tenant_limits
+        self.low_water = low_water
+        self.events: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def total_events(self) -> int:
+        return sum(self.events.values())
+
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    def check(self, tenant: str) -> str | None:
+        """Why `tenant` may not admit one more event now, or None."""
+        tenant_events, tenant_seconds = self._tenant_limits(tenant)
+        if self.events.get(tenant, 0) >= tenant_events:
+            return "tenant_events"
+        if self.seconds.get(tenant, 0.0) >= tenant_seconds:
+            return "tenant_audio_seconds"
+        if self.total_events() >= self.max_events:
+            return "total_events"
+        if self.total_seconds() >= self.max_seconds:
+            return "total_audio_seconds"
+        return None
+
+    def below_low_water(self, tenant: str) -> bool:
+        tenant_events, tenant_seconds = self._tenant_limits(tenant)
+        lw = self.low_water
+        return (
+            self.events.get(tenant, 0) <= tenant_events * lw
+            and self.seconds.get(tenant, 0.0) <= tenant_seconds * lw
+            and self.total_events() <= self.max_events * lw
+            and self.total_seconds() <= self.max_seconds * lw
+        )
+
+    def add(self, tenant: str, seconds: float) -> None:
+        with self._lock:
+            self.events[tenant] = self.events.get(tenant, 0) + 1
+            self.seconds[tenant] = self.seconds.get(tenant, 0.0) + seconds
+
+    def adjust(self, tenant: str, delta_seconds: float) -> None:
+        with self._lock:
+            self.seconds[tenant] = max(0.0, self.seconds.get(tenant, 0.0) + delta_seconds)
+
+    def release(self, tenant: str, seconds: float) -> None:
+        with self._lock:
+            self.events[tenant] = max(0, self.events.get(tenant, 0) - 1)
+            self.seconds[tenant] = max(0.0, self.seconds.get(tenant, 0.0) - seconds)
+
+
+class Admit(_Forwarding):
+    """The backpressure gate: rejects when the tenant or the worker is at its in-flight bound."""
+
+    def __init__(
+        self, next_step: Step, in_flight: InFlight, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__(next_step)
+        self.in_flight = in_flight
+        self._clock = clock
+
+    def submit(self, work: Work) -> None:
+        raise TypeError("Admit takes messages: use admit(message)")
+
+    def admit(self, message: Message) -> Work:
+        reason = self.in_flight.check(message.tenant)
+        if reason is not None:
+            raise MessageRejected(reason)
+        self.in_flight.add(message.tenant, 0.0)
+        work = Work(message=message, admitted_at=self._clock())
+        self._forward(work)
+        return work
+
+
+# -- parse --------------------------------------------------------------------------------
+class ParseArrival(_Forwarding):
+    """Bytes -> AudioArrival; enforces size, schema, major version and the topic's tenant.
+
+    A known idempotency key is answered from the verdict store, never scored again.
+    """
+
+    def __init__(
+        self,
+        next_step: Step,
+        *,
+        dead_letter: Step,
+        publish: Step,
+        commit: Step,
+        store: Any,
+        max_event_bytes: int,
+        on_duplicate: str = "republish",
+        on_parsed: Callable[[Work], None] | None = None,
+    ) -> None:
+        super().__init__(next_step)
+        self._dead_letter = dead_letter
+        self._publish = publish
+        self._commit = commit
+        self._store = store
+        self._max_event_bytes = max_event_bytes
+        self._on_duplicate = on_duplicate
+        self._on_parsed = on_parsed
+
+    def submit(self, work: Work) -> None:
+        try:
+            arrival = parse_arrival(work.message, self._max_event_bytes)
+        except AudioguardError as error:
+            self._dead_letter.submit(replace(work, error=error))
+            return
+        work = replace(work, arrival=arrival)
+        if self._on_parsed is not None:
+            self._on_parsed(work)
+        stored = self._store.get(work.tenant, arrival.idempotency_key)
+        if stored is not None:
+            if self._on_duplicate == "republish":
+                self._publish.submit(
+                    replace(work, record=verdict_record(work.tenant, stored), outcome="duplicate")
+                )
+            else:
+                self._commit.submit(replace(work, outcome="duplicate"))
+            return
+        self._forward(work)
+
+
+def parse_arrival(message: Message, max_event_bytes: int) -> AudioArrival:
+    if len(message.value) > max_event_bytes:
+        raise PoisonMessage(
+            "oversize_event", f"event of {len(message.value)} bytes exceeds {max_event_bytes}"
+        )
+    try:
+        document = json.loads(message.value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PoisonMessage("malformed_json", f"event is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise PoisonMessage("schema", "event must be a JSON object")
+    try:
+        arrival = AudioArrival.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        reason = (
+            "unknown_schema_version" if where == "schema_version" and "major" in first["msg"] else "schema"
+        )
+        raise PoisonMessage(reason, f"{where}: {first['msg']} ({exc.error_count()} error(s))") from exc
+    if arrival.tenant_id != message.tenant:
+        raise PoisonMessage(
+            "tenant_mismatch",
+            f"event claims tenant {arrival.tenant_id!r} but arrived on {message.tenant!r}'s topic",
+        )
+    return arrival
+
+
+def verdict_record(tenant: str, verdict_json: bytes) -> OutRecord:
+    verdict = json.loads(verdict_json)
+    key = verdict["idempotency_key"]
+    return OutRecord(
+        tenant=tenant,
+        destination="verdicts",
+        key=key.encode(),
+        value=verdict_json,
+        headers=(
+            ("ag-idempotency-key", key.encode()),
+            ("ag-model-version", str(verdict["model"]["version"]).encode()),
+            ("ag-schema-version", str(verdict.get("schema_version", SCHEMA_VERSION)).encode()),
+        ),
+        ordering_key=str(verdict.get("content_id", key)),
+    )
+
+
+# -- fetch and decode ---------------------------------------------------------------------
+class FetchAudio(_Forwarding):
+    """Fetches and decodes audio on a thread pool, then cuts it into the detector's windows."""
+
+    def __init__(
+        self,
+        next_step: Step,
+        *,
+        dead_letter: Step,
+        executor: Executor,
+        load: Callable[[AudioArrival, str], tuple[np.ndarray, float]],
+        in_flight: InFlight,
+    ) -> None:
+        super().__init__(next_step)
+        self._dead_letter = dead_letter
+        self._executor = executor
+        self._load = load
+        self._in_flight = in_flight
+        self._running: set[Future[tuple[np.ndarray, float]]] = set()
+        self._owner: dict[Future[tuple[np.ndarray, float]], Work] = {}
+
+    def submit(self, work: Work) -> None:
+        assert work.arrival is not None
+        future = self._executor.submit(self._load, work.arrival, work.tenant)
+        self._running.add(future)
+        self._owner[future] = work
+
+    def poll(self) -> None:
+        self._drain_outbox()
+        done = [f for f in self._running if f.done()]
+        for future in done:
+            self._running.discard(future)
+            work = self._owner.pop(future)
+            try:
+                windows, duration = future.result()
+            except Exception as error:  # noqa: BLE001 - every failure becomes a dead letter
+                self._dead_letter.submit(replace(work, error=error))
+                continue
+            self._in_flight.adjust(work.tenant, duration)
+            self._forward(replace(work, windows=windows, duration_seconds=duration))
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._running and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.005)
+            self.poll()
+
+    def pending(self) -> int:
+        return len(self._running) + len(self._outbox)
+
+    def abandon(self, tokens: set[AckToken]) -> None:
+        for future, work in list(self._owner.items()):
+            if work.message.token in tokens:
+                future.cancel()
+
+
+# -- batch and score ----------------------------------------------------------------------
+def score_items(
+    score: Callable[[np.ndarray], np.ndarray], items: list[np.ndarray]
+) -> list[np.ndarray | Exception]:
+    """Score a batch of uploads' windows; errors per item, never a whole-batch failure.
+
+    A failing batch (CUDA out-of-memory or anything else) is split in halves and retried,
+    so one bad item, or a batch too large for the device, never blames its neighbours.
+    """
+    if not items:
+        return []
+    try:
+        scores = score(np.concatenate(items, axis=0))
+        total = sum(len(x) for x in items)
+        if len(scores) != total:
+            raise RetryableError("scorer_length", f"scorer returned {len(scores)} scores for {total} windows")
+        out: list[np.ndarray | Exception] = []
+        start = 0
+        for x in items:
+            out.append(np.asarray(scores[start : start + len(x)], dtype=np.float32))
+            start += len(x)
+        return out
+    except Exception as error:  # noqa: BLE001
+        if len(items) == 1:
+            if isinstance(error, AudioguardError):
+                return [error]
+            return [RetryableError("scoring_failed", f"{type(error).__name__}: {error}")]
+        if not isinstance(error, ResourceExhausted):
+            log.warning("batch scoring failed; splitting", extra={"error": str(error), "items": len(items)})
+        half = len(items) // 2
+        return score_items(score, items[:half]) + score_items(score, items[half:])
+
+
+class ScoreBatches(_Forwarding):
+    """Micro-batches windows fairly across tenants and scores one batch at a time on the
+    scorer thread, while the next batch fills."""
+
+    def __init__(
+        self,
+        next_step: Step,
+        *,
+        dead_letter: Step,
+        batcher: MicroBatcher[Work],
+        executor: Executor,
+        score: Callable[[np.ndarray], np.ndarray],
+        window_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_batch: Callable[[list[Work], float], None] | None = None,
+    ) -> None:
+        super().__init__(next_step)
+        self._dead_letter = dead_letter
+        self._batcher = batcher
+        self._executor = executor
+        self._score = score
+        self._window_seconds = window_seconds
+        self._clock = clock
+        self._on_batch = on_batch
+        self._running: tuple[Future[tuple[list[np.ndarray | Exception], float]], list[Work]] | None = None
+
+    def submit(self, work: Work) -> None:
+        assert work.windows is not None and work.arrival is not None
+        self._batcher.add(
+            work.tenant,
+            work,
+            windows=len(work.windows),
+            seconds=len(work.windows) * self._window_seconds,
+            priority=work.arrival.priority,
+        )
+
+    def _run(self, batch: list[Work]) -> tuple[list[np.ndarray | Exception], float]:
+        started = time.perf_counter()
+        results = score_items(self._score, [w.windows for w in batch])  # type: ignore[misc]
+        return results, time.perf_counter() - started
+
+    def poll(self) -> None:
+        self._drain_outbox()
+        if self._running is not None and self._running[0].done():
+            future, batch = self._running
+            self._running = None
+            results, seconds = future.result()
+            if self._on_batch is not None:
+                self._on_batch(batch, seconds)
+            for work, result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    self._dead_letter.submit(replace(work, error=result))
+                else:
+                    self._forward(replace(work, scores=result, scoring_seconds=seconds))
+        if self._running is None and self._batcher.ready():
+            batch = self._batcher.take()
+            now = self._clock()
+            batch = [replace(w, scoring_started=now) for w in batch]
+            self._running = (self._executor.submit(self._run, batch), batch)
+
+    def flush_deadline(self) -> float | None:
+        return self._batcher.deadline()
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (self._running is not None or len(self._batcher)) and (
+            deadline is None or time.monotonic() < deadline
+        ):
+            time.sleep(0.002)
+            self.poll()
+
+    def pending(self) -> int:
+        running = len(self._running[1]) if self._running else 0
+        return len(self._batcher) + running + len(self._outbox)
+
+
+# -- verdict ------------------------------------------------------------------------------
+class BuildVerdict(_Forwarding):
+    """Window scores -> one Verdict per upload, stored first-writer-wins in the verdict store.
+
+    Storing before publishing means a crash between the two re-publishes the *stored*
+    verdict on re-delivery: the same arrival always yields the same verdict.
+    """
+
+    def __init__(
+        self,
+        next_step: Step,
+        *,
+        decide: Callable[[np.ndarray], Any],
+        model: ModelInfo,
+        store: Any,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(next_step)
+        self._decide = decide
+        self._model = model
+        self._store = store
+        self._clock = clock
+
+    def submit(self, work: Work) -> None:
+        assert work.arrival is not None and work.scores is not None
+        decision = self._decide(work.scores)
+        now = datetime.now(UTC)
+        arrival = work.arrival
+        verdict = Verdict(
+            idempotency_key=arrival.idempotency_key,
+            tenant_id=work.tenant,
+            content_id=arrival.content_id,
+            event_id=arrival.event_id,
+            label=decision.label,
+            score=float(decision.score),
+            threshold=float(decision.threshold),
+            windows=WindowSummary(
+                count=decision.window_count,
+                mean=decision.mean,
+                minimum=decision.minimum,
+                maximum=decision.maximum,
+                fraction_over_threshold=decision.fraction_over_threshold,
+            ),
+            duration_seconds=work.duration_seconds,
+            model=self._model,
+            timings=Timings(
+                queued_seconds=max(0.0, (work.scoring_started or work.admitted_at) - work.admitted_at),
+                scoring_seconds=work.scoring_seconds,
+                end_to_end_seconds=(now - arrival.submitted_at).total_seconds(),
+            ),
+            processed_at=now,
+            attempt=work.message.delivery_attempt,
+        )
+        stored = self._store.put_if_absent(
+            work.tenant, arrival.idempotency_key, verdict.model_dump_json().encode()
+        )
+        self._forward(
+            replace(work, record=verdict_record(work.tenant, stored), outcome="verdict", label=decision.label)
+        )
+
+
+# -- dead letters -------------------------------------------------------------------------
+class DeadLetter(_Forwarding):
+    """Turns a failed item into its dead-letter record; the circuit breaker watches the rate."""
+
+    def __init__(
+        self,
+        next_step: Step,
+        *,
+        build: Callable[[Work], OutRecord],
+        breaker: Any | None = None,
+        on_dead_letter: Callable[[Work], None] | None = None,
+    ) -> None:
+        super().__init__(next_step)
+        self._build = build
+        self._breaker = breaker
+        self._on_dead_letter = on_dead_letter
+
+    def submit(self, work: Work) -> None:
+        error = work.error
+        if isinstance(error, FatalError):
+            raise error
+        log.warning(
+            "dead-lettering",
+            extra={
+                "tenant": work.tenant,
+                "reason": getattr(error, "reason", type(error).__name__),
+                "error": str(error),
+                "idempotency_key": work.arrival.idempotency_key if work.arrival else None,
+            },
+        )
+        if self._on_dead_letter is not None:
+            self._on_dead_letter(work)
+        self._forward(replace(work, record=self._build(work), outcome="dead_letter"))
+        if self._breaker is not None:
+            self._breaker.record_dead_letter()
+
+
+# -- publish and commit -------------------------------------------------------------------
+class Publish(_Forwarding):
+    """Publishes each item's record and forwards it once the broker confirmed it.
+
+    A retryable publish failure is re-published with exponential backoff, up to
+    `attempts`; after that the worker stops (FatalError) rather than ack an arrival
+    whose verdict is not durable — re-delivery after the restart recovers it.
+    """
+
+    def __init__(
+        self,
+        next_step: Step,
+        *,
+        sink: Sink,
+        attempts: int = 5,
+        backoff: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(next_step)
+        self._sink = sink
+        self._attempts = attempts
+        self._backoff = backoff
+        self._clock = clock
+        self._waiting: list[tuple[Future[None], Work, int]] = []
+        self._retry_at: list[tuple[float, Work, int]] = []
+
+    def submit(self, work: Work) -> None:
+        self._send(work, 1)
+
+    def _send(self, work: Work, attempt: int) -> None:
+        assert work.record is not None
+        try:
+            future = self._sink.publish(work.record)
+        except MessageRejected:
+            self._retry_at.append((self._clock() + 0.01, work, attempt))
+            return
+        self._waiting.append((future, work, attempt))
+
+    def poll(self) -> None:
+        self._drain_outbox()
+        self._sink.poll()
+        now = self._clock()
+        due = [r for r in self._retry_at if r[0] <= now]
+        self._retry_at = [r for r in self._retry_at if r[0] > now]
+        for _, work, attempt in due:
+            self._send(work, attempt)
+        still: list[tuple[Future[None], Work, int]] = []
+        for future, work, attempt in self._waiting:
+            if not future.done():
+                still.append((future, work, attempt))
+                continue
+            error = future.exception()
+            if error is None:
+                self._forward(work)
+            elif isinstance(error, RetryableError) and attempt < self._attempts:
+                delay = self._backoff * (2 ** (attempt - 1))
+                log.warning("publish failed; retrying", extra={"error": str(error), "attempt": attempt})
+                self._retry_at.append((now + delay, work, attempt + 1))
+            else:
+                raise FatalError("publish_failed", f"could not publish after {attempt} attempt(s): {error}")
+        self._waiting = still
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (self._waiting or self._retry_at or self._outbox) and (
+            deadline is None or time.monotonic() < deadline
+        ):
+            self._sink.flush(0.05)
+            self.poll()
+
+    def pending(self) -> int:
+        return len(self._waiting) + len(self._retry_at) + len(self._outbox)
+
+
+class Commit(Step):
+    """The last step: ack finished messages to the source and release their admission."""
+
+    def __init__(
+        self,
+        source: Source,
+        in_flight: InFlight,
+        *,
+        on_done: Callable[[Work], None] | None = None,
+    ) -> None:
+        self._source = source
+        self._in_flight = in_flight
+        self._on_done = on_done
+        self._ready: list[Work] = []
+        self.acked = 0
+
+    def submit(self, work: Work) -> None:
+        self._ready.append(work)
+
+    def poll(self) -> None:
+        if not self._ready:
+            return
+        ready, self._ready = self._ready, []
+        self._source.ack([w.message.token for w in ready])
+        for work in ready:
+            self._in_flight.release(work.tenant, work.duration_seconds)
+            if self._on_done is not None:
+                self._on_done(work)
+        self.acked += len(ready)
+
+    def join(self, timeout: float | None = None) -> None:
+        self.poll()
+
+    def pending(self) -> int:
+        return len(self._ready)

@@ -1,0 +1,57 @@
+"""Pick the transport adapter named by `settings.transport`, importing only that SDK."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consumers.transport import Sink, Source
+from services.settings import Settings
+
+__all__ = ["open_publisher", "open_transport", "provision"]
+
+
+def open_transport(settings: Settings, **options: Any) -> tuple[Source, Sink]:
+    """The worker's (Source, Sink) for the configured transport."""
+    if settings.transport == "kafka":
+        from consumers.kafka import open_kafka
+
+        return open_kafka(settings, **options)
+    if settings.transport == "pubsub":
+        from consumers.pubsub import open_pubsub
+
+        return open_pubsub(settings, **options)
+    from consumers.kinesis import open_kinesis
+
+    return open_kinesis(settings, **options)
+
+
+def open_publisher(settings: Settings) -> Sink:
+    """A Sink only, for the platform side (publishing arrivals) and the DLQ replay tool."""
+    if settings.transport == "kafka":
+        from consumers.kafka import KafkaSink
+
+        return KafkaSink(settings.kafka)
+    if settings.transport == "pubsub":
+        from consumers.pubsub import PubSubSink
+
+        return PubSubSink(settings)
+    from consumers.kinesis import KinesisSink
+
+    return KinesisSink(settings)
+
+
+def provision(settings: Settings, tenants: list[str], partitions: int = 1) -> None:
+    """Create every topic / subscription / stream the tenants need (idempotent)."""
+    if settings.transport == "kafka":
+        from consumers.kafka import create_topics, tenant_topics
+
+        create_topics(settings.kafka, tenant_topics(tenants), partitions=partitions)
+        return
+    if settings.transport == "pubsub":
+        from consumers.pubsub import provision_pubsub
+
+        provision_pubsub(settings, tenants)
+        return
+    from consumers.kinesis import provision_kinesis
+
+    provision_kinesis(settings, tenants)

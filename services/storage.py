@@ -1,0 +1,157 @@
+"""Audio storage by URI: file:// confined to configured roots, s3:// through boto3.
+
+A URI comes from an untrusted event, so every fetch is confined per tenant:
+- file://  only below the tenant's roots (`storage.tenant_file_roots[tenant]`, else the
+           shared `storage.file_roots`); `..` segments are refused outright and the real
+           path (symlinks resolved) must stay inside a root, so a link cannot escape.
+- s3://    only buckets / prefixes listed for the tenant (`storage.tenant_s3_locations`);
+           an unlisted tenant may read no bucket at all.
+Sizes are bounded before the bytes are read, and the sha256 is checked when the event
+gives one. Every refusal is a `PoisonMessage` with a reason code; network trouble is a
+`RetryableError`. boto3 is imported here and in the Kinesis adapter only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from services.errors import PoisonMessage, RetryableError
+from services.settings import StorageSettings
+
+__all__ = ["AudioStorage"]
+
+_SCHEMES = ("file", "s3", "gs")
+
+
+class AudioStorage:
+    """Fetches (and, for the platform-side CLI, stores) audio objects."""
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self.settings = settings
+        self._s3_client: Any = None
+        self._lock = threading.Lock()
+
+    # -- fetch -------------------------------------------------------------------------
+    def fetch(self, uri: str, tenant: str, *, expected_sha256: str | None = None) -> bytes:
+        parts = urlsplit(uri)
+        if parts.scheme not in _SCHEMES:
+            raise PoisonMessage("unsupported_scheme", f"URI scheme {parts.scheme!r} is not one of {_SCHEMES}")
+        if parts.scheme == "file":
+            data = self._fetch_file(parts.netloc, parts.path, tenant)
+        elif parts.scheme == "s3":
+            data = self._fetch_s3(parts.netloc, parts.path.lstrip("/"), tenant)
+        else:
+            raise PoisonMessage("unsupported_scheme", "gs:// storage is not configured on this worker")
+        if expected_sha256 is not None:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != expected_sha256:
+                raise PoisonMessage("sha256_mismatch", f"object sha256 {digest} != event's {expected_sha256}")
+        return data
+
+    def _roots(self, tenant: str) -> list[Path]:
+        roots = self.settings.tenant_file_roots.get(tenant, self.settings.file_roots)
+        return [Path(os.path.realpath(root)) for root in roots]
+
+    def _fetch_file(self, host: str, raw_path: str, tenant: str) -> bytes:
+        if host not in ("", "localhost"):
+            raise PoisonMessage("uri_outside_roots", f"file:// URI names a remote host {host!r}")
+        path = unquote(raw_path)
+        if "\x00" in path or any(segment == ".." for segment in path.split("/")):
+            raise PoisonMessage("path_traversal", "file:// path contains '..' or NUL")
+        roots = self._roots(tenant)
+        if not roots:
+            raise PoisonMessage("uri_outside_roots", f"no file:// roots are configured for tenant {tenant}")
+        real = Path(os.path.realpath(path))
+        if not any(real == root or root in real.parents for root in roots):
+            raise PoisonMessage("uri_outside_roots", "file:// path is outside the tenant's storage roots")
+        try:
+            size = real.stat().st_size
+            if not real.is_file():
+                raise PoisonMessage("missing_object", "file:// path is not a regular file")
+        except FileNotFoundError as exc:
+            raise PoisonMessage("missing_object", "no such file") from exc
+        except PermissionError as exc:
+            raise PoisonMessage("missing_object", "file is not readable") from exc
+        self._check_size(size)
+        with open(real, "rb") as handle:
+            data = handle.read(self.settings.max_bytes + 1)
+        self._check_size(len(data))
+        return data
+
+    def _check_size(self, size: int) -> None:
+        if size > self.settings.max_bytes:
+            raise PoisonMessage(
+                "oversize", f"object of {size} bytes exceeds the {self.settings.max_bytes}-byte limit"
+            )
+
+    def _allowed_s3(self, bucket: str, key: str, tenant: str) -> bool:
+        for location in self.settings.tenant_s3_locations.get(tenant, []):
+            allowed_bucket, _, prefix = location.partition("/")
+            if bucket == allowed_bucket and key.startswith(prefix):
+                return True
+        return False
+
+    def _s3(self) -> Any:
+        with self._lock:
+            if self._s3_client is None:
+                import boto3
+                from botocore.config import Config
+
+                timeout = self.settings.timeout_seconds
+                self._s3_client = boto3.client(
+                    "s3",
+                    endpoint_url=self.settings.s3_endpoint_url,
+                    region_name=self.settings.s3_region,
+                    config=Config(
+                        connect_timeout=timeout,
+                        read_timeout=timeout,
+                        retries={"max_attempts": 2, "mode": "standard"},
+                    ),
+                )
+            return self._s3_client
+
+    def _fetch_s3(self, bucket: str, key: str, tenant: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if not bucket or not key or any(segment == ".." for segment in key.split("/")):
+            raise PoisonMessage("path_traversal", "s3:// URI needs a bucket and a key without '..'")
+        if not self._allowed_s3(bucket, key, tenant):
+            raise PoisonMessage("uri_outside_roots", f"s3://{bucket} is not a location of tenant {tenant}")
+        try:
+            head = self._s3().head_object(Bucket=bucket, Key=key)
+            self._check_size(int(head["ContentLength"]))
+            body = self._s3().get_object(Bucket=bucket, Key=key)["Body"]
+            data: bytes = body.read(self.settings.max_bytes + 1)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+                raise PoisonMessage("missing_object", f"s3://{bucket}/{key} does not exist") from exc
+            raise RetryableError("storage_unavailable", f"S3 error {code}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise RetryableError("storage_unavailable", f"S3 unreachable: {exc}") from exc
+        self._check_size(len(data))
+        return data
+
+    # -- store (the platform side: `audioguard publish`, the demo, tests) ----------------
+    def put(self, data: bytes, uri: str) -> str:
+        """Write `data` at `uri` (file:// or s3://) and return the URI."""
+        parts = urlsplit(uri)
+        if parts.scheme == "file":
+            path = Path(unquote(parts.path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        elif parts.scheme == "s3":
+            client = self._s3()
+            try:
+                client.head_bucket(Bucket=parts.netloc)
+            except Exception:
+                client.create_bucket(Bucket=parts.netloc)
+            client.put_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"), Body=data)
+        else:
+            raise ValueError(f"cannot store to {uri}")
+        return uri

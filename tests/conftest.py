@@ -1,0 +1,67 @@
+"""Shared fixtures: the real embedded broker, the real Redis, the shipped detector, test audio."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.broker import EmbeddedBroker
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any("gpu" in item.keywords for item in items) and not _cuda():
+        skip = pytest.mark.skip(reason="needs CUDA; none on this machine")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One Tansu broker for the session, on a free loopback port (memory storage)."""
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def detector():  # type: ignore[no-untyped-def]
+    from services.detector import load_detector
+
+    return load_detector(device="cpu")
+
+
+@pytest.fixture
+def tenants() -> list[str]:
+    """Fresh tenant ids per test, so topics and consumer groups never collide."""
+    suffix = uuid.uuid4().hex[:6]
+    return [f"t{i}-{suffix}" for i in range(3)]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", 6379)) != 0:
+            pytest.fail("Redis is not listening on 127.0.0.1:6379 (the Makefile's test target starts one)")
+    return os.environ.get("AUDIOGUARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def audio_root(tmp_path: Path) -> Path:
+    root = tmp_path / "audio"
+    root.mkdir()
+    return root
