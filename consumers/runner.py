@@ -28,14 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from consumers.admission import Admit, InFlight
 from consumers.batching import BatchPolicy, MicroBatcher
 from consumers.steps import (
-    Admit,
     BuildVerdict,
     Commit,
     DeadLetter,
     FetchAudio,
-    InFlight,
     ParseArrival,
     Publish,
     ScoreBatches,
