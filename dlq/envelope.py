@@ -9,9 +9,13 @@ Two wire forms of one contract (`schemas.DeadLetter`):
   ``payload_b64`` holding the original payload.
 
 `dead_letter_from_record` reads either form back, so the inspect / replay tooling does not
-care which transport it is looking at. The replay tool marks what it republishes with
-`REPLAY_COUNT_HEADER` / `REPLAY_ID_HEADER` (see `replay_headers`); a replayed arrival that
-fails again carries both forward into its new envelope.
+care which transport it is looking at. It also reads a third kind of record no worker wrote:
+a message that Pub/Sub's own dead-letter policy forwarded (every delivery attempt nacked or
+timed out), recognised by its ``CloudPubSubDeadLetterSource*`` attributes; its envelope is
+built from those attributes (category retries_exhausted, reason ``max_delivery_attempts``).
+
+The replay tool marks what it republishes with `REPLAY_COUNT_HEADER` / `REPLAY_ID_HEADER`
+(see `replay_headers`); a replayed arrival that fails again carries both forward into its new envelope.
 
 This module must never alter the original payload, never import an SDK, and never raise
 while building an envelope for a failure it was handed (a worker that cannot dead-letter
@@ -23,6 +27,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import traceback
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -39,6 +44,7 @@ __all__ = [
     "ENVELOPE_FIELDS",
     "HEADER_PREFIX",
     "MAX_HEADER_VALUE_BYTES",
+    "PUBSUB_DEAD_LETTER_PREFIX",
     "REPLAY_COUNT_HEADER",
     "REPLAY_ID_HEADER",
     "build_dead_letter",
@@ -59,6 +65,10 @@ REPLAY_ID_HEADER = "ag-replay-id"
 MAX_HEADER_VALUE_BYTES = 1024
 #: the DeadLetter fields carried as headers (payload_b64 only exists in the body form)
 ENVELOPE_FIELDS: tuple[str, ...] = tuple(name for name in DeadLetter.model_fields if name != "payload_b64")
+
+#: attributes Pub/Sub adds when its dead-letter policy forwards a message
+PUBSUB_DEAD_LETTER_PREFIX = "CloudPubSubDeadLetterSource"
+_PUBSUB_SUBSCRIPTION_RE = re.compile(r"(?:^|/)arrivals-([a-z0-9-]{1,40})-workers$")
 
 _MAX_MESSAGE_CHARS = 4000  # DeadLetter.error_message's limit
 _MAX_CAUSE_DEPTH = 5
@@ -261,10 +271,15 @@ def dead_letter_record(
 
 
 def dead_letter_from_record(value: bytes, headers: Sequence[tuple[str, bytes]]) -> tuple[DeadLetter, bytes]:
-    """(envelope, original payload) from a DLQ record in either form.
+    """(envelope, original payload) from a DLQ record in either form, or forwarded by Pub/Sub's
+    dead-letter policy.
 
-    Raises ``PoisonMessage("bad_dead_letter")`` when the record is neither form (e.g. written
+    Raises ``PoisonMessage("bad_dead_letter")`` when the record is none of these (e.g. written
     by something other than audioguard)."""
+    if not any(name.startswith(HEADER_PREFIX) for name, _ in headers) and any(
+        name.startswith(PUBSUB_DEAD_LETTER_PREFIX) for name, _ in headers
+    ):
+        return _from_pubsub_policy(headers), value
     fields: dict[str, Any] = {}
     for name, raw in headers:
         if not name.startswith(HEADER_PREFIX):
@@ -287,6 +302,56 @@ def dead_letter_from_record(value: bytes, headers: Sequence[tuple[str, bytes]]) 
     except ValueError as error:
         raise PoisonMessage("bad_dead_letter", f"payload_b64 is not base64: {error}") from error
     return envelope, payload
+
+
+def _pubsub_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    # RFC 3339 with up to nanoseconds ("2026-11-22T06:41:48.328Z"); Python takes microseconds.
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())
+    if match is None:
+        return None
+    fraction = (match.group(2) or "0")[:6].ljust(6, "0")
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    try:
+        return datetime.fromisoformat(f"{match.group(1)}.{fraction}{zone}")
+    except ValueError:
+        return None
+
+
+def _from_pubsub_policy(headers: Sequence[tuple[str, bytes]]) -> DeadLetter:
+    attributes = {name: raw.decode("utf-8", errors="replace") for name, raw in headers}
+    subscription = attributes.get(PUBSUB_DEAD_LETTER_PREFIX + "Subscription", "")
+    match = _PUBSUB_SUBSCRIPTION_RE.search(subscription)
+    tenant = match.group(1) if match else "unknown"
+    count_text = attributes.get(PUBSUB_DEAD_LETTER_PREFIX + "DeliveryCount", "")
+    attempts = int(count_text) if count_text.isdigit() and int(count_text) > 0 else 1
+    published = _pubsub_time(attributes.get(PUBSUB_DEAD_LETTER_PREFIX + "TopicPublishTime"))
+    now = datetime.now(UTC)
+    replay_count_text = attributes.get(REPLAY_COUNT_HEADER, "")
+    return DeadLetter(
+        tenant_id=tenant,
+        error_class="PubSubDeadLetterPolicy",
+        error_message=(
+            f"Pub/Sub forwarded this message after {attempts} delivery attempts on subscription "
+            f"{subscription or '(unknown)'}: every attempt was nacked or outlived its ack deadline, "
+            "and no worker wrote a dead letter for it"
+        ),
+        reason="max_delivery_attempts",
+        category="retries_exhausted",
+        stack_digest=hashlib.sha1(b"pubsub-dead-letter-policy", usedforsecurity=False).hexdigest(),
+        attempt=attempts,
+        source=SourceCoordinates(
+            transport="pubsub", topic=f"arrivals-{tenant}" if match else subscription or "unknown"
+        ),
+        first_seen_at=published or now,
+        # unknown: Pub/Sub does not say when it gave up; the time we read it is the closest bound
+        last_failed_at=now,
+        worker_id="pubsub-dead-letter-policy",
+        model_version="unknown",
+        replay_count=int(replay_count_text) if replay_count_text.isdigit() else 0,
+        replay_id=attributes.get(REPLAY_ID_HEADER) or None,
+    )
 
 
 def replay_headers(

@@ -341,6 +341,66 @@ def test_not_a_dead_letter_is_rejected_with_a_reason(
     assert caught.value.reason == "bad_dead_letter"
 
 
+# the attributes Google's Pub/Sub emulator put on a message its dead-letter policy forwarded
+# (captured from a real run: 5 nacks on arrivals-acme-workers, max_delivery_attempts=5)
+PUBSUB_FORWARDED = (
+    ("ag-replay-id", b"r1"),
+    ("CloudPubSubDeadLetterSourceDeliveryCount", b"5"),
+    ("CloudPubSubDeadLetterSourceSubscription", b"arrivals-acme-workers"),
+    ("CloudPubSubDeadLetterSourceSubscriptionProject", b"probe"),
+    ("CloudPubSubDeadLetterSourceTopicPublishTime", b"2026-11-22T06:41:48.328Z"),
+)
+
+
+def test_a_message_forwarded_by_the_pubsub_policy_is_read() -> None:
+    dead, payload = dead_letter_from_record(ODD_PAYLOAD, PUBSUB_FORWARDED)
+    assert payload == ODD_PAYLOAD
+    assert (dead.tenant_id, dead.category, dead.reason) == (
+        "acme",
+        "retries_exhausted",
+        "max_delivery_attempts",
+    )
+    assert dead.attempt == 5
+    assert (dead.source.transport, dead.source.topic) == ("pubsub", "arrivals-acme")
+    assert dead.first_seen_at == datetime(2026, 11, 22, 6, 41, 48, 328000, tzinfo=UTC)
+    assert dead.replay_id == "r1"
+    assert "5 delivery attempts" in dead.error_message
+
+
+@pytest.mark.parametrize(
+    ("subscription", "published", "tenant", "first_seen"),
+    [
+        (
+            b"projects/p/subscriptions/arrivals-globex-workers",
+            b"2026-11-22T06:41:48.123456789Z",
+            "globex",
+            datetime(2026, 11, 22, 6, 41, 48, 123456, tzinfo=UTC),
+        ),
+        (b"some-other-sub", b"yesterday", "unknown", None),
+    ],
+)
+def test_pubsub_policy_variants(
+    subscription: bytes, published: bytes, tenant: str, first_seen: object
+) -> None:
+    headers = (
+        ("CloudPubSubDeadLetterSourceSubscription", subscription),
+        ("CloudPubSubDeadLetterSourceTopicPublishTime", published),
+    )
+    dead, _ = dead_letter_from_record(b"x", headers)
+    assert dead.tenant_id == tenant and dead.attempt == 1
+    if first_seen is not None:
+        assert dead.first_seen_at == first_seen
+    else:
+        assert dead.first_seen_at.tzinfo is not None  # unparsable time: falls back to now
+
+
+def test_our_envelope_wins_over_pubsub_policy_attributes() -> None:
+    message = kafka_message()
+    record = dead_letter_record(message, envelope(message, raised(PoisonMessage("schema"))))
+    dead, _ = dead_letter_from_record(record.value, (*record.headers, *PUBSUB_FORWARDED))
+    assert dead.reason == "schema"
+
+
 def test_unknown_envelope_headers_from_a_newer_minor_version_are_ignored() -> None:
     message = kafka_message()
     record = dead_letter_record(message, envelope(message, raised(PoisonMessage("schema"))))
