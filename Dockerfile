@@ -11,6 +11,7 @@
 # into the venv here; the worker checks its sha256 when it loads it and exits non-zero on a
 # mismatch, and /readyz stays 503 until a warm-up inference has run (see docs/deploy.md).
 
+# checkov:skip=CKV_DOCKER_7: every FROM is pinned, through the ARGs below (CUDA_IMAGE, PYTHON_IMAGE carry version tags); checkov cannot resolve an ARG in FROM.
 ARG VARIANT=cuda
 # The "base" flavour of the CUDA image (cudart and the driver hooks, ~250 MB) rather than
 # "runtime": the torch 2.9.1 wheels bring their own cuBLAS/cuDNN/NCCL as nvidia-* wheels,
