@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("audioguard.kafka")
+_librdkafka_log = logging.getLogger("audioguard.librdkafka")
 
 _FATAL_CODES = {
     KafkaError.TOPIC_AUTHORIZATION_FAILED,
@@ -73,6 +74,8 @@ def _client_config(settings: KafkaSettings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "security.protocol": settings.security_protocol,
+        # librdkafka's own log lines go through our structured logging, not raw stderr
+        "logger": _librdkafka_log,
     }
     if settings.sasl_mechanism:
         config["sasl.mechanism"] = settings.sasl_mechanism
@@ -217,6 +220,9 @@ class KafkaSource(Source):
 
     def paused(self) -> frozenset[str]:
         return frozenset(self._paused_tenants)
+
+    def ready(self) -> bool:
+        return bool(self._assigned)
 
     def ack(self, tokens: Sequence[AckToken]) -> None:
         for token in tokens:

@@ -124,6 +124,10 @@ class Source(ABC):
         """Tenants currently paused (for metrics and tests)."""
         return frozenset()
 
+    def ready(self) -> bool:
+        """Connected and holding something to consume (Kafka: partitions assigned)."""
+        return True
+
     def drop(self, tokens: Sequence[AckToken]) -> None:  # noqa: B027 - optional hook
         """Forget these in-flight messages without acking them (revoked partitions, shutdown
         abandon). They will be delivered again. Default: nothing to forget."""

@@ -119,6 +119,9 @@ def add_parser(subparsers: Any) -> None:
     demo.add_argument("--transport", choices=TRANSPORTS, default="kafka")
     demo.add_argument("--repeat", type=int, default=1, help="publish the clip set this many times")
     demo.add_argument("--timeout", type=float, default=110.0, help="give up after this many seconds")
+    demo.add_argument(
+        "--clips", type=Path, default=None, help="a folder with labels.csv (file,label,...) to use instead"
+    )
     demo.set_defaults(handler=_demo)
 
 
@@ -269,6 +272,10 @@ def _demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
     started = time.monotonic()
-    code = run_demo(transport=args.transport, repeat=args.repeat, timeout=args.timeout)
+    from services.demo import DEMO_CLIPS
+
+    code = run_demo(
+        transport=args.transport, repeat=args.repeat, timeout=args.timeout, clips_dir=args.clips or DEMO_CLIPS
+    )
     print(f"demo finished in {time.monotonic() - started:.1f}s")
     return code

@@ -51,7 +51,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def run_demo(transport: str = "kafka", repeat: int = 1, timeout: float = 110.0) -> int:
+def run_demo(
+    transport: str = "kafka", repeat: int = 1, timeout: float = 110.0, clips_dir: Path = DEMO_CLIPS
+) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -76,7 +78,7 @@ def run_demo(transport: str = "kafka", repeat: int = 1, timeout: float = 110.0) 
 
     console = Console()
     configure_logging("ERROR", "text")
-    clips = load_clips() * max(1, repeat)
+    clips = load_clips(clips_dir) * max(1, repeat)
     with tempfile.TemporaryDirectory(prefix="audioguard-demo-") as tmp, EmbeddedBroker() as broker:
         root = Path(tmp)
         console.print(f"[bold]embedded broker[/] Tansu on {broker.bootstrap_servers}")
@@ -94,7 +96,18 @@ def run_demo(transport: str = "kafka", repeat: int = 1, timeout: float = 110.0) 
             f"(sha256 {detector.meta.checksum[:12]}…)"
         )
 
+        # the worker joins its consumer group first, as it would in production
+        worker = build_worker(settings, detector=detector)
+        stop = threading.Event()
+        runner = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        runner.start()
+        deadline = time.monotonic() + 30
+        while not worker.source.ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        console.print(f"[bold]worker[/] joined group {settings.kafka.group_id!r}")
+
         # the platforms' side: store each clip in its tenant's storage, publish an arrival
+        started = time.monotonic()
         storage = AudioStorage(settings.storage)
         publisher = open_publisher(settings)
         expected: dict[str, Clip] = {}
@@ -124,9 +137,11 @@ def run_demo(transport: str = "kafka", repeat: int = 1, timeout: float = 110.0) 
         publisher.flush(30)
         for future in futures:
             future.result(30)
+        publisher.close(5)
         total = len(expected) + len(bad)
         console.print(
-            f"[bold]published[/] {len(expected)} clips + {len(bad)} bad events over {len(DEMO_TENANTS)} tenants"
+            f"[bold]published[/] {len(expected)} clips + {len(bad)} bad events "
+            f"over {len(DEMO_TENANTS)} tenants"
         )
 
         results = Results()
@@ -151,11 +166,6 @@ def run_demo(transport: str = "kafka", repeat: int = 1, timeout: float = 110.0) 
         for reader in readers:
             reader.start()
 
-        worker = build_worker(settings, detector=detector)
-        stop = threading.Event()
-        runner = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-        started = time.monotonic()
-        runner.start()
         printed: set[str] = set()
         with Progress(
             TextColumn("[bold]scoring"),
@@ -173,8 +183,9 @@ def run_demo(transport: str = "kafka", repeat: int = 1, timeout: float = 110.0) 
                     clip = expected.get(key)
                     mark = "" if clip is None else ("✓" if clip.label == verdict["label"] else "✗")
                     progress.console.print(
-                        f"  {verdict['tenant_id']:<8} {verdict['content_id']:<40} {verdict['label']:<13} "
-                        f"score {verdict['score']:.3f}  (truth {clip.label if clip else '?'}) {mark}"
+                        f"{verdict['tenant_id']:<8} {verdict['content_id'][:26]:<26} {verdict['label']:<12} "
+                        f"{verdict['score']:.3f} truth={clip.label if clip else '?'} {mark}",
+                        highlight=False,
                     )
                 finished = len(results.verdicts) + len(results.dead_letters)
                 progress.update(task, completed=finished)
