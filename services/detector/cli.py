@@ -28,6 +28,10 @@ def add_parser(subparsers: Any) -> None:
     build.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
     build.add_argument("--force", action="store_true", help="rebuild even when the cache matches")
     build.set_defaults(handler=_data_build)
+    demo = data_sub.add_parser("demo-clips", help="copy ~30 held-out test clips into services/demo_clips/")
+    demo.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    demo.add_argument("-n", type=int, default=30)
+    demo.set_defaults(handler=_demo_clips)
 
     train = subparsers.add_parser(
         "train", help="train the detector on a built data set and export an artifact"
@@ -68,6 +72,14 @@ def _data_build(args: argparse.Namespace) -> int:
     build_dataset(
         args.out, seed=args.seed, per_source=args.per_source, install=not args.no_install, force=args.force
     )
+    return 0
+
+
+def _demo_clips(args: argparse.Namespace) -> int:
+    from ._demo import DEMO_DIR, export_demo_clips
+
+    rows = export_demo_clips(args.data, n=args.n)
+    print(f"wrote {len(rows)} clips to {DEMO_DIR}")
     return 0
 
 

@@ -1,0 +1,368 @@
+"""`audioguard eval`: how good the shipped detector is, and whether it learnt a shortcut.
+
+Reports, on the test split (speakers and generators the model never saw, plus reserved
+generators), EER and miss rate at 1 % false alarm with stratified bootstrap 95 % intervals:
+pooled, per generator, per language, seen vs unseen generators, on whole clips (the runtime
+rule) and on 1 s / 2 s / 4 s chunks (the first N seconds of clips at least that long). Beside it
+always runs the shortcut probe (services.detector._probe) trained on the train split, and a
+label-shuffled probe; `--shuffle-check` also trains a label-shuffled network briefly. Writes
+report.json, report.md and det.png to the output folder, and measures scoring cost per 4 s
+window at batch 1 and 64 (float, int8 dynamic quantisation, TorchScript).
+
+This module must never tune anything: thresholds come from the artifact (dev split).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._metrics import bootstrap_ci, det_points, eer, miss_at_fa
+from ._probe import ShortcutProbe, feature_matrix
+from ._runtime import Detector, load_detector
+from ._train import Clip, load_clips
+
+CHUNKS = (1.0, 2.0, 4.0)
+
+
+def _log(msg: str) -> None:
+    print(f"[eval {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _metrics(bona: np.ndarray, synth: np.ndarray, n_boot: int, seed: int = 0) -> dict[str, Any]:
+    e, _ = eer(bona, synth)
+    m, _ = miss_at_fa(bona, synth, 0.01)
+    return {
+        "n_bona_fide": int(bona.size),
+        "n_synthetic": int(synth.size),
+        "eer": e,
+        "eer_ci95": bootstrap_ci(bona, synth, lambda b, s: eer(b, s)[0], n_boot, seed),
+        "miss_at_1pct_fa": m,
+        "miss_at_1pct_fa_ci95": bootstrap_ci(
+            bona, synth, lambda b, s: miss_at_fa(b, s, 0.01)[0], n_boot, seed
+        ),
+    }
+
+
+def _score_clips(det: Detector, audios: list[np.ndarray]) -> np.ndarray:
+    """Runtime rule per clip: windows -> calibrated window scores -> mean."""
+    windows = [det.windows(a, 16000) for a in audios]
+    flat = np.concatenate(windows)
+    scores = np.concatenate([det.score_windows(flat[i : i + 64]) for i in range(0, len(flat), 64)])
+    bounds = np.cumsum([0] + [len(w) for w in windows])
+    return np.array([float(scores[bounds[i] : bounds[i + 1]].mean()) for i in range(len(audios))])
+
+
+def breakdown(
+    scores: np.ndarray, clips: list[Clip], seen: set[str], n_boot: int
+) -> dict[str, dict[str, Any]]:
+    labels = np.array([c.label for c in clips])
+    gens = np.array([c.row["generator"] for c in clips])
+    langs = np.array([c.row["language"] for c in clips])
+    bona = scores[labels == 0]
+    out: dict[str, dict[str, Any]] = {"pooled": _metrics(bona, scores[labels == 1], n_boot)}
+    synth_gens = sorted(set(gens[labels == 1]))
+    seen_mask = (labels == 1) & np.isin(gens, sorted(seen))
+    unseen_mask = (labels == 1) & ~np.isin(gens, sorted(seen))
+    out["seen_generators"] = _metrics(bona, scores[seen_mask], n_boot)
+    out["unseen_generators"] = _metrics(bona, scores[unseen_mask], n_boot)
+    for g in synth_gens:
+        out[f"generator:{g}"] = _metrics(bona, scores[(labels == 1) & (gens == g)], n_boot)
+    for lang in sorted(set(langs)):
+        m = langs == lang
+        out[f"language:{lang}"] = _metrics(scores[m & (labels == 0)], scores[m & (labels == 1)], n_boot)
+    return out
+
+
+def _det_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+
+    ticks = [0.001, 0.01, 0.05, 0.1, 0.2, 0.4, 0.6]
+    fig, ax = plt.subplots(figsize=(7, 7))
+    for name, (fa, miss) in curves.items():
+        fa_c = np.clip(fa, 1e-4, 1 - 1e-4)
+        miss_c = np.clip(miss, 1e-4, 1 - 1e-4)
+        ax.plot(norm.ppf(fa_c), norm.ppf(miss_c), label=name, linewidth=1.5)
+    ax.plot(norm.ppf([1e-3, 0.6]), norm.ppf([1e-3, 0.6]), "k:", linewidth=0.8, label="EER line")
+    ax.set_xticks(norm.ppf(ticks), [f"{t:.1%}" for t in ticks])
+    ax.set_yticks(norm.ppf(ticks), [f"{t:.1%}" for t in ticks])
+    ax.set_xlim(norm.ppf(5e-4), norm.ppf(0.6))
+    ax.set_ylim(norm.ppf(5e-4), norm.ppf(0.6))
+    ax.set_xlabel("false alarm rate (bona fide flagged)")
+    ax.set_ylabel("miss rate (synthetic passed)")
+    ax.set_title(title)
+    ax.grid(True, linestyle=":")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def benchmark(det: Detector, threads: int, repeats: int = 5) -> dict[str, Any]:
+    """Milliseconds per 4 s window at batch 1 and batch 64: float, int8 dynamic quantised, TorchScript."""
+    torch.set_num_threads(threads)
+    net = det._net
+    rng = np.random.default_rng(0)
+    variants: dict[str, Any] = {"float32": net}
+    variants["int8_dynamic"] = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+        net, {torch.nn.Linear}, dtype=torch.qint8
+    )
+    with torch.inference_mode():
+        variants["torchscript"] = torch.jit.trace(  # type: ignore[no-untyped-call]
+            net, torch.zeros(1, det.meta.window_samples)
+        )
+    results: dict[str, Any] = {"threads": threads, "device": det.device}
+    for name, model in variants.items():
+        for batch in (1, 64):
+            x = torch.from_numpy(
+                (rng.standard_normal((batch, det.meta.window_samples)) * 0.1).astype(np.float32)
+            )
+            with torch.inference_mode():
+                model(x)  # warm-up
+                times = []
+                for _ in range(repeats if batch == 64 else repeats * 4):
+                    t = time.perf_counter()
+                    model(x)
+                    times.append(time.perf_counter() - t)
+            results[f"{name}_batch{batch}_ms_per_window"] = round(1000 * float(np.median(times)) / batch, 3)
+    return results | {"_variants": variants}
+
+
+def _variant_eer(model: Any, det: Detector, clips: list[Clip]) -> float:
+    windows = [det.windows(c.audio, 16000) for c in clips]
+    flat = np.concatenate(windows)
+    with torch.inference_mode():
+        logits = np.concatenate(
+            [model(torch.from_numpy(flat[i : i + 64])).numpy() for i in range(0, len(flat), 64)]
+        )
+    scores = det.calibrate(logits)
+    bounds = np.cumsum([0] + [len(w) for w in windows])
+    per_clip = np.array([scores[bounds[i] : bounds[i + 1]].mean() for i in range(len(clips))])
+    labels = np.array([c.label for c in clips])
+    return eer(per_clip[labels == 0], per_clip[labels == 1])[0]
+
+
+def evaluate(
+    data: Path,
+    model: Path | None,
+    out: Path,
+    *,
+    bootstrap: int = 300,
+    threads: int = 2,
+    shuffle_check: bool = False,
+) -> dict[str, Any]:
+    from ._data import read_manifest
+
+    out.mkdir(parents=True, exist_ok=True)
+    det = load_detector(model, device="cpu", threads=threads)
+    _log(
+        f"model {det.meta.name}@{det.meta.version} ({det.meta.checksum[:12]}), "
+        f"threshold {det.meta.threshold:.4f}"
+    )
+    rows = read_manifest(data)
+    seen = {r["generator"] for r in rows if r["split"] == "train" and r["label"] == "synthetic"}
+    test = load_clips(data, "test")
+    train = load_clips(data, "train")
+    _log(f"test clips: {len(test)}; seen generators: {sorted(seen)}")
+    labels = np.array([c.label for c in test])
+    report: dict[str, Any] = {
+        "model": {
+            "name": det.meta.name,
+            "version": det.meta.version,
+            "checksum": det.meta.checksum,
+            "threshold": det.meta.threshold,
+            "threshold_1pct_fa": det.meta.threshold_1pct_fa,
+        },
+        "seen_generators": sorted(seen),
+    }
+    scores = _score_clips(det, [c.audio for c in test])
+    report["clip"] = breakdown(scores, test, seen, bootstrap)
+    pred = scores >= det.meta.threshold
+    report["clip_operating_point"] = {
+        "false_alarm_rate_at_eer_threshold": float(pred[labels == 0].mean()),
+        "miss_rate_at_eer_threshold": float((~pred[labels == 1]).mean()),
+        "false_alarm_rate_at_1pct_threshold": float(
+            (scores[labels == 0] >= det.meta.threshold_1pct_fa).mean()
+        ),
+        "miss_rate_at_1pct_threshold": float((scores[labels == 1] < det.meta.threshold_1pct_fa).mean()),
+    }
+    _log(f"clip-level pooled EER {report['clip']['pooled']['eer']:.2%}")
+    report["chunks"] = {}
+    for seconds in CHUNKS:
+        n = int(seconds * 16000)
+        keep = [i for i, c in enumerate(test) if c.audio.size >= n]
+        sub = [test[i] for i in keep]
+        if not sub or len({c.label for c in sub}) < 2:
+            continue
+        s = _score_clips(det, [c.audio[:n] for c in sub])
+        report["chunks"][f"{seconds:g}s"] = breakdown(s, sub, seen, max(50, bootstrap // 3))
+        _log(
+            f"{seconds:g}s chunks ({len(sub)} clips): "
+            f"pooled EER {report['chunks'][f'{seconds:g}s']['pooled']['eer']:.2%}"
+        )
+
+    # the shortcut probe: trained on train, scored on test, same breakdown
+    probe = ShortcutProbe().fit(feature_matrix([c.audio for c in train]), np.array([c.label for c in train]))
+    test_feats = feature_matrix([c.audio for c in test])
+    probe_scores = probe.score(test_feats)
+    report["probe"] = breakdown(probe_scores, test, seen, bootstrap)
+    rng = np.random.default_rng(0)
+    shuffled = ShortcutProbe().fit(
+        feature_matrix([c.audio for c in train]), rng.permutation(np.array([c.label for c in train]))
+    )
+    report["probe_label_shuffle"] = _metrics(*_split(shuffled.score(test_feats), labels), bootstrap)
+    failures = []
+    for key, m in report["clip"].items():
+        p = report["probe"].get(key)
+        if key.startswith("generator:") and p and p["eer"] < m["eer"]:
+            failures.append({"group": key, "model_eer": m["eer"], "probe_eer": p["eer"]})
+    report["probe_beats_model"] = failures
+    _log(
+        f"probe pooled EER {report['probe']['pooled']['eer']:.2%}; generators where probe beats model: "
+        f"{[f['group'] for f in failures] or 'none'}"
+    )
+
+    curves = {
+        "pooled": det_points(*_split(scores, labels)),
+        "seen generators": det_points(scores[labels == 0], scores[(labels == 1) & _mask(test, seen, True)]),
+        "unseen generators": det_points(
+            scores[labels == 0], scores[(labels == 1) & _mask(test, seen, False)]
+        ),
+        "shortcut probe (pooled)": det_points(*_split(probe_scores, labels)),
+    }
+    _det_plot(out / "det.png", curves, f"DET, test split: {det.meta.name} {det.meta.version}")
+
+    bench = benchmark(det, threads)
+    variants = bench.pop("_variants")
+    bench["eer_float32"] = report["clip"]["pooled"]["eer"]
+    bench["eer_int8_dynamic"] = _variant_eer(variants["int8_dynamic"], det, test)
+    bench["eer_torchscript"] = _variant_eer(variants["torchscript"], det, test)
+    report["benchmark"] = bench
+    _log(f"benchmark: {bench}")
+
+    if shuffle_check:
+        report["model_label_shuffle"] = _shuffle_model(data, out, bootstrap, threads)
+
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    (out / "report.md").write_text(render_markdown(report))
+    print(render_markdown(report))
+    return report
+
+
+def _split(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return scores[labels == 0], scores[labels == 1]
+
+
+def _mask(clips: list[Clip], seen: set[str], want_seen: bool) -> np.ndarray:
+    return np.array([(c.row["generator"] in seen) == want_seen for c in clips])
+
+
+def _shuffle_model(data: Path, out: Path, bootstrap: int, threads: int) -> dict[str, Any]:
+    from ._train import TrainConfig, train_and_export
+
+    _log("label-shuffle sanity run: training a model on shuffled labels (short budget)")
+    art = train_and_export(
+        data,
+        out / "shuffled-model",
+        TrainConfig(
+            minutes=4.0,
+            epochs=3,
+            threads=threads,
+            shuffle_labels=True,
+            progress=False,
+            version="0.0.0-shuffled",
+        ),
+    )
+    det = load_detector(art, device="cpu", threads=threads)
+    test = load_clips(data, "test")
+    labels = np.array([c.label for c in test])
+    scores = _score_clips(det, [c.audio for c in test])
+    return _metrics(*_split(scores, labels), bootstrap)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o))
+
+
+def _fmt(m: dict[str, Any]) -> str:
+    lo, hi = m["eer_ci95"]
+    mlo, mhi = m["miss_at_1pct_fa_ci95"]
+    return (
+        f"{m['eer']:.1%} [{lo:.1%}, {hi:.1%}] | {m['miss_at_1pct_fa']:.1%} [{mlo:.1%}, {mhi:.1%}] | "
+        f"{m['n_bona_fide']} / {m['n_synthetic']}"
+    )
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Evaluation of {report['model']['name']} {report['model']['version']} on the test split", ""]
+    lines += [
+        "## Whole clips (runtime rule: mean of window scores)",
+        "",
+        "| group | EER [95% CI] | miss@1%FA [95% CI] | n bona fide / synthetic | probe EER |",
+        "|---|---|---|---|---|",
+    ]
+    for key, m in report["clip"].items():
+        p = report["probe"].get(key, {})
+        lines.append(f"| {key} | {_fmt(m)} | {p.get('eer', float('nan')):.1%} |")
+    for chunk, table in report["chunks"].items():
+        lines += [
+            "",
+            f"## {chunk} chunks (first {chunk} of clips at least that long)",
+            "",
+            "| group | EER [95% CI] | miss@1%FA [95% CI] | n bona fide / synthetic |",
+            "|---|---|---|---|",
+        ]
+        for key in ("pooled", "seen_generators", "unseen_generators"):
+            if key in table:
+                lines.append(f"| {key} | {_fmt(table[key])} |")
+    lines += [
+        "",
+        "## Sanity checks",
+        "",
+        f"- probe with shuffled labels: EER {report['probe_label_shuffle']['eer']:.1%}",
+    ]
+    if "model_label_shuffle" in report:
+        lines.append(f"- network trained on shuffled labels: EER {report['model_label_shuffle']['eer']:.1%}")
+    fails = report["probe_beats_model"]
+    lines.append(
+        "- generators where the probe beats the model (model failures): "
+        + (
+            ", ".join(
+                f"{f['group']} (model {f['model_eer']:.1%} vs probe {f['probe_eer']:.1%})" for f in fails
+            )
+            if fails
+            else "none"
+        )
+    )
+    op = report["clip_operating_point"]
+    lines.append(
+        f"- at the shipped EER threshold: false alarms {op['false_alarm_rate_at_eer_threshold']:.1%}, "
+        f"misses {op['miss_rate_at_eer_threshold']:.1%}; at the 1%-FA threshold: false alarms "
+        f"{op['false_alarm_rate_at_1pct_threshold']:.1%}, misses {op['miss_rate_at_1pct_threshold']:.1%}"
+    )
+    b = report["benchmark"]
+    lines += [
+        "",
+        f"## Scoring cost per 4 s window ({b['threads']} CPU threads, ms)",
+        "",
+        "| variant | batch 1 | batch 64 | pooled EER |",
+        "|---|---|---|---|",
+    ]
+    for v in ("float32", "int8_dynamic", "torchscript"):
+        lines.append(
+            f"| {v} | {b[f'{v}_batch1_ms_per_window']} | {b[f'{v}_batch64_ms_per_window']} | "
+            f"{b[f'eer_{v}']:.2%} |"
+        )
+    return "\n".join(lines) + "\n"
