@@ -32,7 +32,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    """One Tansu broker for the session, on a free loopback port (memory storage)."""
+    """One broker for the session: Tansu on a free loopback port (memory storage), or, with
+    AUDIOGUARD_TEST_BROKER=testcontainers and a container engine, Apache Kafka in a container."""
+    if os.environ.get("AUDIOGUARD_TEST_BROKER") == "testcontainers":
+        from tests.support.container_broker import ContainerBroker
+
+        with ContainerBroker() as container:
+            yield container  # type: ignore[misc]
+        return
     log = tmp_path_factory.mktemp("tansu") / "tansu.log"
     with EmbeddedBroker(log_path=log) as running:
         yield running
