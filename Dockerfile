@@ -61,8 +61,11 @@ COPY consumers ./consumers
 COPY services ./services
 COPY dlq ./dlq
 # A regular (not editable) install: the venv is self-contained and /src is not copied on.
+# Loading the shipped detector here fails the build when the baked artifact does not match
+# its manifest's sha256 (the worker checks it again at every start).
 RUN pip install . \
-    && audioguard --help > /dev/null
+    && audioguard --help > /dev/null \
+    && python -c "from services.detector import load_detector; load_detector(device='cpu')"
 
 # ---------------------------------------------------------------- the worker
 FROM os AS worker
