@@ -25,3 +25,9 @@ output "keda_identities" {
     aws = module.aws.keda_role_arn
   }
 }
+
+output "gcp_worker_storage_secrets" {
+  description = "Per tenant, the Secret with its GCS HMAC key; apply before the GCP workers."
+  sensitive   = true
+  value       = module.gcp.worker_storage_secrets
+}

@@ -9,6 +9,7 @@ Identity) is listed in docs/deploy.md.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -57,6 +58,16 @@ def group(transport: str, tenant: str | None) -> tuple[dict[str, str], list[dict
         "pubsub": ("iam.gke.io/gcp-service-account", f"ag-{tenant}@my-project.iam.gserviceaccount.com"),
         "kinesis": ("eks.amazonaws.com/role-arn", f"arn:aws:iam::123456789012:role/audioguard-{tenant}"),
     }[transport]
+    bucket = {
+        "kafka": "audio-shared",
+        "pubsub": f"audioguard-audio-{tenant}",
+        "kinesis": "audioguard-audio-1-eu",
+    }
+    location = {
+        "kafka": "audio-shared",
+        "pubsub": bucket["pubsub"],
+        "kinesis": f"{bucket['kinesis']}/{tenant}",
+    }
     values = dict(
         COMMON,
         NAME=name,
@@ -65,9 +76,19 @@ def group(transport: str, tenant: str | None) -> tuple[dict[str, str], list[dict
         TRANSPORT=transport,
         IDENTITY_ANNOTATION=identity[0],
         IDENTITY=identity[1],
+        S3_ENDPOINT_URL="https://storage.googleapis.com"
+        if transport == "pubsub"
+        else "https://s3.eu-west-1.amazonaws.com",
+        S3_REGION="auto" if transport == "pubsub" else "eu-west-1",
+        S3_LOCATIONS_JSON=json.dumps({tenant: [location[transport]]}) if tenant else "{}",
+        HMAC_ACCESS_ID="GOOG1EXAMPLE",
+        HMAC_SECRET="example-secret",
     )
+    files = ["namespace.yaml", "worker.yaml", f"keda/{transport}.yaml"]
+    if transport == "pubsub":
+        files.append("storage-secret.yaml")
     docs: list[dict[str, Any]] = []
-    for rel in ("namespace.yaml", "worker.yaml", f"keda/{transport}.yaml"):
+    for rel in files:
         docs.extend(d for d in yaml.safe_load_all(render((K8S / rel).read_text(), values)) if d)
     return values, docs
 
@@ -169,8 +190,26 @@ def test_the_worker_settings_parse_and_match_the_pod(
     assert pod["terminationGracePeriodSeconds"] >= settings.drain_seconds + 15
     if values["TENANT"]:
         assert settings.tenants == [values["TENANT"]]
+        # the worker itself refuses audio outside the tenant's own bucket / prefix
+        assert list(settings.storage.tenant_s3_locations) == [values["TENANT"]]
     else:
         assert settings.tenants == [], "Kafka workers serve every tenant through the pattern"
+    assert settings.storage.s3_endpoint_url and settings.storage.s3_endpoint_url.startswith("https://")
+    volume = next(v["secret"] for v in pod["volumes"] if "secret" in v)
+    assert volume["optional"] is True, "the Secret exists on GCP only"
+    mount = next(m for m in container["volumeMounts"] if m["name"] != "tmp")
+    credentials_file = next(
+        e["value"] for e in container["env"] if e["name"] == "AWS_SHARED_CREDENTIALS_FILE"
+    )
+    assert credentials_file == f"{mount['mountPath']}/credentials" and mount["readOnly"]
+    secrets = [d for d in docs if d["kind"] == "Secret"]
+    if values["TRANSPORT"] == "pubsub":
+        (secret,) = secrets
+        assert secret["metadata"]["name"] == volume["secretName"]
+        ini = secret["stringData"]["credentials"]
+        assert "aws_access_key_id = GOOG1EXAMPLE" in ini and "aws_secret_access_key = example-secret" in ini
+    else:
+        assert not secrets, "IRSA (or the Kafka SASL settings) supply credentials, not a static key"
 
 
 def test_one_gpu_and_one_worker_process_per_pod(
@@ -248,8 +287,8 @@ def test_keda_watches_what_the_workers_consume(rendered: tuple[dict[str, str], l
 
 
 def test_placeholders_are_the_documented_ones() -> None:
-    documented = set(re.findall(r"^\| `([A-Z_]+)`", (K8S / "README.md").read_text(), re.MULTILINE))
-    documented |= {"MAX_REPLICAS"}  # shares a row with MIN_REPLICAS
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)`", (K8S / "README.md").read_text(), re.MULTILINE))
+    documented |= {"MAX_REPLICAS", "HMAC_SECRET"}  # share a row with MIN_REPLICAS / HMAC_ACCESS_ID
     used: set[str] = set()
     for path in K8S.rglob("*.yaml"):
         used |= set(PLACEHOLDER.findall(path.read_text()))

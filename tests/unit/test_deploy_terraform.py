@@ -365,17 +365,29 @@ def test_gpu_pools_autoscale_and_match_the_worker_pods(gcp: dict[str, Any], aws:
 @pytest.mark.parametrize("cloud,keda", [("gcp", "pubsub"), ("aws", "kinesis")])
 def test_k8s_templates_get_every_variable_they_use(cloud: str, keda: str) -> None:
     module = load(TF / "modules" / cloud)
-    values = module["locals"]["worker_values"]
-    provided = set(
-        re.findall(r"^\s*([A-Z_]+)\s*=", (TF / "modules" / cloud / "k8s.tf").read_text(), re.MULTILINE)
+    assert module["locals"]["worker_values"]
+    k8s_tf = (TF / "modules" / cloud / "k8s.tf").read_text()
+    provided = set(re.findall(r"^\s*([A-Z0-9_]+)\s*=", k8s_tf, re.MULTILINE))
+    outputs = str(module["output"])
+    templates = ["namespace.yaml", "worker.yaml", f"keda/{keda}.yaml"]
+    if cloud == "gcp":
+        templates.append("storage-secret.yaml")
+        provided |= set(
+            re.findall(
+                r"([A-Z0-9_]+)\s*=\s*google_storage_hmac_key",
+                (TF / "modules" / cloud / "outputs.tf").read_text(),
+            )
+        )
+    for rel in templates:
+        used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", (K8S / rel).read_text()))
+        assert f"${{local.k8s_dir}}/{rel}" in outputs, f"{rel} is not rendered by the {cloud} module"
+        assert used <= provided, f"templatefile() would fail on {rel}: {used - provided} not provided"
+    assert re.search(rf'TRANSPORT\s*=\s*"{keda}"', k8s_tf)
+    # the worker's own confinement names exactly the tenant's bucket (GCS) or prefix (S3)
+    expected = (
+        "google_storage_bucket.audio[t].name" if cloud == "gcp" else "${aws_s3_bucket.audio.bucket}/${t}"
     )
-    assert values and provided
-    used: set[str] = set()
-    for rel in ("namespace.yaml", "worker.yaml", f"keda/{keda}.yaml"):
-        used |= set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", (K8S / rel).read_text()))
-        assert f'"${{local.k8s_dir}}/{rel}"' in str(module["output"]["worker_manifests"])
-    assert used <= provided, f"templatefile() would fail: {used - provided} not provided"
-    assert re.search(rf'TRANSPORT\s*=\s*"{keda}"', (TF / "modules" / cloud / "k8s.tf").read_text())
+    assert expected in k8s_tf.split("S3_LOCATIONS_JSON")[1].splitlines()[0]
 
 
 def test_state_backend_is_configured_and_documented() -> None:

@@ -19,6 +19,9 @@ locals {
       GCP_PROJECT             = ""
       AWS_REGION              = data.aws_region.this.name
       STORE_URL               = var.store_url
+      S3_ENDPOINT_URL         = "https://s3.${data.aws_region.this.name}.amazonaws.com"
+      S3_REGION               = data.aws_region.this.name
+      S3_LOCATIONS_JSON       = jsonencode({ (t) = ["${aws_s3_bucket.audio.bucket}/${t}"] })
       MIN_REPLICAS            = tostring(cfg.min_workers)
       MAX_REPLICAS            = "1"
       LAG_TARGET              = "400"

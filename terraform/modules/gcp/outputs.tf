@@ -28,3 +28,14 @@ output "worker_manifests" {
     ])
   }
 }
+
+output "worker_storage_secrets" {
+  description = "Per tenant, the Kubernetes Secret with its GCS HMAC key (deploy/k8s/storage-secret.yaml)."
+  sensitive   = true
+  value = {
+    for t, v in local.worker_values : t => templatefile("${local.k8s_dir}/storage-secret.yaml", merge(v, {
+      HMAC_ACCESS_ID = google_storage_hmac_key.worker[t].access_id
+      HMAC_SECRET    = google_storage_hmac_key.worker[t].secret
+    }))
+  }
+}
