@@ -239,3 +239,25 @@ def test_grafana_is_provisioned_with_the_repository_dashboard(compose: dict[str,
         text = dashboard_path.read_text()
         pinned = {u for u in re.findall(r'"datasource":\s*\{[^}]*"uid":\s*"([^"]+)"', text) if "$" not in u}
         assert pinned <= {datasource["uid"]}, f"dashboard names datasource uids {pinned}"
+
+
+def test_topics_and_publisher_cover_the_workers_tenants(services: dict[str, dict[str, Any]]) -> None:
+    tenants = json.loads(services["worker-1"]["environment"]["AUDIOGUARD_TENANTS"])
+    topics = " ".join(services["topics"]["command"])
+    assert sorted(re.findall(r"--tenant (\S+)", topics)) == sorted(tenants)
+    assert set(re.findall(r"for transport in ([a-z ]+);", topics)[0].split()) == {
+        "kafka",
+        "pubsub",
+        "kinesis",
+    }
+    # every Kafka worker of the default profile gets a partition; more would sit idle
+    partitions = int(re.findall(r"--partitions (\d+)", topics)[0])
+    kafka_workers = [
+        n for n, s in _workers(services).items() if "kafka" in s["command"] and not s.get("profiles")
+    ]
+    assert partitions >= len(kafka_workers) >= 2
+    publisher = " ".join(services["publisher"]["command"])
+    assert sorted(re.findall(r"for tenant in ([a-z0-9 -]+);", publisher)[0].split()) == sorted(tenants)
+    assert any(str(v).endswith(":/srv/audio") for v in services["publisher"]["volumes"]), (
+        "writes where workers read"
+    )
