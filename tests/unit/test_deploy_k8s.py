@@ -1,5 +1,5 @@
 """Offline checks of deploy/k8s/: render every template the way Terraform and envsubst do,
-then validate each object against the Kubernetes 1.33 OpenAPI schemas (kubernetes-validate,
+then validate each object against the Kubernetes 1.30 and 1.34 OpenAPI schemas (kubernetes-validate,
 strict: unknown fields are errors) and KEDA's own CRD schemas (vendored), and check that
 the pieces agree with each other and with the worker (settings, probes, names, drain).
 
@@ -26,7 +26,8 @@ from services.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 SCHEMAS = Path(__file__).parent / "deploy_schemas"
-K8S_VERSION = "1.33.0"
+#: the oldest and newest minor versions GKE and EKS offer in standard support
+K8S_VERSIONS = ("1.30.0", "1.34.0")
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 COMMON = {
@@ -124,11 +125,13 @@ KEDA = {
 def validate(doc: dict[str, Any]) -> list[str]:
     if doc["apiVersion"].startswith("keda.sh/"):
         return [f"{list(e.path)}: {e.message}" for e in _crd_validator(KEDA[doc["kind"]]).iter_errors(doc)]
-    try:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        return [str(exc)]
-    return []
+    errors = []
+    for version in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{version}: {exc}")
+    return errors
 
 
 def test_every_object_is_valid_against_its_schema(
