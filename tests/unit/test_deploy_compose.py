@@ -261,3 +261,14 @@ def test_topics_and_publisher_cover_the_workers_tenants(services: dict[str, dict
     assert any(str(v).endswith(":/srv/audio") for v in services["publisher"]["volumes"]), (
         "writes where workers read"
     )
+
+
+def test_scrape_job_is_the_one_the_rules_and_dashboard_select(compose: dict[str, Any]) -> None:
+    config = yaml.safe_load(compose["configs"]["prometheus-config"]["content"])
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    selected: set[str] = set()
+    for path in (ROOT / "deploy/prometheus/rules.yml", ROOT / "deploy/grafana/audioguard-dashboard.json"):
+        if path.exists():
+            selected |= set(re.findall(r'job=\\?"([^"\\]+)', path.read_text()))
+    assert selected, "the rules and the dashboard select a job"
+    assert selected <= jobs, f"rules/dashboard select jobs {selected - jobs} that compose does not scrape"

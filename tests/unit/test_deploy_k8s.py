@@ -185,6 +185,8 @@ def test_the_worker_settings_parse_and_match_the_pod(
     assert container["envFrom"][0]["configMapRef"]["name"] == _one(docs, "ConfigMap")["metadata"]["name"]
     port = next(p for p in container["ports"] if p["name"] == "metrics")["containerPort"]
     assert port == settings.metrics_port
+    annotations = _one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == port
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
