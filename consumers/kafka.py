@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any, cast
 
 from confluent_kafka import (
@@ -31,6 +32,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from consumers.commits import OffsetTracker
+from consumers.retry_topics import RETRY_PATTERN, RetryGate, is_retry_topic, retry_state
 from consumers.tenancy import KAFKA_ARRIVALS_PATTERN, kafka_topic, tenant_of_kafka_topic
 from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
 from services.errors import AudioguardError, FatalError, RetryableError
@@ -41,6 +43,7 @@ __all__ = [
     "KafkaSource",
     "committed_offsets",
     "create_topics",
+    "end_offsets",
     "open_kafka",
     "read_topic",
     "tenant_topics",
@@ -129,6 +132,8 @@ class KafkaSource(Source):
         tenants: Sequence[str] = (),
         *,
         on_revoke: Callable[[list[tuple[str, int]]], None] | None = None,
+        retry_tiers: int = 0,
+        transactional: bool = False,
     ) -> None:
         config = _client_config(settings) | {
             "group.id": settings.group_id,
@@ -147,7 +152,18 @@ class KafkaSource(Source):
         self._assigned: set[tuple[str, int]] = set()
         self._paused_tenants: set[str] = set()
         self._on_revoke = on_revoke
+        # exactly-once: offsets go through the producer's transaction, never consumer.commit
+        self._transactional = transactional
+        # retry partitions paused until their head record is due (consumers.retry_topics)
+        self._gate = RetryGate()
+        self._held: set[tuple[str, int]] = set()
         topics = [kafka_topic("arrivals", t) for t in tenants] if tenants else [KAFKA_ARRIVALS_PATTERN]
+        if retry_tiers:
+            topics += (
+                [kafka_topic("retry", t, tier) for t in tenants for tier in range(retry_tiers)]
+                if tenants
+                else [RETRY_PATTERN]
+            )
         self._consumer.subscribe(topics, on_assign=self._assigned_cb, on_revoke=self._revoked_cb)
 
     # -- rebalance callbacks (run inside poll) ------------------------------------------
@@ -157,7 +173,12 @@ class KafkaSource(Source):
         log.info(
             "partitions assigned", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}
         )
-        paused = [tp for tp in partitions if tenant_of_kafka_topic(tp.topic) in self._paused_tenants]
+        paused = [
+            tp
+            for tp in partitions
+            if tenant_of_kafka_topic(tp.topic) in self._paused_tenants
+            or (tp.topic, tp.partition) in self._held
+        ]
         if paused:
             consumer.pause(paused)
 
@@ -166,16 +187,21 @@ class KafkaSource(Source):
         if self._on_revoke is not None:
             # the runner abandons in-flight work of these partitions under its drain deadline
             self._on_revoke(keys)
-        self._commit(only=set(keys))
+        if not self._transactional:
+            self._commit(only=set(keys))
         for key in keys:
             self._assigned.discard(key)
             self._tracker.forget(key)
+            self._gate.forget(key)
+            self._held.discard(key)
         log.info("partitions revoked", extra={"partitions": [f"{t}[{p}]" for t, p in keys]})
 
     # -- Source -------------------------------------------------------------------------
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        self._release_due()
         records = self._consumer.consume(num_messages=max_messages, timeout=timeout)
         messages: list[Message] = []
+        holding: set[tuple[str, int]] = set()
         for record in records:
             error = record.error()
             if error is not None:
@@ -192,25 +218,59 @@ class KafkaSource(Source):
             tenant = tenant_of_kafka_topic(topic)
             if tenant is None:  # a pattern match we do not understand; never ours to process
                 continue
-            self._tracker.add((topic, partition), offset)
+            if (topic, partition) in holding:
+                continue  # behind a retry record that is not due: re-read after the seek
             _, ts = record.timestamp()
-            messages.append(
-                Message(
-                    token=(topic, partition, offset),
-                    tenant=tenant,
-                    topic=topic,
-                    value=record.value() or b"",
-                    key=record.key(),
-                    headers=tuple(_headers(record)),
-                    timestamp=ts / 1000 if ts and ts > 0 else None,
-                    coordinates={"partition": partition, "offset": offset, "timestamp_ms": ts},
-                )
+            message = Message(
+                token=(topic, partition, offset),
+                tenant=tenant,
+                topic=topic,
+                value=record.value() or b"",
+                key=record.key(),
+                headers=tuple(_headers(record)),
+                timestamp=ts / 1000 if ts and ts > 0 else None,
+                coordinates={"partition": partition, "offset": offset, "timestamp_ms": ts},
             )
+            if is_retry_topic(topic):
+                state = retry_state(message)
+                if self._gate.not_due(state.due):
+                    self._hold((topic, partition), offset, cast(float, state.due))
+                    holding.add((topic, partition))
+                    continue
+                message = replace(message, delivery_attempt=state.attempt)
+            self._tracker.add((topic, partition), offset)
+            messages.append(message)
         return messages
+
+    def _hold(self, key: tuple[str, int], offset: int, due: float) -> None:
+        """Pause a retry partition whose head is not due and rewind to that head."""
+        tp = TopicPartition(key[0], key[1], offset)
+        self._consumer.pause([tp])
+        self._consumer.seek(tp)
+        self._held.add(key)
+        self._gate.hold(key, due)
+
+    def _release_due(self) -> None:
+        ready = [cast(tuple[str, int], k) for k in self._gate.due_partitions()]
+        resume = []
+        for key in ready:
+            self._held.discard(key)
+            if key in self._assigned and tenant_of_kafka_topic(key[0]) not in self._paused_tenants:
+                resume.append(TopicPartition(*key))
+        if resume:
+            self._consumer.resume(resume)
+
+    def retry_waits(self) -> dict[tuple[str, int], float]:
+        """Retry partitions paused until their head is due: partition -> due (epoch seconds)."""
+        return cast(dict[tuple[str, int], float], self._gate.waiting())
 
     def _tenant_partitions(self, tenants: Iterable[str]) -> list[TopicPartition]:
         wanted = set(tenants)
-        return [TopicPartition(t, p) for t, p in self._assigned if tenant_of_kafka_topic(t) in wanted]
+        return [
+            TopicPartition(t, p)
+            for t, p in self._assigned
+            if tenant_of_kafka_topic(t) in wanted and (t, p) not in self._held
+        ]
 
     def pause(self, tenants: Iterable[str]) -> None:
         new = set(tenants) - self._paused_tenants
@@ -261,6 +321,25 @@ class KafkaSource(Source):
     def outstanding(self) -> int:
         return self._tracker.outstanding()
 
+    # -- exactly-once: the offsets travel in the producer's transaction -----------------
+    def finish(self, tokens: Sequence[AckToken]) -> dict[tuple[str, int], int]:
+        """Mark messages finished without committing; return the offsets now committable
+        (partition -> next offset), for `KafkaSink.commit_transaction`."""
+        for token in tokens:
+            topic, partition, offset = cast(tuple[str, int, int], token)
+            self._tracker.finish((topic, partition), offset)
+        return cast(dict[tuple[str, int], int], self._tracker.committable())
+
+    def mark_committed(self, offsets: dict[tuple[str, int], int]) -> None:
+        self._tracker.mark_committed(dict(offsets))
+
+    def group_metadata(self) -> Any:
+        """The consumer group metadata a transaction's offsets are sent with (opaque)."""
+        return self._consumer.consumer_group_metadata()
+
+    def assigned(self) -> frozenset[tuple[str, int]]:
+        return frozenset(self._assigned)
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Consumer lag per assigned partition: high watermark - position (best effort)."""
         result: dict[tuple[str, int], int] = {}
@@ -279,7 +358,8 @@ class KafkaSource(Source):
 
     def close(self, timeout: float) -> None:
         try:
-            self._commit()
+            if not self._transactional:
+                self._commit()
         finally:
             self._consumer.close()
 
@@ -299,8 +379,12 @@ class KafkaSink(Sink):
         }
         if transactional_id:
             config["transactional.id"] = transactional_id
+        self._settings = settings
         self._producer = Producer(config)
         self._lock = threading.Lock()
+        self._transactional = bool(transactional_id)
+        # retry topics are created on first use, so a tenant found by the pattern gets them too
+        self._ensured: set[str] = set()
 
     @property
     def producer(self) -> Producer:
@@ -308,6 +392,9 @@ class KafkaSink(Sink):
 
     def publish(self, record: OutRecord) -> Future[None]:
         topic = kafka_topic(record.destination, record.tenant, record.tier)
+        if record.destination == "retry" and topic not in self._ensured:
+            create_topics(self._settings, [topic])
+            self._ensured.add(topic)
         future: Future[None] = Future()
 
         def delivered(error: KafkaError | None, _msg: Any) -> None:
@@ -333,9 +420,61 @@ class KafkaSink(Sink):
     def flush(self, timeout: float) -> int:
         return int(self._producer.flush(timeout))
 
+    # -- transactions (exactly-once mode) -----------------------------------------------
+    def _txn(self, what: str, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.fatal():
+                raise FatalError("kafka_txn_fatal", f"{what}: {error.str()}") from exc
+            if error.txn_requires_abort():
+                raise RetryableError("kafka_txn_abort", f"{what}: {error.str()}") from exc
+            raise _map_error(error, what) from exc
+
+    def init_transactions(self, timeout: float = 30.0) -> None:
+        """Register the transactional id; fences (aborts) a previous incarnation's open
+        transaction, so a restarted worker with the same id never leaves a zombie."""
+        self._txn("init transactions", lambda: self._producer.init_transactions(timeout))
+
+    def begin_transaction(self) -> None:
+        self._txn("begin transaction", self._producer.begin_transaction)
+
+    def commit_transaction(
+        self, offsets: dict[tuple[str, int], int], group_metadata: Any, timeout: float = 30.0
+    ) -> None:
+        """Add the consumed offsets to the open transaction and commit it: the records
+        produced in it and the offsets become visible together, or not at all."""
+        if offsets:
+            partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            self._txn(
+                "send offsets",
+                lambda: self._producer.send_offsets_to_transaction(partitions, group_metadata, timeout),
+            )
+        self._txn("commit transaction", lambda: self._producer.commit_transaction(timeout))
+
+    def abort_transaction(self, timeout: float = 30.0) -> None:
+        self._txn("abort transaction", lambda: self._producer.abort_transaction(timeout))
+
 
 def open_kafka(settings: Settings, **options: Any) -> tuple[KafkaSource, KafkaSink]:
-    return KafkaSource(settings.kafka, settings.tenants, **options), KafkaSink(settings.kafka)
+    """The worker's source and sink. Retry tiers are consumed next to the arrivals; in
+    exactly-once mode the sink is transactional with the id `<group>.<worker_id>`, which
+    must stay the same across restarts of one worker so a restart fences its predecessor."""
+    tiers = len(settings.retry.tier_delays_seconds)
+    eos = settings.kafka.exactly_once
+    if tiers and settings.tenants:
+        from consumers.retry_topics import RetryPolicy, retry_topics
+
+        policy = RetryPolicy(tuple(settings.retry.tier_delays_seconds))
+        create_topics(settings.kafka, retry_topics(settings.tenants, policy))
+    source = KafkaSource(settings.kafka, settings.tenants, retry_tiers=tiers, transactional=eos, **options)
+    sink = KafkaSink(
+        settings.kafka, transactional_id=f"{settings.kafka.group_id}.{settings.worker_id}" if eos else None
+    )
+    if eos:
+        sink.init_transactions()
+    return source, sink
 
 
 def read_topic(
@@ -385,6 +524,23 @@ def read_topic(
                 continue
             if now - last > idle or now - started > timeout:
                 return
+    finally:
+        consumer.close()
+
+
+def end_offsets(settings: KafkaSettings, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """The high watermark (next offset to be written) of every partition of `topics`."""
+    consumer = Consumer(_client_config(settings) | {"group.id": f"audioguard-probe-{uuid.uuid4().hex[:8]}"})
+    try:
+        result: dict[tuple[str, int], int] = {}
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is None or meta.error is not None:
+                continue
+            for p in meta.partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                result[(topic, p)] = int(high)
+        return result
     finally:
         consumer.close()
 

@@ -59,6 +59,7 @@ class WorkerStats:
     verdicts: int = 0
     duplicates: int = 0
     dead_letters: int = 0
+    retried: int = 0
     acked: int = 0
     batches: int = 0
     windows_scored: int = 0
@@ -117,11 +118,38 @@ class Pipeline:
             )
             return detector.windows(audio.samples, audio.sample_rate), audio.duration_seconds
 
-        self.commit = Commit(source, self.in_flight, on_done=self._done)
-        self.publish = Publish(self.commit, sink=sink, attempts=settings.retry.attempts + 1, clock=clock)
-        self.dead_letter = DeadLetter(self.publish, build=self._dead_letter_record, breaker=breaker)
+        def store_call(fn: Callable[[], Any]) -> Any:
+            from services.retry import retry_call
+
+            return retry_call(fn, settings.retry, describe="verdict store")
+
+        self.commit: Step
+        self.publish: Step
+        self.exactly_once = settings.transport == "kafka" and settings.kafka.exactly_once
+        if self.exactly_once:
+            # verdicts and offsets in one Kafka transaction (consumers.exactly_once)
+            from consumers.exactly_once import TransactionalCommit
+
+            self.commit = self.publish = TransactionalCommit(
+                source,  # type: ignore[arg-type]
+                sink,  # type: ignore[arg-type]
+                self.in_flight,
+                on_done=self._done,
+            )
+        else:
+            self.commit = Commit(source, self.in_flight, on_done=self._done)
+            self.publish = Publish(self.commit, sink=sink, attempts=settings.retry.attempts + 1, clock=clock)
+        self.dead_letter = DeadLetter(
+            self.publish, build=self._dead_letter_record, breaker=breaker, retry=self._retry_record()
+        )
         self.verdict = BuildVerdict(
-            self.publish, decide=detector.decide, model=model, store=store, clock=clock
+            self.publish,
+            decide=detector.decide,
+            model=model,
+            store=store,
+            clock=clock,
+            dead_letter=self.dead_letter,
+            store_call=store_call,
         )
         self.score = ScoreBatches(
             self.verdict,
@@ -156,10 +184,13 @@ class Pipeline:
             store=store,
             max_event_bytes=settings.limits.max_event_bytes,
             on_duplicate=settings.store.on_duplicate,
+            store_call=store_call,
         )
         self.admit = Admit(self.parse, self.in_flight, clock=clock)
         self._breaker = breaker
         self._first_seen: dict[Any, datetime] = {}
+        #: tokens admitted and not yet done (to drain a revoked partition's work)
+        self.open_tokens: set[Any] = set()
         self.steps: list[Step] = [self.parse, self.fetch, self.score, self.verdict, self.publish, self.commit]
 
     # -- policy --------------------------------------------------------------------------
@@ -174,20 +205,37 @@ class Pipeline:
         return policy.max_in_flight, policy.max_in_flight_audio_seconds
 
     # -- callbacks -----------------------------------------------------------------------
+    def _retry_record(self) -> Callable[[Work], OutRecord | None] | None:
+        """Kafka only: a RetryableError goes to the next retry tier (consumers.retry_topics)."""
+        tiers = tuple(self.settings.retry.tier_delays_seconds)
+        if self.settings.transport != "kafka" or not tiers:
+            return None
+        from consumers.retry_topics import RetryPolicy, retry_record
+
+        policy = RetryPolicy(tiers)
+
+        def route(work: Work) -> OutRecord | None:
+            return retry_record(work.message, getattr(work.error, "reason", "retryable"), policy)
+
+        return route
+
     def _dead_letter_record(self, work: Work) -> OutRecord:
+        from consumers.retry_topics import original_message
         from dlq.envelope import build_dead_letter, dead_letter_record
 
         error = work.error if work.error is not None else RuntimeError("unknown failure")
+        # a message from a retry tier is dead-lettered as the arrival the platform published
+        message = original_message(work.message)
         envelope = build_dead_letter(
-            work.message,
+            message,
             error,
             attempt=work.message.delivery_attempt,
-            first_seen_at=datetime.fromtimestamp(work.message.received_at, UTC),
+            first_seen_at=datetime.fromtimestamp(message.received_at, UTC),
             worker_id=self.settings.worker_id,
             model_version=self.detector.meta.version,
             transport=self.settings.transport,
         )
-        return dead_letter_record(work.message, envelope, with_headers=self.settings.transport != "kinesis")
+        return dead_letter_record(message, envelope, with_headers=self.settings.transport != "kinesis")
 
     def _batch_scored(self, batch: list[Work], seconds: float) -> None:
         self.stats.batches += 1
@@ -196,6 +244,7 @@ class Pipeline:
             self._hooks.batch_scored(batch, seconds)
 
     def _done(self, work: Work) -> None:
+        self.open_tokens.discard(work.message.token)
         self.stats.acked += 1
         if work.outcome == "verdict":
             self.stats.verdicts += 1
@@ -205,12 +254,15 @@ class Pipeline:
             self.stats.duplicates += 1
         elif work.outcome == "dead_letter":
             self.stats.dead_letters += 1
+        elif work.outcome == "retry":
+            self.stats.retried += 1
         if self._hooks is not None:
             self._hooks.done(work)
 
     # -- driving -------------------------------------------------------------------------
     def admit_message(self, message: Message) -> None:
         self.admit.admit(message)
+        self.open_tokens.add(message.token)
         self.stats.consumed += 1
 
     def poll(self) -> None:
@@ -242,6 +294,8 @@ class Worker:
         self.held: dict[str, deque[Message]] = {}
         self.heartbeat = time.monotonic()
         self.stopping = threading.Event()
+        self.tenants_seen: set[str] = set()
+        self.revocations = 0
 
     def _offer_held(self) -> None:
         for tenant in list(self.held):
@@ -257,6 +311,7 @@ class Worker:
 
     def _offer(self, messages: list[Message]) -> None:
         for message in messages:
+            self.tenants_seen.add(message.tenant)
             queue = self.held.get(message.tenant)
             if queue is not None:
                 queue.append(message)
@@ -318,7 +373,41 @@ class Worker:
         self.source.close(10)
 
     def source_tenants(self) -> list[str]:
-        return list(self.pipeline.in_flight.events)
+        return sorted(self.tenants_seen | set(self.pipeline.in_flight.events) | set(self.source.paused()))
+
+    def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
+        """Kafka revoked `partitions` (called inside the consumer's poll): drop what is held
+        for them, finish their in-flight work within the drain deadline (without polling the
+        consumer, which is mid-rebalance), commit it, and abandon the rest: the next owner gets
+        it again and the verdict store makes that the same verdict."""
+        self.revocations += 1
+        gone = set(partitions)
+
+        def revoked(token: Any) -> bool:
+            return isinstance(token, tuple) and tuple(token[:2]) in gone
+
+        for tenant in list(self.held):
+            kept = deque(m for m in self.held[tenant] if not revoked(m.token))
+            dropped = len(self.held[tenant]) - len(kept)
+            if dropped:
+                log.info("dropping held messages of revoked partitions", extra={"count": dropped})
+            if kept:
+                self.held[tenant] = kept
+            else:
+                del self.held[tenant]
+        deadline = time.monotonic() + self.pipeline.settings.drain_seconds
+        while any(revoked(t) for t in self.pipeline.open_tokens) and time.monotonic() < deadline:
+            self.pipeline.poll()
+            time.sleep(0.002)
+        left = {t for t in self.pipeline.open_tokens if revoked(t)}
+        if left:
+            log.warning(
+                "revoke drain deadline passed; abandoning in-flight work", extra={"in_flight": len(left)}
+            )
+            self.pipeline.fetch.abandon(left)
+            self.pipeline.open_tokens -= left
+        if self.pipeline.exactly_once:
+            self.pipeline.commit.abandon(partitions)  # type: ignore[attr-defined]
 
 
 def build_worker(settings: Settings, *, detector: Any | None = None, hooks: Any | None = None) -> Worker:
@@ -333,7 +422,14 @@ def build_worker(settings: Settings, *, detector: Any | None = None, hooks: Any 
 
         detector = load_detector(settings.model_path, device=settings.device)
     store = open_store(settings.store.url, settings.store.ttl_seconds)
-    source, sink = open_transport(settings)
+    revoke_handlers: list[Callable[[list[tuple[str, int]]], None]] = []
+
+    def on_revoke(partitions: list[tuple[str, int]]) -> None:
+        for handler in revoke_handlers:
+            handler(partitions)
+
+    options: dict[str, Any] = {"on_revoke": on_revoke} if settings.transport == "kafka" else {}
+    source, sink = open_transport(settings, **options)
     pipeline = Pipeline(
         settings,
         source=source,
@@ -344,4 +440,6 @@ def build_worker(settings: Settings, *, detector: Any | None = None, hooks: Any 
         breaker=DlqBreaker(settings.dlq),
         hooks=hooks,
     )
-    return Worker(pipeline)
+    worker = Worker(pipeline)
+    revoke_handlers.append(worker.on_revoke)
+    return worker

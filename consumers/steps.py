@@ -68,7 +68,7 @@ class Work:
     scoring_seconds: float = 0.0
     scores: np.ndarray | None = None
     record: OutRecord | None = None
-    outcome: str = ""  # "verdict" | "duplicate" | "dead_letter"
+    outcome: str = ""  # "verdict" | "duplicate" | "dead_letter" | "retry"
     label: str | None = None
     error: BaseException | None = field(default=None, compare=False)
 
@@ -145,12 +145,15 @@ class ParseArrival(_Forwarding):
         max_event_bytes: int,
         on_duplicate: str = "republish",
         on_parsed: Callable[[Work], None] | None = None,
+        store_call: Callable[[Callable[[], Any]], Any] = lambda fn: fn(),
     ) -> None:
         super().__init__(next_step)
         self._dead_letter = dead_letter
         self._publish = publish
         self._commit = commit
         self._store = store
+        # wraps each store call: in-place retries of a brief store hiccup (services.retry)
+        self._store_call = store_call
         self._max_event_bytes = max_event_bytes
         self._on_duplicate = on_duplicate
         self._on_parsed = on_parsed
@@ -164,7 +167,12 @@ class ParseArrival(_Forwarding):
         work = replace(work, arrival=arrival)
         if self._on_parsed is not None:
             self._on_parsed(work)
-        stored = self._store.get(work.tenant, arrival.idempotency_key)
+        try:
+            stored = self._store_call(lambda: self._store.get(work.tenant, arrival.idempotency_key))
+        except RetryableError as error:
+            # the store is down past the in-place retries: a retry tier (Kafka) or the DLQ
+            self._dead_letter.submit(replace(work, error=error))
+            return
         if stored is not None:
             if self._on_duplicate == "republish":
                 self._publish.submit(
@@ -254,6 +262,10 @@ class FetchAudio(_Forwarding):
         for future in done:
             self._running.discard(future)
             work = self._owner.pop(future)
+            if future.cancelled():
+                # abandoned (revoked partition / shutdown): never a dead letter; redelivered later
+                self._in_flight.release(work.tenant, 0.0)
+                continue
             try:
                 windows, duration = future.result()
             except Exception as error:  # noqa: BLE001 - every failure becomes a dead letter
@@ -402,12 +414,16 @@ class BuildVerdict(_Forwarding):
         model: ModelInfo,
         store: Any,
         clock: Callable[[], float] = time.monotonic,
+        dead_letter: Step | None = None,
+        store_call: Callable[[Callable[[], Any]], Any] = lambda fn: fn(),
     ) -> None:
         super().__init__(next_step)
         self._decide = decide
         self._model = model
         self._store = store
         self._clock = clock
+        self._dead_letter = dead_letter
+        self._store_call = store_call
 
     def submit(self, work: Work) -> None:
         assert work.arrival is not None and work.scores is not None
@@ -439,9 +455,17 @@ class BuildVerdict(_Forwarding):
             processed_at=now,
             attempt=work.message.delivery_attempt,
         )
-        stored = self._store.put_if_absent(
-            work.tenant, arrival.idempotency_key, verdict.model_dump_json().encode()
-        )
+        try:
+            stored = self._store_call(
+                lambda: self._store.put_if_absent(
+                    work.tenant, arrival.idempotency_key, verdict.model_dump_json().encode()
+                )
+            )
+        except RetryableError as error:
+            if self._dead_letter is None:
+                raise
+            self._dead_letter.submit(replace(work, error=error))
+            return
         self._forward(
             replace(work, record=verdict_record(work.tenant, stored), outcome="verdict", label=decision.label)
         )
@@ -449,7 +473,13 @@ class BuildVerdict(_Forwarding):
 
 # -- dead letters -------------------------------------------------------------------------
 class DeadLetter(_Forwarding):
-    """Turns a failed item into its dead-letter record; the circuit breaker watches the rate."""
+    """Turns a failed item into its dead-letter record; the circuit breaker watches the rate.
+
+    With `retry` set (Kafka retry topics), a `RetryableError` first goes to the next retry
+    tier: `retry(work)` returns that record, or None once the tiers are used up, and only
+    then is the item dead-lettered (category retries_exhausted). A retry is not a dead
+    letter: the breaker does not count it.
+    """
 
     def __init__(
         self,
@@ -458,16 +488,31 @@ class DeadLetter(_Forwarding):
         build: Callable[[Work], OutRecord],
         breaker: Any | None = None,
         on_dead_letter: Callable[[Work], None] | None = None,
+        retry: Callable[[Work], OutRecord | None] | None = None,
     ) -> None:
         super().__init__(next_step)
         self._build = build
         self._breaker = breaker
         self._on_dead_letter = on_dead_letter
+        self._retry = retry
 
     def submit(self, work: Work) -> None:
         error = work.error
         if isinstance(error, FatalError):
             raise error
+        if isinstance(error, RetryableError) and self._retry is not None:
+            record = self._retry(work)
+            if record is not None:
+                log.info(
+                    "retrying later",
+                    extra={"tenant": work.tenant, "reason": error.reason, "tier": record.tier},
+                )
+                self._forward(replace(work, record=record, outcome="retry"))
+                return
+        reason = getattr(error, "reason", type(error).__name__)
+        if self._breaker is not None:
+            # before publishing: a tripping breaker must not let one more dead letter out
+            self._breaker.record_dead_letter(reason)
         log.warning(
             "dead-lettering",
             extra={
@@ -480,8 +525,6 @@ class DeadLetter(_Forwarding):
         if self._on_dead_letter is not None:
             self._on_dead_letter(work)
         self._forward(replace(work, record=self._build(work), outcome="dead_letter"))
-        if self._breaker is not None:
-            self._breaker.record_dead_letter()
 
 
 # -- publish and commit -------------------------------------------------------------------

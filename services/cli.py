@@ -17,6 +17,7 @@ from pathlib import Path
 COMMAND_MODULES = [
     "services.commands",
     "services.detector.cli",
+    "services.chaos",
 ]
 
 
