@@ -157,6 +157,8 @@ class KafkaSource(Source):
         # retry partitions paused until their head record is due (consumers.retry_topics)
         self._gate = RetryGate()
         self._held: set[tuple[str, int]] = set()
+        #: how often a retry partition was paused for a head record that was not due
+        self.retry_holds = 0
         topics = [kafka_topic("arrivals", t) for t in tenants] if tenants else [KAFKA_ARRIVALS_PATTERN]
         if retry_tiers:
             topics += (
@@ -249,6 +251,7 @@ class KafkaSource(Source):
         self._consumer.seek(tp)
         self._held.add(key)
         self._gate.hold(key, due)
+        self.retry_holds += 1
 
     def _release_due(self) -> None:
         ready = [cast(tuple[str, int], k) for k in self._gate.due_partitions()]
