@@ -12,15 +12,22 @@ How the source works:
   `poll()` drains round-robin across tenants;
 - a message is *held* from the callback until `ack`, `nack` or `drop`: while it waits in
   the queue, in a batch or in the scorer, its ack deadline keeps being extended (the
-  client's lease manager while the stream runs; our own extender, with unary
-  ModifyAckDeadline calls, while the tenant is paused);
-- `ack` is a unary Acknowledge RPC, so the caller learns when it failed and it still works
-  for a tenant whose stream was stopped by `pause`;
+  client's lease manager, and our own extender with unary ModifyAckDeadline calls, which
+  also covers messages whose stream failed and was replaced);
+- `ack` is a unary Acknowledge RPC, so the caller learns when it failed, and it still
+  works for a message whose stream failed and was replaced;
 - `nack` answers a retryable failure: the ack deadline is set to a backoff that grows with
   the delivery attempt, so the message comes back later, not at once;
-- `pause(tenant)` stops that tenant's streaming pull (nothing more is pulled); messages
-  already held stay held and are delivered after `resume`, never nacked, because a nack
-  would count as a delivery attempt towards the dead-letter policy.
+- `pause(tenant)` stops handing out that tenant's messages; its stream stops pulling once
+  the flow-control window is full. Held messages stay leased and are delivered after
+  `resume`, never nacked, because a nack counts as a delivery attempt towards the
+  dead-letter policy.
+
+Emulator caveat (seen with the gcloud emulator 0.8.x, not with Pub/Sub itself): it does
+not notice a closed streaming pull and keeps pushing to it; whatever it pushed there
+comes back only after the ack deadline, with its delivery attempt counted up. A worker
+that stops or dies therefore delays its successor by up to `pubsub.ack_deadline_seconds`
+(tests use the 10 s minimum) and spends delivery attempts of the dead-letter policy.
 
 The sink publishes with message ordering (ordering key = content id, from
 `OutRecord.ordering_key`) and maps record headers to attributes, so the idempotency key
@@ -71,6 +78,8 @@ _MAX_ATTRIBUTE_VALUE_BYTES = 1024
 _ACK_CHUNK = 500
 #: Pub/Sub accepts ack deadlines and retry backoffs of 0..600 s, dead-letter attempts 5..100
 _MAX_DEADLINE_SECONDS = 600
+#: how long stopping one streaming pull may take (pause, close)
+_SHUTDOWN_SECONDS = 5.0
 
 
 def verdict_subscription(tenant: str) -> str:
@@ -232,7 +241,7 @@ class PubSubSource(Source):
 
     Thread model: the client's callback threads append to per-tenant queues under one
     condition; `poll`, `ack`, `nack`, `pause`, `resume` are called from the runner thread;
-    a small extender thread keeps the deadlines of paused tenants' held messages alive.
+    a small extender thread keeps the deadlines of every held message alive.
     """
 
     def __init__(self, settings: Settings, tenants: Sequence[str], *, callback_threads: int = 2) -> None:
@@ -247,15 +256,17 @@ class PubSubSource(Source):
             t: self._subscriber.subscription_path(self._project, pubsub_subscription(t, "arrivals"))
             for t in self._tenants
         }
+        self._deadline = min(max(settings.pubsub.ack_deadline_seconds, 10), _MAX_DEADLINE_SECONDS)
         self._flow_control = pubsub_v1.types.FlowControl(
             max_messages=settings.pubsub.max_messages,
             max_bytes=settings.pubsub.max_bytes,
             # a message can wait in a batch and in the scorer: lease it for as long as a
             # worker could plausibly hold it, then let Pub/Sub redeliver it elsewhere
             max_lease_duration=3600,
+            # each extension asks for at most our ack deadline, so a dead worker's messages
+            # come back within `ack_deadline_seconds`, not the client's default minute
+            max_duration_per_lease_extension=self._deadline,
         )
-        self._queue_capacity = max(1, settings.pubsub.max_messages)
-        self._deadline = min(max(settings.pubsub.ack_deadline_seconds, 10), _MAX_DEADLINE_SECONDS)
         self._callback_threads = callback_threads
         self._cond = threading.Condition()
         self._queues: dict[str, deque[str]] = {t: deque() for t in self._tenants}
@@ -295,17 +306,6 @@ class PubSubSource(Source):
         self._streams[tenant] = stream
         self._executors[tenant] = executor
 
-    def _stop_stream(self, tenant: str) -> None:
-        stream = self._streams.pop(tenant, None)
-        self._executors.pop(tenant, None)
-        if stream is None:
-            return
-        stream.cancel()
-        with self._cond:
-            for held in self._held.values():
-                if held.stream is stream:
-                    held.stream = None  # its lease manager is gone: our extender takes over
-
     def _on_stream_done(self, tenant: str, future: Any) -> None:
         if future.cancelled() or self._closed:
             return
@@ -317,29 +317,29 @@ class PubSubSource(Source):
         with self._cond:
             if self._streams.get(tenant) is future:
                 self._streams.pop(tenant, None)
+            for held in self._held.values():
+                if held.stream is future:
+                    held.stream = None  # its lease manager is gone: our extender takes over
             if isinstance(error, FatalError):
                 self._failure = error
             self._cond.notify_all()
-        if not isinstance(error, FatalError) and tenant not in self._paused and not self._closed:
+        if not isinstance(error, FatalError) and not self._closed:
             # a transient stream failure the client gave up on: open a new stream
             time.sleep(min(self._settings.retry.max_backoff_seconds, 1.0))
             with self._cond:
-                restart = tenant not in self._streams and tenant not in self._paused and not self._closed
+                restart = tenant not in self._streams and not self._closed
             if restart:
                 self._start_stream(tenant)
 
     def _on_message(self, tenant: str, stream: Any, message: Any) -> None:
         with self._cond:
-            # A full queue blocks the callback thread; the client's flow control then stops
-            # pulling. A paused tenant's late arrivals are kept (never nacked, see above).
-            while (
-                len(self._queues[tenant]) >= self._queue_capacity
-                and tenant not in self._paused
-                and not self._closed
-            ):
-                self._cond.wait(0.2)
+            # Never block here: the client dispatches at most its flow-control window of
+            # unreleased messages, which bounds this queue; a blocked callback would only
+            # keep a message out of our lease extension. A paused tenant's arrivals are
+            # kept, never nacked (see above).
             if self._closed:
-                return  # its lease lapses or close() nacked the stream's backlog
+                message.nack()  # closing: hand it straight back
+                return
             self._held[message.ack_id] = _Held(tenant, self._subscriptions[tenant], message, stream)
             self._queues[tenant].append(message.ack_id)
             self._cond.notify_all()
@@ -441,32 +441,39 @@ class PubSubSource(Source):
         delivery attempt for the dead-letter policy."""
         groups = self._take(tokens)
         retry = self._settings.retry
-        try:
-            for subscription, items in groups.items():
-                by_delay: dict[int, list[str]] = {}
-                for held in items:
-                    if delay_seconds is None:
-                        attempt = held.message.delivery_attempt or 1
-                        backoff = min(
-                            retry.initial_backoff_seconds * 2 ** (attempt - 1), retry.max_backoff_seconds
-                        )
-                        delay = backoff * random.uniform(0.5, 1.0)
+        for subscription, items in groups.items():
+            by_delay: dict[int, list[str]] = {}
+            for held in items:
+                if delay_seconds is None:
+                    attempt = held.message.delivery_attempt or 1
+                    backoff = min(
+                        retry.initial_backoff_seconds * 2 ** (attempt - 1), retry.max_backoff_seconds
+                    )
+                    delay = backoff * random.uniform(0.5, 1.0)
+                else:
+                    delay = delay_seconds
+                seconds = min(max(round(delay), 0), _MAX_DEADLINE_SECONDS)
+                if held.stream is not None:
+                    # Through the stream's own dispatcher, which orders the deadline change
+                    # before releasing the lease; a unary call could race its lease manager
+                    # and be overridden by an extension.
+                    if seconds == 0:
+                        held.message.nack()
                     else:
-                        delay = delay_seconds
-                    seconds = min(max(round(delay), 0), _MAX_DEADLINE_SECONDS)
+                        held.message.modify_ack_deadline(seconds)
+                        held.message.drop()
+                else:
                     by_delay.setdefault(seconds, []).append(held.message.ack_id)
-                for seconds, ids in by_delay.items():
-                    for i in range(0, len(ids), _ACK_CHUNK):
-                        with _sdk_errors("modify_ack_deadline"):
-                            self._subscriber.modify_ack_deadline(
-                                request={
-                                    "subscription": subscription,
-                                    "ack_ids": ids[i : i + _ACK_CHUNK],
-                                    "ack_deadline_seconds": seconds,
-                                }
-                            )
-        finally:
-            self._release(h for items in groups.values() for h in items)
+            for seconds, ids in by_delay.items():
+                for i in range(0, len(ids), _ACK_CHUNK):
+                    with _sdk_errors("modify_ack_deadline"):
+                        self._subscriber.modify_ack_deadline(
+                            request={
+                                "subscription": subscription,
+                                "ack_ids": ids[i : i + _ACK_CHUNK],
+                                "ack_deadline_seconds": seconds,
+                            }
+                        )
 
     def drop(self, tokens: Sequence[AckToken]) -> None:
         """Forget these messages; Pub/Sub redelivers them at once (a nack without delay)."""
@@ -477,23 +484,19 @@ class PubSubSource(Source):
             log.warning("could not nack dropped Pub/Sub messages: %s", exc)
 
     def pause(self, tenants: Iterable[str]) -> None:
-        for tenant in tenants:
-            if tenant not in self._subscriptions or tenant in self._paused:
-                continue
-            with self._cond:
-                self._paused.add(tenant)
-                self._cond.notify_all()
-            self._stop_stream(tenant)
+        """Stop handing out these tenants' messages at once. Their streams stay open and stop
+        pulling when the flow-control window (`pubsub.max_messages` / `max_bytes` leased
+        messages) is full, so a paused tenant holds a bounded number of messages, all still
+        leased. Closing the stream instead would cost a reconnect per pause and, on the
+        emulator, strand whatever it pushes to the closed stream until its ack deadline."""
+        with self._cond:
+            self._paused.update(t for t in tenants if t in self._subscriptions)
+            self._cond.notify_all()
 
     def resume(self, tenants: Iterable[str]) -> None:
-        for tenant in tenants:
-            if tenant not in self._paused:
-                continue
-            with self._cond:
-                self._paused.discard(tenant)
-                self._cond.notify_all()
-            if not self._closed and tenant not in self._streams:
-                self._start_stream(tenant)
+        with self._cond:
+            self._paused.difference_update(tenants)
+            self._cond.notify_all()
 
     def paused(self) -> frozenset[str]:
         return frozenset(self._paused)
@@ -516,20 +519,26 @@ class PubSubSource(Source):
         self._streams.clear()
         for stream in streams:
             stream.cancel()
+        # only once every stream's lease manager stopped can a nack not be overridden
+        for stream in streams:
+            with contextlib.suppress(Exception):
+                stream.result(timeout=max(0.0, min(_SHUTDOWN_SECONDS, deadline - time.monotonic())))
         with self._cond:
+            for held in self._held.values():
+                held.stream = None
             leftovers = list(self._held)
         if leftovers:
             try:
                 self.nack(leftovers, delay_seconds=0)
             except AudioguardError as exc:
                 log.warning("could not hand back %d Pub/Sub messages on close: %s", len(leftovers), exc)
-        for stream in streams:
-            with contextlib.suppress(Exception):
-                stream.result(timeout=max(0.0, deadline - time.monotonic()))
         self._extender.join(max(0.0, deadline - time.monotonic()))
         self._subscriber.close()
 
-    # -- our own lease extension for messages whose stream was stopped ----------------------
+    # -- our own lease extension for every held message ------------------------------------
+    # The client's lease manager alone was not enough: with the emulator, messages held in
+    # a paused tenant's queue past the ack deadline were delivered a second time. A unary
+    # ModifyAckDeadline per subscription every third of the deadline is cheap and certain.
 
     def _extend_loop(self) -> None:
         period = max(1.0, self._deadline / 3)
@@ -537,8 +546,7 @@ class PubSubSource(Source):
             with self._cond:
                 orphans: dict[str, list[str]] = {}
                 for ack_id, held in self._held.items():
-                    if held.stream is None:
-                        orphans.setdefault(held.subscription, []).append(ack_id)
+                    orphans.setdefault(held.subscription, []).append(ack_id)
             for subscription, ids in orphans.items():
                 for i in range(0, len(ids), _ACK_CHUNK):
                     try:
