@@ -93,8 +93,12 @@ def add_parser(subparsers: Any) -> None:
     chaos.add_argument("--bootstrap-servers", help="use this Kafka instead of starting the embedded broker")
     chaos.add_argument("--store", help="verdict store URL (default: a fresh SQLite file)")
     chaos.add_argument("--partitions", type=int, default=2, help="partitions per arrivals topic")
-    chaos.add_argument("--min-up", type=float, default=4.0, help="earliest kill, seconds after a start")
-    chaos.add_argument("--max-up", type=float, default=16.0, help="latest kill, seconds after a start")
+    chaos.add_argument(
+        "--min-up", type=float, default=0.0, help="earliest kill, seconds after a worker's first commit"
+    )
+    chaos.add_argument(
+        "--max-up", type=float, default=4.0, help="latest kill, seconds after a worker's first commit"
+    )
     chaos.add_argument(
         "--rate", type=float, default=100.0, help="arrivals published per second while the worker runs"
     )
@@ -309,8 +313,8 @@ def run_chaos(
     bootstrap: str | None = None,
     store_url: str | None = None,
     partitions: int = 2,
-    min_up: float = 4.0,
-    max_up: float = 16.0,
+    min_up: float = 0.0,
+    max_up: float = 4.0,
     timeout: float = 1800.0,
     seed: int | None = None,
     workdir: Path | None = None,
@@ -358,9 +362,17 @@ def run_chaos(
         watched = [f"audioguard.arrivals.{t}" for t in tenants]
         deadline = started + timeout
         for kill in range(kills):
+            before, _ = _progress(settings, watched, retry, arrivals)
+            spawned = time.monotonic()
             worker = _spawn(env, log_path)
-            up = rng.uniform(min_up, max_up)
-            time.sleep(up)
+            # a kill while the interpreter is still importing proves nothing: wait until this
+            # worker has committed something (or a minute passed), then kill at a random moment
+            while time.monotonic() - spawned < 60 and worker.poll() is None:
+                if _progress(settings, watched, retry, arrivals)[0] > before:
+                    break
+                time.sleep(0.3)
+            time.sleep(rng.uniform(min_up, max_up))
+            up = time.monotonic() - spawned
             if worker.poll() is not None:
                 _log(f"worker exited by itself with {worker.returncode}; see {log_path}")
                 raise RuntimeError(f"worker exited with {worker.returncode} before kill {kill + 1}")
