@@ -296,6 +296,7 @@ class Worker:
         self.stopping = threading.Event()
         self.tenants_seen: set[str] = set()
         self.revocations = 0
+        self.closed = False
 
     def _offer_held(self) -> None:
         for tenant in list(self.held):
@@ -369,6 +370,8 @@ class Worker:
                 extra={"in_flight": self.pipeline.pending()},
             )
         self.sink.flush(5)
+        # closing the consumer revokes its partitions: the drain above already decided
+        self.closed = True
         self.pipeline.close()
         self.source.close(10)
 
@@ -380,6 +383,8 @@ class Worker:
         for them, finish their in-flight work within the drain deadline (without polling the
         consumer, which is mid-rebalance), commit it, and abandon the rest: the next owner gets
         it again and the verdict store makes that the same verdict."""
+        if self.closed:
+            return
         self.revocations += 1
         gone = set(partitions)
 
