@@ -48,7 +48,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -70,6 +70,7 @@ __all__ = [
     "checkpoint_name",
     "open_kinesis",
     "provision_kinesis",
+    "read_stream",
 ]
 
 log = logging.getLogger(__name__)
@@ -693,3 +694,56 @@ def open_kinesis(settings: Settings, checkpoints: CheckpointStore | None = None)
 
         checkpoints = open_store(settings.store.url, settings.store.ttl_seconds)
     return KinesisSource(settings, settings.tenants, checkpoints), KinesisSink(settings)
+
+
+def read_stream(
+    settings: Settings,
+    stream: str,
+    *,
+    timeout: float = 10.0,
+    idle: float = 2.0,
+    follow: bool = False,
+    stop: Callable[[], bool] | None = None,
+) -> Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
+    """Yield (partition key, data, no headers) of every record of `stream` from TRIM_HORIZON,
+    shard after shard as they come. Stops after `idle` seconds without a record (or
+    `timeout` overall) unless `follow`, in which case it runs until `stop()` returns True.
+    For tools, the demo and tests; it writes no checkpoint."""
+    client = _client(settings)
+    iterators: dict[str, str | None] = {}
+    started = last = time.monotonic()
+    try:
+        while True:
+            if stop is not None and stop():
+                return
+            now = time.monotonic()
+            if not follow and (now - last > idle or now - started > timeout):
+                return
+            with _sdk_errors("list_shards"):
+                shards = client.list_shards(StreamName=stream).get("Shards", [])
+            for shard in shards:
+                shard_id = shard["ShardId"]
+                if shard_id not in iterators:
+                    with _sdk_errors("get_shard_iterator"):
+                        iterators[shard_id] = client.get_shard_iterator(
+                            StreamName=stream, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+                        )["ShardIterator"]
+            got = False
+            for shard_id, iterator in list(iterators.items()):
+                if iterator is None:
+                    continue
+                try:
+                    with _sdk_errors("get_records"):
+                        response = client.get_records(ShardIterator=iterator, Limit=1000)
+                except RetryableError:
+                    continue
+                iterators[shard_id] = response.get("NextShardIterator")
+                for record in response.get("Records", []):
+                    got = True
+                    yield str(record.get("PartitionKey", "")).encode() or None, bytes(record["Data"]), []
+            if got:
+                last = time.monotonic()
+            else:
+                time.sleep(max(settings.kinesis.poll_interval_seconds, 0.05))
+    finally:
+        client.close()

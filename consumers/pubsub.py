@@ -47,7 +47,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +68,7 @@ __all__ = [
     "PubSubSource",
     "open_pubsub",
     "provision_pubsub",
+    "read_subscription",
     "verdict_subscription",
 ]
 
@@ -680,3 +681,51 @@ def open_pubsub(settings: Settings) -> tuple[Source, Sink]:
     """The Source and Sink of `settings.tenants` on Pub/Sub (emulator when
     `pubsub.emulator_host` is set)."""
     return PubSubSource(settings, settings.tenants), PubSubSink(settings)
+
+
+def read_subscription(
+    settings: Settings,
+    subscription: str,
+    *,
+    timeout: float = 10.0,
+    idle: float = 2.0,
+    follow: bool = False,
+    stop: Callable[[], bool] | None = None,
+) -> Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
+    """Yield (ordering key, data, attributes as headers) of the messages of `subscription`
+    (an id such as `verdicts-acme-readers`), acking each batch once it was yielded.
+
+    Stops after `idle` seconds without a message (or `timeout` overall) unless `follow`,
+    in which case it runs until `stop()` returns True. For tools, the demo and tests."""
+    _use_emulator(settings)
+    subscriber = pubsub_v1.SubscriberClient()
+    path = subscriber.subscription_path(settings.pubsub.project_id, subscription)
+    started = last = time.monotonic()
+    try:
+        while True:
+            if stop is not None and stop():
+                return
+            now = time.monotonic()
+            if not follow and (now - last > idle or now - started > timeout):
+                return
+            try:
+                with _sdk_errors("pull"):
+                    response = subscriber.pull(
+                        request={"subscription": path, "max_messages": 100}, timeout=1.0
+                    )
+            except RetryableError:
+                continue  # an empty long poll ends in DEADLINE_EXCEEDED on some servers
+            received = list(response.received_messages)
+            if not received:
+                continue
+            last = time.monotonic()
+            for item in received:
+                message = item.message
+                headers = [(k, v.encode()) for k, v in sorted(message.attributes.items())]
+                yield (message.ordering_key.encode() or None), bytes(message.data), headers
+            with _sdk_errors("acknowledge"):
+                subscriber.acknowledge(
+                    request={"subscription": path, "ack_ids": [r.ack_id for r in received]}
+                )
+    finally:
+        subscriber.close()
