@@ -87,17 +87,17 @@ def _det_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], titl
     import matplotlib.pyplot as plt
     from scipy.stats import norm
 
-    ticks = [0.001, 0.01, 0.05, 0.1, 0.2, 0.4, 0.6]
+    ticks = [0.001, 0.01, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8]
     fig, ax = plt.subplots(figsize=(7, 7))
     for name, (fa, miss) in curves.items():
         fa_c = np.clip(fa, 1e-4, 1 - 1e-4)
         miss_c = np.clip(miss, 1e-4, 1 - 1e-4)
         ax.plot(norm.ppf(fa_c), norm.ppf(miss_c), label=name, linewidth=1.5)
-    ax.plot(norm.ppf([1e-3, 0.6]), norm.ppf([1e-3, 0.6]), "k:", linewidth=0.8, label="EER line")
+    ax.plot(norm.ppf([1e-3, 0.9]), norm.ppf([1e-3, 0.9]), "k:", linewidth=0.8, label="EER line")
     ax.set_xticks(norm.ppf(ticks), [f"{t:.1%}" for t in ticks])
     ax.set_yticks(norm.ppf(ticks), [f"{t:.1%}" for t in ticks])
-    ax.set_xlim(norm.ppf(5e-4), norm.ppf(0.6))
-    ax.set_ylim(norm.ppf(5e-4), norm.ppf(0.6))
+    ax.set_xlim(norm.ppf(5e-4), norm.ppf(0.9))
+    ax.set_ylim(norm.ppf(5e-4), norm.ppf(0.9))
     ax.set_xlabel("false alarm rate (bona fide flagged)")
     ax.set_ylabel("miss rate (synthetic passed)")
     ax.set_title(title)

@@ -39,7 +39,8 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3
-    weight_decay: float = 1e-3
+    weight_decay: float = 5e-3
+    speed_perturb: float = 0.6
     threads: int = 2
     seed: int = 0
     shuffle_labels: bool = False
@@ -70,7 +71,25 @@ def load_clips(data: Path, split: str, limit: int | None = None) -> list[Clip]:
     return clips
 
 
-def _train_window(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+#: speed perturbation targets (resampling 16 kHz audio to these rates and playing it back at
+#: 16 kHz shifts pitch, formants and tempo together); small ratios keep the resampling kernels cheap
+_PERTURB_RATES = (14000, 14400, 15200, 16800, 17600, 18000)
+
+
+def _perturb(x: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
+    """With probability p, change the voice (pitch+formants+tempo by up to +/-12 %): with only a
+    couple of dozen human speakers, this stops the net from memorising who is human."""
+    if p <= 0 or rng.random() >= p:
+        return x
+    import torchaudio
+
+    target = int(rng.choice(_PERTURB_RATES))
+    y = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(x)), 16000, target)
+    return np.asarray(y.numpy(), dtype=np.float32)
+
+
+def _train_window(x: np.ndarray, n: int, rng: np.random.Generator, perturb: float = 0.0) -> np.ndarray:
+    x = _perturb(x, rng, perturb)
     if x.size >= n:
         start = int(rng.integers(0, x.size - n + 1))
         return x[start : start + n]
@@ -157,7 +176,9 @@ def train(data: Path, cfg: TrainConfig) -> tuple[DetectorNet, NetConfig, dict[st
             for b in range(steps_per_epoch):
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 x = torch.from_numpy(
-                    np.stack([_train_window(train_clips[i].audio, window, rng) for i in idx])
+                    np.stack(
+                        [_train_window(train_clips[i].audio, window, rng, cfg.speed_perturb) for i in idx]
+                    )
                 )
                 y = torch.from_numpy(labels[idx])
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), y)
@@ -210,6 +231,9 @@ def train(data: Path, cfg: TrainConfig) -> tuple[DetectorNet, NetConfig, dict[st
         "shuffled_labels": cfg.shuffle_labels,
         "seed": cfg.seed,
         "threads": cfg.threads,
+        "speed_perturb": cfg.speed_perturb,
+        "weight_decay": cfg.weight_decay,
+        "frontend": FrontEndConfig().to_dict(),
         "parameters": count_parameters(net),
     }
     return net, nc, summary | {"_dev_clips": dev_clips}
