@@ -240,7 +240,11 @@ def _worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        return worker.run(stop)
+        code = worker.run(stop)
+        # the final counts, one JSON line on stderr: operators and the contract suite read it
+        stats = dict(vars(worker.pipeline.stats))
+        print(json.dumps({"event": "worker stopped", "stats": stats}), file=sys.stderr, flush=True)
+        return code
     except FatalError as error:
         print(f"audioguard worker: stopped on a fatal error: {error}", file=sys.stderr)
         return 3
