@@ -39,6 +39,7 @@ from services.errors import AudioguardError, FatalError, RetryableError
 from services.settings import KafkaSettings, Settings
 
 __all__ = [
+    "GroupReader",
     "KafkaSink",
     "KafkaSource",
     "committed_offsets",
@@ -562,3 +563,97 @@ def committed_offsets(
         return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=10)}
     finally:
         consumer.close()
+
+
+class GroupReader:
+    """Reads the records of `topic` that a consumer group has not committed yet (or all of
+    them, `from_beginning`), up to the end offsets seen at the start, and commits only the
+    offsets it is handed. For tools (the DLQ tool's own group); it never joins the group,
+    so it never takes partitions away from anyone.
+    """
+
+    def __init__(
+        self, settings: KafkaSettings, topic: str, group_id: str, *, from_beginning: bool = False
+    ) -> None:
+        self._consumer = Consumer(
+            _client_config(settings)
+            | {
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+        self._topic = topic
+        self._from_beginning = from_beginning
+        self.committed_at_start: dict[int, int] = {}
+
+    def records(self, timeout: float = 60.0) -> Iterator[Message]:
+        """Each pending record as a `Message` (token (topic, partition, offset)), partition by
+        partition in offset order. Raises FatalError("missing_topic") for an unknown topic."""
+        meta = self._consumer.list_topics(self._topic, timeout=10).topics.get(self._topic)
+        if meta is None or meta.error is not None:
+            raise FatalError("missing_topic", f"topic {self._topic} does not exist")
+        partitions = [TopicPartition(self._topic, p) for p in sorted(meta.partitions)]
+        committed = {tp.partition: tp.offset for tp in self._consumer.committed(partitions, timeout=10)}
+        #: the group's committed offsets when reading started (negative: none)
+        self.committed_at_start = dict(committed)
+        todo: dict[int, int] = {}
+        assign = []
+        for tp in partitions:
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+            mark = committed.get(tp.partition, -1)
+            start = max(low if self._from_beginning or mark < 0 else mark, low)
+            if start < high:
+                todo[tp.partition] = int(high)
+                assign.append(TopicPartition(self._topic, tp.partition, start))
+        if not assign:
+            return
+        self._consumer.assign(assign)
+        deadline = time.monotonic() + timeout
+        while todo and time.monotonic() < deadline:
+            record = self._consumer.poll(0.5)
+            if record is None:
+                continue
+            error = record.error()
+            partition = cast(int, record.partition())
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    todo.pop(partition, None)
+                    continue
+                raise _map_error(error, f"read {self._topic}")
+            offset = cast(int, record.offset())
+            end = todo.get(partition)
+            if end is None or offset >= end:
+                todo.pop(partition, None)  # written after we started: the next run's business
+                continue
+            if offset == end - 1:
+                todo.pop(partition)
+            _, ts = record.timestamp()
+            tenant = tenant_of_kafka_topic(self._topic) or ""
+            yield Message(
+                token=(self._topic, partition, offset),
+                tenant=tenant,
+                topic=self._topic,
+                value=record.value() or b"",
+                key=record.key(),
+                headers=tuple(_headers(record)),
+                timestamp=ts / 1000 if ts and ts > 0 else None,
+                coordinates={"partition": partition, "offset": offset, "timestamp_ms": ts},
+            )
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        """Commit partition -> next offset to read, synchronously; raises on failure."""
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(self._topic, p, o) for p, o in offsets.items()], asynchronous=False
+            )
+        except KafkaException as exc:
+            raise _map_error(exc.args[0], f"commit {self._topic}") from exc
+
+    def close(self) -> None:
+        self._consumer.close()

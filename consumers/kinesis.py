@@ -747,3 +747,47 @@ def read_stream(
                 time.sleep(max(settings.kinesis.poll_interval_seconds, 0.05))
     finally:
         client.close()
+
+
+def read_shard_records(
+    settings: Settings, stream: str, after: Callable[[str], str | None], *, timeout: float = 60.0
+) -> Iterator[Message]:
+    """Every record of `stream` after each shard's position `after(shard_id)` (None: from
+    TRIM_HORIZON), shard by shard, up to the shard's head when it is read; for tools (the DLQ
+    tool). Token: (stream, shard_id, sequence number). Writes no checkpoint."""
+    client = _client(settings)
+    deadline = time.monotonic() + timeout
+    try:
+        with _sdk_errors("list_shards"):
+            shards = client.list_shards(StreamName=stream).get("Shards", [])
+        for shard in shards:
+            shard_id = shard["ShardId"]
+            position = after(shard_id)
+            request: dict[str, Any] = {"StreamName": stream, "ShardId": shard_id}
+            if position:
+                request |= {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": position}
+            else:
+                request["ShardIteratorType"] = "TRIM_HORIZON"
+            with _sdk_errors("get_shard_iterator"):
+                iterator: str | None = client.get_shard_iterator(**request)["ShardIterator"]
+            while iterator and time.monotonic() < deadline:
+                with _sdk_errors("get_records"):
+                    response = client.get_records(ShardIterator=iterator, Limit=1000)
+                records = response.get("Records", [])
+                for record in records:
+                    sequence = str(record["SequenceNumber"])
+                    arrived = record.get("ApproximateArrivalTimestamp")
+                    yield Message(
+                        token=(stream, shard_id, sequence),
+                        tenant="",
+                        topic=stream,
+                        value=bytes(record["Data"]),
+                        key=str(record.get("PartitionKey", "")).encode() or None,
+                        timestamp=arrived.timestamp() if arrived is not None else None,
+                        coordinates={"shard_id": shard_id, "sequence_number": sequence},
+                    )
+                if not records and int(response.get("MillisBehindLatest", 0)) == 0:
+                    break  # at the head of this shard
+                iterator = response.get("NextShardIterator")
+    finally:
+        client.close()

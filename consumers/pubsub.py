@@ -729,3 +729,68 @@ def read_subscription(
                 )
     finally:
         subscriber.close()
+
+
+class SubscriptionPuller:
+    """Unary pull of one subscription, for tools (the DLQ tool on `dlq-<tenant>-replay`):
+    a pulled message stays leased until `ack` or `release`; nothing is acked on its own."""
+
+    def __init__(self, settings: Settings, subscription: str) -> None:
+        _use_emulator(settings)
+        self._subscriber = pubsub_v1.SubscriberClient()
+        self.path = self._subscriber.subscription_path(settings.pubsub.project_id, subscription)
+        self._topic = subscription
+
+    def pull(self, max_messages: int = 100, timeout: float = 2.0) -> list[Message]:
+        """Up to `max_messages` messages (token: ack id); [] when none came within `timeout`."""
+        try:
+            with _sdk_errors("pull"):
+                response = self._subscriber.pull(
+                    request={"subscription": self.path, "max_messages": max_messages}, timeout=timeout
+                )
+        except RetryableError:
+            return []  # an empty long poll ends in DEADLINE_EXCEEDED on some servers
+        messages = []
+        for item in response.received_messages:
+            msg = item.message
+            published = msg.publish_time.timestamp() if msg.publish_time is not None else None
+            messages.append(
+                Message(
+                    token=item.ack_id,
+                    tenant="",
+                    topic=self._topic,
+                    value=bytes(msg.data),
+                    key=msg.ordering_key.encode() if msg.ordering_key else None,
+                    headers=tuple((k, v.encode()) for k, v in sorted(msg.attributes.items())),
+                    timestamp=published,
+                    coordinates={"message_id": msg.message_id, "ack_id": item.ack_id, "timestamp": published},
+                    delivery_attempt=int(item.delivery_attempt or 1),
+                )
+            )
+        return messages
+
+    def extend(self, ack_ids: Sequence[str], seconds: int) -> None:
+        """Keep these messages leased for `seconds` more (0 gives them back at once)."""
+        for i in range(0, len(ack_ids), _ACK_CHUNK):
+            with _sdk_errors("modify_ack_deadline"):
+                self._subscriber.modify_ack_deadline(
+                    request={
+                        "subscription": self.path,
+                        "ack_ids": list(ack_ids[i : i + _ACK_CHUNK]),
+                        "ack_deadline_seconds": seconds,
+                    }
+                )
+
+    def ack(self, ack_ids: Sequence[str]) -> None:
+        """Acknowledge (remove) these messages; raises RetryableError / FatalError."""
+        for i in range(0, len(ack_ids), _ACK_CHUNK):
+            with _sdk_errors("acknowledge"):
+                self._subscriber.acknowledge(
+                    request={"subscription": self.path, "ack_ids": list(ack_ids[i : i + _ACK_CHUNK])}
+                )
+
+    def release(self, ack_ids: Sequence[str]) -> None:
+        self.extend(ack_ids, 0)
+
+    def close(self) -> None:
+        self._subscriber.close()
