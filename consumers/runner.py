@@ -186,7 +186,13 @@ class Pipeline:
             on_duplicate=settings.store.on_duplicate,
             store_call=store_call,
         )
-        self.admit = Admit(self.parse, self.in_flight, clock=clock)
+        self.admit = Admit(
+            self.parse,
+            self.in_flight,
+            clock=clock,
+            rate=lambda tenant: (self.policy(tenant).rate_per_second, self.policy(tenant).burst),
+            weight=lambda tenant: self.policy(tenant).weight,
+        )
         self._breaker = breaker
         self._first_seen: dict[Any, datetime] = {}
         #: tokens admitted and not yet done (to drain a revoked partition's work)
@@ -297,6 +303,9 @@ class Worker:
         self.tenants_seen: set[str] = set()
         self.revocations = 0
         self.closed = False
+        #: times each tenant was paused / resumed by backpressure (visible state for metrics)
+        self.pauses: dict[str, int] = {}
+        self.resumes: dict[str, int] = {}
 
     def _offer_held(self) -> None:
         for tenant in list(self.held):
@@ -319,18 +328,28 @@ class Worker:
                 continue
             try:
                 self.pipeline.admit_message(message)
-            except MessageRejected:
+            except MessageRejected as rejected:
                 self.held[message.tenant] = deque([message])
-                self.source.pause([message.tenant])
+                # a worker-wide bound pauses the tenants over their share first (consumers.admission)
+                self._pause(self.pipeline.admit.to_pause(message.tenant, str(rejected)))
+
+    def _pause(self, tenants: list[str]) -> None:
+        already = self.source.paused()
+        for tenant in tenants:
+            if tenant not in already:
+                self.pauses[tenant] = self.pauses.get(tenant, 0) + 1
+        self.source.pause(tenants)
 
     def _resume_below_low_water(self) -> None:
-        ready = [
-            t
-            for t in self.source.paused()
-            if t not in self.held and self.pipeline.in_flight.below_low_water(t)
-        ]
+        ready = [t for t in self.source.paused() if t not in self.held and self.pipeline.admit.may_resume(t)]
         if ready:
+            for tenant in ready:
+                self.resumes[tenant] = self.resumes.get(tenant, 0) + 1
             self.source.resume(ready)
+
+    def held_counts(self) -> dict[str, int]:
+        """Messages held in memory per tenant (refused, waiting for admission; bounded by a poll)."""
+        return {tenant: len(queue) for tenant, queue in self.held.items()}
 
     def turn(self) -> None:
         """One iteration: poll the source (always), admit, advance every step."""
