@@ -1,0 +1,336 @@
+"""The conformance suite's fixtures: one harness per transport, each on its real server.
+
+    kafka    Tansu (services.broker.EmbeddedBroker), audio on file://
+    pubsub   Google's Pub/Sub emulator (services.emulators.PubSubEmulator), audio on file://
+    kinesis  moto_server (services.emulators.MotoServer) for Kinesis *and* S3: audio on s3://
+
+Each server is started once per session on a free loopback port and stopped at the end.
+The harness publishes arrivals the way a platform would (through the transport's Sink),
+reads a tenant's verdicts and dead letters back, and runs real `audioguard worker
+--transport X` processes configured through AUDIOGUARD_* variables. Tests see only the
+harness, so every scenario is written once and runs against all three transports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consumers.transport import OutRecord
+from services.commands import arrival_for
+from services.settings import Settings
+from tests.support.audio import encode, speechlike
+
+TRANSPORTS = ("kafka", "pubsub", "kinesis")
+#: moto accepts any credentials; boto3 needs some to sign with (S3 and Kinesis)
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "audioguard-test", "AWS_SECRET_ACCESS_KEY": "audioguard-test"}
+
+
+@dataclass
+class WorkerProcess:
+    """One `audioguard worker` subprocess; its output goes to `log`."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no ack, no goodbye."""
+        if self.alive():
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self, timeout: float = 60.0) -> dict[str, int]:
+        """SIGTERM, wait, and return the final counts the worker printed."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise
+        for line in reversed(self.log.read_text(errors="replace").splitlines()):
+            if '"worker stopped"' in line:
+                stats: dict[str, int] = json.loads(line)["stats"]
+                return stats
+        raise AssertionError(
+            f"the worker printed no final counts (exit {self.process.returncode}); see {self.log}"
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Harness:
+    """Everything a scenario needs from one transport."""
+
+    transport: str
+    endpoint: str
+    workdir: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+    _seen: dict[tuple[str, str], list[tuple[bytes, list[tuple[str, bytes]]]]] = field(default_factory=dict)
+
+    # -- configuration -----------------------------------------------------------------
+
+    def tenants(self, n: int = 2) -> list[str]:
+        run = uuid.uuid4().hex[:6]
+        return [f"c{i}-{run}" for i in range(n)]
+
+    def settings(self, tenants: list[str], **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "transport": self.transport,
+            "tenants": tenants,
+            "store": {"url": f"sqlite:///{self.store_path(tenants)}"},
+        }
+        if self.transport == "kafka":
+            values["kafka"] = {"bootstrap_servers": self.endpoint, "group_id": f"contract-{tenants[0]}"}
+            values["storage"] = {"tenant_file_roots": {t: [str(self.workdir / "audio" / t)] for t in tenants}}
+        elif self.transport == "pubsub":
+            # the shortest ack deadline, so a dead worker's messages return quickly; plenty of
+            # attempts, since the emulator counts its pushes to a dead stream (consumers.pubsub)
+            values["pubsub"] = {
+                "emulator_host": self.endpoint,
+                "ack_deadline_seconds": 10,
+                "max_delivery_attempts": 50,
+            }
+            values["storage"] = {"tenant_file_roots": {t: [str(self.workdir / "audio" / t)] for t in tenants}}
+        else:
+            values["kinesis"] = {"endpoint_url": self.endpoint, "poll_interval_seconds": 0.05}
+            values["storage"] = {
+                "s3_endpoint_url": self.endpoint,
+                "tenant_s3_locations": {t: [f"contract-audio/{t}/"] for t in tenants},
+            }
+        values.update(overrides)
+        return Settings(**values)
+
+    def store_path(self, tenants: list[str]) -> Path:
+        return self.workdir / f"verdicts-{tenants[0]}.db"
+
+    def provision(self, settings: Settings) -> None:
+        from consumers.transports import provision
+
+        provision(settings, settings.tenants, partitions=2)
+
+    def worker_env(self, settings: Settings, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIOGUARD_")}
+        env.update(AWS_ENV)
+        env.update(
+            {
+                "AUDIOGUARD_TRANSPORT": self.transport,
+                "AUDIOGUARD_TENANTS": json.dumps(settings.tenants),
+                "AUDIOGUARD_STORE__URL": settings.store.url,
+                "AUDIOGUARD_WORKER_ID": f"contract-{settings.tenants[0]}",
+                "AUDIOGUARD_DEVICE": "cpu",
+                "AUDIOGUARD_FETCH_THREADS": "2",
+                "AUDIOGUARD_DRAIN_SECONDS": "5",
+                "AUDIOGUARD_LOG_LEVEL": "WARNING",
+                "AUDIOGUARD_BATCH__MAX_WAIT_MS": "20",
+                "AUDIOGUARD_STORAGE": settings.storage.model_dump_json(),
+                "OMP_NUM_THREADS": "1",
+            }
+        )
+        if self.transport == "kafka":
+            env["AUDIOGUARD_KAFKA"] = settings.kafka.model_dump_json(exclude={"sasl_password"})
+        elif self.transport == "pubsub":
+            env["AUDIOGUARD_PUBSUB"] = settings.pubsub.model_dump_json()
+        else:
+            env["AUDIOGUARD_KINESIS"] = settings.kinesis.model_dump_json()
+        env.update(extra)
+        return env
+
+    # -- the platform side -------------------------------------------------------------
+
+    def store_audio(self, tenant: str, name: str, data: bytes) -> str:
+        from services.storage import AudioStorage
+
+        settings = self.settings([tenant])
+        if self.transport == "kinesis":
+            uri = f"s3://contract-audio/{tenant}/{name}"
+        else:
+            uri = f"file://{self.workdir / 'audio' / tenant / name}"
+        return AudioStorage(settings.storage).put(data, uri)
+
+    def publish(self, settings: Settings, records: list[OutRecord]) -> None:
+        from consumers.transports import open_publisher
+
+        sink = open_publisher(settings)
+        try:
+            futures = [sink.publish(record) for record in records]
+            sink.flush(30)
+            for future in futures:
+                future.result(30)
+        finally:
+            sink.close(10)
+
+    def arrivals(
+        self, settings: Settings, tenant: str, count: int, seed: int = 0
+    ) -> tuple[list[str], list[OutRecord]]:
+        """`count` short clips stored for `tenant` and their arrival records; returns (keys, records)."""
+        keys, records = [], []
+        for i in range(count):
+            data = encode(speechlike(1.0, seed=seed + i))
+            content_id = f"clip-{seed + i}"
+            uri = self.store_audio(tenant, f"{content_id}.wav", data)
+            key = f"{tenant}:{content_id}"
+            value = arrival_for(tenant, uri, data, key=key, content_id=content_id)
+            records.append(OutRecord(tenant, "arrivals", key.encode(), value, ordering_key=content_id))
+            keys.append(key)
+        return keys, records
+
+    # -- reading destinations ------------------------------------------------------------
+
+    def read(self, settings: Settings, tenant: str, kind: str) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
+        """Every record of the tenant's verdicts ("verdicts") or dead letters ("dlq") so far.
+
+        Kafka and Kinesis are read from the beginning each time; a Pub/Sub subscription
+        hands each message out once, so what was read before is remembered here."""
+        if self.transport == "kafka":
+            from consumers.kafka import read_topic
+            from consumers.tenancy import kafka_topic
+
+            rows = read_topic(settings.kafka, kafka_topic(kind, tenant), idle=0.5, timeout=10)
+            return [(value, list(headers)) for _key, value, headers in rows]
+        if self.transport == "kinesis":
+            from consumers.kinesis import read_stream
+            from consumers.tenancy import kinesis_stream
+
+            rows = read_stream(settings, kinesis_stream(kind, tenant), idle=0.5, timeout=10)
+            return [(value, list(headers)) for _key, value, headers in rows]
+        from consumers.pubsub import read_subscription, verdict_subscription
+        from consumers.tenancy import pubsub_subscription
+
+        name = verdict_subscription(tenant) if kind == "verdicts" else pubsub_subscription(tenant, "dlq")
+        seen = self._seen.setdefault((tenant, kind), [])
+        seen += [
+            (value, list(headers)) for _key, value, headers in read_subscription(settings, name, idle=0.5)
+        ]
+        return list(seen)
+
+    def verdicts(self, settings: Settings, tenant: str) -> dict[str, list[dict[str, Any]]]:
+        by_key: dict[str, list[dict[str, Any]]] = {}
+        for value, _headers in self.read(settings, tenant, "verdicts"):
+            verdict = json.loads(value)
+            by_key.setdefault(verdict["idempotency_key"], []).append(verdict)
+        return by_key
+
+    def wait_for_verdicts(
+        self, settings: Settings, keys: list[str], timeout: float = 120.0
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Read every tenant's verdicts until each key has one (or `timeout`)."""
+        deadline = time.monotonic() + timeout
+        found: dict[str, list[dict[str, Any]]] = {}
+        while time.monotonic() < deadline:
+            found = {}
+            for tenant in settings.tenants:
+                found.update(self.verdicts(settings, tenant))
+            if all(k in found for k in keys):
+                return found
+            for worker in self.workers:
+                if worker.process.poll() not in (None, 0, -signal.SIGKILL):
+                    raise AssertionError(
+                        f"a worker exited with {worker.process.returncode}:\n{worker.output()[-3000:]}"
+                    )
+            time.sleep(0.5)
+        missing = [k for k in keys if k not in found]
+        raise AssertionError(
+            f"{len(missing)} of {len(keys)} arrivals got no verdict in {timeout:.0f}s: {missing[:5]}"
+        )
+
+    # -- workers -------------------------------------------------------------------------
+
+    def start_worker(self, settings: Settings, **extra_env: str) -> WorkerProcess:
+        log = self.workdir / f"worker-{settings.tenants[0]}-{len(self.workers)}.log"
+        program = Path(sys.executable).parent / "audioguard"
+        command = [str(program)] if program.exists() else [sys.executable, "-m", "services.cli"]
+        handle = open(log, "ab")  # noqa: SIM115 - the child owns it
+        process = subprocess.Popen(
+            [*command, "worker", "--transport", self.transport],
+            env=self.worker_env(settings, **extra_env),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        handle.close()
+        worker = WorkerProcess(process, log)
+        self.workers.append(worker)
+        return worker
+
+    def stored_keys(self, settings: Settings) -> set[str]:
+        """Idempotency keys in the worker's SQLite verdict store (read-only)."""
+        path = self.store_path(settings.tenants)
+        if not path.exists():
+            return set()
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+                return {
+                    f"{tenant}:{key}" if not key.startswith(f"{tenant}:") else key
+                    for tenant, key in db.execute("SELECT tenant, key FROM verdicts")
+                }
+        except sqlite3.OperationalError:
+            return set()  # not created yet, or busy
+
+    def close(self) -> None:
+        for worker in self.workers:
+            if worker.alive():
+                worker.kill()
+
+
+def _start_server(transport: str, workdir: Path) -> tuple[Any, str]:
+    if transport == "kafka":
+        from services.broker import EmbeddedBroker
+
+        broker = EmbeddedBroker(log_path=workdir / "tansu.log").start()
+        return broker, broker.bootstrap_servers
+    if transport == "pubsub":
+        if shutil.which("gcloud") is None:
+            pytest.skip("the gcloud SDK (Pub/Sub emulator) is not installed")
+        from services.emulators import PubSubEmulator
+
+        emulator = PubSubEmulator(log_path=workdir / "pubsub.log").start()
+        return emulator, emulator.host_port
+    from services.emulators import MotoServer
+
+    moto = MotoServer(log_path=workdir / "moto.log").start()
+    return moto, moto.endpoint_url
+
+
+@pytest.fixture(scope="session", params=TRANSPORTS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str, Path]]:
+    transport = str(request.param)
+    workdir = tmp_path_factory.mktemp(f"contract-{transport}")
+    for key, value in AWS_ENV.items():
+        os.environ.setdefault(key, value)
+    running, endpoint = _start_server(transport, workdir)
+    try:
+        yield transport, endpoint, workdir
+    finally:
+        running.stop()
+
+
+@pytest.fixture()
+def harness(server: tuple[str, str, Path]) -> Iterator[Harness]:
+    transport, endpoint, workdir = server
+    running = Harness(transport, endpoint, workdir)
+    try:
+        yield running
+    finally:
+        running.close()
