@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "services.commands",
     "services.detector.cli",
     "services.chaos",
+    "dlq.cli",
 ]
 
 

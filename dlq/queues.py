@@ -1,0 +1,333 @@
+"""The three `DeadLetterQueue`s: Kafka, Pub/Sub and Kinesis, chosen by `settings.transport`.
+
+* Kafka: topic `audioguard.dlq.<tenant>`, read from the tool's own consumer group
+  (default `audioguard-dlq-tool`, never the workers'), which is committed past a dead
+  letter once it was re-published. `from_beginning` also shows what was replayed before.
+* Pub/Sub: subscription `dlq-<tenant>-replay`; pulled messages stay leased while the tool
+  runs, are acked once re-published, and are given back (deadline 0) otherwise.
+* Kinesis: stream `audioguard-dlq-<tenant>`; the tool's position per shard is a checkpoint
+  in the verdict store (`settings.store.url`, application `audioguard-dlq-tool`), so use a
+  shared store (redis://, sqlite://) for it to persist between runs.
+
+Kafka and Kinesis positions only move forward, so a dead letter is removed only together
+with every dead letter before it in its partition / shard: `_Positions` advances across the
+contiguous run of removed records and stops at the first one left behind.
+
+This module talks to brokers only through the adapter modules and never removes a dead
+letter the caller did not hand to `remove`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any, cast
+
+from consumers.tenancy import kafka_topic, kinesis_stream, pubsub_subscription, pubsub_topic
+from consumers.transport import Message, OutRecord, Sink
+from dlq.envelope import dead_letter_from_record
+from dlq.inspect import DeadLetterQueue, DeadLetterRecord
+from services.errors import FatalError, PoisonMessage
+from services.settings import Settings
+
+__all__ = [
+    "DLQ_TOOL_GROUP",
+    "KafkaDeadLetters",
+    "KinesisDeadLetters",
+    "PubSubDeadLetters",
+    "open_dead_letters",
+]
+
+#: the Kafka consumer group / Kinesis application of the DLQ tool (never the workers')
+DLQ_TOOL_GROUP = "audioguard-dlq-tool"
+
+
+def _parts(token: Hashable) -> tuple[str, Any, Any]:
+    """(topic or stream, partition or shard, offset or sequence) of a Kafka / Kinesis token."""
+    return cast(tuple[str, Any, Any], token)
+
+
+class _Positions:
+    """Per partition: positions in read order, and which were removed; `advance` returns,
+    per partition, the last position of the removed prefix that moved since last time."""
+
+    def __init__(self) -> None:
+        self._order: dict[Any, list[Any]] = {}
+        self._removed: set[tuple[Any, Any]] = set()
+        self._done: dict[Any, int] = {}
+
+    def add(self, partition: Any, position: Any) -> None:
+        self._order.setdefault(partition, []).append(position)
+
+    def remove(self, partition: Any, position: Any) -> None:
+        self._removed.add((partition, position))
+
+    def advance(self) -> dict[Any, Any]:
+        moved: dict[Any, Any] = {}
+        for partition, positions in self._order.items():
+            index = self._done.get(partition, 0)
+            while index < len(positions) and (partition, positions[index]) in self._removed:
+                index += 1
+            if index > self._done.get(partition, 0):
+                self._done[partition] = index
+                moved[partition] = positions[index - 1]
+        return moved
+
+
+def _record(
+    queue: DeadLetterQueue, message: Message, ref: str, location: dict[str, object]
+) -> DeadLetterRecord | None:
+    try:
+        envelope, payload = dead_letter_from_record(message.value, message.headers)
+    except PoisonMessage:
+        queue.unreadable += 1
+        return None
+    return DeadLetterRecord(
+        ref=ref,
+        envelope=envelope,
+        payload=payload,
+        key=message.key,
+        headers=message.headers,
+        location=location,
+        token=message.token,
+    )
+
+
+class _Publishing:
+    """Lazily opened publisher shared by the three queues."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._sink: Sink | None = None
+
+    def sink(self) -> Sink:
+        if self._sink is None:
+            from consumers.transports import open_publisher
+
+            self._sink = open_publisher(self._settings)
+        return self._sink
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close(30)
+
+
+class KafkaDeadLetters(DeadLetterQueue):
+    transport = "kafka"
+
+    def __init__(
+        self, settings: Settings, tenant: str, *, group: str = DLQ_TOOL_GROUP, from_beginning: bool = False
+    ) -> None:
+        from consumers.kafka import GroupReader
+
+        super().__init__(tenant)
+        self.topic = kafka_topic("dlq", tenant)
+        self.group = group
+        self._reader = GroupReader(settings.kafka, self.topic, group, from_beginning=from_beginning)
+        self._positions = _Positions()
+        self._publishing = _Publishing(settings)
+
+    def describe(self) -> str:
+        return f"Kafka topic {self.topic}, consumer group {self.group}"
+
+    def read(self) -> Iterator[DeadLetterRecord]:
+        for message in self._reader.records():
+            _, partition, offset = _parts(message.token)
+            self._positions.add(partition, offset)
+            location: dict[str, object] = {"topic": self.topic, "partition": partition, "offset": offset}
+            record = _record(self, message, f"{partition}:{offset}", location)
+            if record is not None:
+                yield record
+
+    def destination(self, to: str, tier: int = 0) -> str:
+        return (
+            kafka_topic("retry", self.tenant, tier)
+            if to == "retry-tier"
+            else kafka_topic("arrivals", self.tenant)
+        )
+
+    def republish(self, record: OutRecord) -> Future[None]:
+        return self._publishing.sink().publish(record)
+
+    def flush(self, timeout: float) -> None:
+        self._publishing.sink().flush(timeout)
+
+    def remove(self, records: Sequence[DeadLetterRecord]) -> None:
+        for record in records:
+            _, partition, offset = _parts(record.token)
+            self._positions.remove(partition, offset)
+        start = self._reader.committed_at_start
+        # never move the group backwards (a --from-beginning run re-reads what was removed)
+        offsets = {
+            int(p): int(o) + 1
+            for p, o in self._positions.advance().items()
+            if int(o) + 1 > start.get(int(p), -1)
+        }
+        self._reader.commit(offsets)
+
+    def close(self) -> None:
+        try:
+            self._publishing.close()
+        finally:
+            self._reader.close()
+
+
+class PubSubDeadLetters(DeadLetterQueue):
+    transport = "pubsub"
+    #: how long pulled dead letters stay leased to the tool while it works
+    LEASE_SECONDS = 600
+
+    def __init__(self, settings: Settings, tenant: str, *, idle: float = 3.0, timeout: float = 60.0) -> None:
+        from consumers.pubsub import SubscriptionPuller
+
+        super().__init__(tenant)
+        self.subscription = pubsub_subscription(tenant, "dlq")
+        self._puller = SubscriptionPuller(settings, self.subscription)
+        self._held: dict[str, str] = {}  # ack id -> message id, leased and not acked
+        self._idle = idle
+        self._timeout = timeout
+        self._publishing = _Publishing(settings)
+
+    def describe(self) -> str:
+        return f"Pub/Sub subscription {self.subscription}"
+
+    def read(self) -> Iterator[DeadLetterRecord]:
+        seen: set[str] = set()
+        started = last = time.monotonic()
+        while time.monotonic() - last < self._idle and time.monotonic() - started < self._timeout:
+            messages = self._puller.pull(100, timeout=1.0)
+            if not messages:
+                continue
+            last = time.monotonic()
+            fresh = []
+            for message in messages:
+                message_id = str(message.coordinates["message_id"])
+                self._held[str(message.token)] = message_id
+                if message_id not in seen:
+                    seen.add(message_id)
+                    fresh.append(message)
+            # held for the whole run: a dead letter given back now would come straight back
+            self._puller.extend([str(m.token) for m in messages], self.LEASE_SECONDS)
+            for message in fresh:
+                location: dict[str, object] = {
+                    "subscription": self.subscription,
+                    "message_id": message.coordinates["message_id"],
+                }
+                record = _record(self, message, str(message.coordinates["message_id"]), location)
+                if record is not None:
+                    yield record
+
+    def destination(self, to: str, tier: int = 0) -> str:
+        if to == "retry-tier":
+            raise FatalError("unsupported_destination", "retry tiers exist only on Kafka")
+        return f"Pub/Sub topic {pubsub_topic('arrivals', self.tenant)}"
+
+    def republish(self, record: OutRecord) -> Future[None]:
+        return self._publishing.sink().publish(record)
+
+    def flush(self, timeout: float) -> None:
+        self._publishing.sink().flush(timeout)
+
+    def remove(self, records: Sequence[DeadLetterRecord]) -> None:
+        ids = [str(record.token) for record in records]
+        self._puller.ack(ids)
+        for ack_id in ids:
+            self._held.pop(ack_id, None)
+
+    def close(self) -> None:
+        try:
+            self._publishing.close()
+            if self._held:
+                self._puller.release(list(self._held))
+        finally:
+            self._held.clear()
+            self._puller.close()
+
+
+class KinesisDeadLetters(DeadLetterQueue):
+    transport = "kinesis"
+
+    def __init__(
+        self,
+        settings: Settings,
+        tenant: str,
+        *,
+        application: str = DLQ_TOOL_GROUP,
+        from_beginning: bool = False,
+    ) -> None:
+        from consumers.kinesis import checkpoint_name
+        from services.store import open_store
+
+        super().__init__(tenant)
+        self._settings = settings
+        self.stream = kinesis_stream("dlq", tenant)
+        self.application = application
+        self._store = open_store(settings.store.url, settings.store.ttl_seconds)
+        self._name: Callable[[str], str] = lambda shard: checkpoint_name(application, self.stream, shard)
+        self._from_beginning = from_beginning
+        self._positions = _Positions()
+        self._publishing = _Publishing(settings)
+
+    def describe(self) -> str:
+        return f"Kinesis stream {self.stream}, checkpoints {self.application} in {self._settings.store.url}"
+
+    def read(self) -> Iterator[DeadLetterRecord]:
+        from consumers.kinesis import read_shard_records
+
+        def after(shard: str) -> str | None:
+            return None if self._from_beginning else self._store.get_checkpoint(self._name(shard))
+
+        for message in read_shard_records(self._settings, self.stream, after):
+            _, shard, sequence = _parts(message.token)
+            self._positions.add(shard, sequence)
+            location: dict[str, object] = {
+                "stream": self.stream,
+                "shard_id": shard,
+                "sequence_number": sequence,
+            }
+            record = _record(self, message, f"{shard}:{sequence}", location)
+            if record is not None:
+                yield record
+
+    def destination(self, to: str, tier: int = 0) -> str:
+        if to == "retry-tier":
+            raise FatalError("unsupported_destination", "retry tiers exist only on Kafka")
+        return f"Kinesis stream {kinesis_stream('arrivals', self.tenant)}"
+
+    def republish(self, record: OutRecord) -> Future[None]:
+        return self._publishing.sink().publish(record)
+
+    def flush(self, timeout: float) -> None:
+        self._publishing.sink().flush(timeout)
+
+    def remove(self, records: Sequence[DeadLetterRecord]) -> None:
+        for record in records:
+            _, shard, sequence = _parts(record.token)
+            self._positions.remove(shard, sequence)
+        for shard, sequence in self._positions.advance().items():
+            current = self._store.get_checkpoint(self._name(str(shard)))
+            if current is None or int(sequence) > int(current):
+                self._store.set_checkpoint(self._name(str(shard)), str(sequence))
+
+    def close(self) -> None:
+        self._publishing.close()
+
+
+def open_dead_letters(
+    settings: Settings, tenant: str, *, group: str = DLQ_TOOL_GROUP, from_beginning: bool = False
+) -> DeadLetterQueue:
+    """The tenant's dead letters on `settings.transport`. On Pub/Sub `from_beginning` is not
+    available (an acked message is gone); the other two re-read from the start."""
+    if settings.transport == "kafka":
+        return KafkaDeadLetters(settings, tenant, group=group, from_beginning=from_beginning)
+    if settings.transport == "pubsub":
+        if from_beginning:
+            raise FatalError("bad_request", "Pub/Sub cannot re-read acked dead letters (no --from-beginning)")
+        return PubSubDeadLetters(settings, tenant)
+    return KinesisDeadLetters(settings, tenant, application=group, from_beginning=from_beginning)
+
+
+def describe_location(record: DeadLetterRecord) -> str:
+    return json.dumps(dict(record.location), default=str, sort_keys=True)
