@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "services.detector.cli",
     "services.chaos",
     "dlq.cli",
+    "services.loadtest",
 ]
 
 

@@ -1,0 +1,493 @@
+"""`audioguard loadtest`: the noisy-neighbour and overload measurements, with real worker processes.
+
+Both scenarios run `audioguard worker` as a child process against a real broker (the
+embedded Tansu broker unless --bootstrap-servers is given), publish arrivals from this
+process at measured rates and read the verdicts back from the verdict topics.
+
+- noisy-neighbour: measures the worker's capacity, then tenant B's end-to-end latency
+  (publish -> verdict `processed_at`) at a modest rate alone, and again while tenant A
+  publishes at `--flood-factor` times the capacity.
+- overload: tenant A at `--flood-factor` times the capacity for `--seconds`; samples the
+  worker's resident memory, then stops the worker and accounts for every event: a verdict
+  for each one the group committed, the rest still in the broker (lag), none lost.
+
+It prints numbers and returns them (`--json`); it never asserts a time: the tests decide
+which properties are robust enough to assert. It must never be imported by the worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["NoisyNeighbourResult", "OverloadResult", "add_parser", "noisy_neighbour", "overload"]
+
+
+def add_parser(subparsers: Any) -> None:
+    loadtest = subparsers.add_parser(
+        "loadtest",
+        help="measure fairness and backpressure with real worker processes (prints numbers)",
+        description="Runs `audioguard worker` as a child process on a real broker (the embedded one "
+        "unless --bootstrap-servers is given) and prints the measured numbers.",
+    )
+    scenarios = loadtest.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
+    nn = scenarios.add_parser(
+        "noisy-neighbour",
+        help="tenant B's p50/p99 latency alone and while tenant A floods at 10x capacity",
+    )
+    nn.add_argument("--seconds", type=float, default=30.0, help="length of each phase (default 30)")
+    nn.add_argument("--b-rate", type=float, default=2.0, help="tenant B's arrivals per second (default 2)")
+    ov = scenarios.add_parser(
+        "overload", help="10x capacity sustained: resident memory, crashes, losses, lag in the broker"
+    )
+    ov.add_argument("--seconds", type=float, default=60.0, help="length of the flood (default 60)")
+    ov.add_argument(
+        "--warmup", type=float, default=10.0, help="seconds of the flood before memory counts (default 10)"
+    )
+    for parser in (nn, ov):
+        parser.add_argument("--flood-factor", type=float, default=10.0, help="A's rate / capacity (10)")
+        parser.add_argument("--clip-seconds", type=float, default=2.0, help="audio per arrival (2.0)")
+        parser.add_argument("--bootstrap-servers", help="use this broker instead of an embedded one")
+        parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+    nn.set_defaults(handler=_noisy_neighbour_cmd)
+    ov.set_defaults(handler=_overload_cmd)
+
+
+# -- results ------------------------------------------------------------------------------
+@dataclass
+class NoisyNeighbourResult:
+    capacity_per_second: float
+    flood_rate_per_second: float
+    b_rate_per_second: float
+    b_alone_p50_ms: float
+    b_alone_p99_ms: float
+    b_with_a_p50_ms: float
+    b_with_a_p99_ms: float
+    b_alone_count: int
+    b_with_a_count: int
+    a_published: int
+    a_verdicts_during_flood: int
+    worker_exit_code: int | None
+    worker_stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def p99_ratio(self) -> float:
+        return self.b_with_a_p99_ms / max(self.b_alone_p99_ms, 1e-9)
+
+
+@dataclass
+class OverloadResult:
+    capacity_per_second: float
+    flood_rate_per_second: float
+    seconds: float
+    published: int
+    verdicts: int
+    committed: int
+    lag_in_broker: int
+    lost: int
+    rss_samples_mb: list[float]
+    rss_after_warmup_min_mb: float
+    rss_after_warmup_max_mb: float
+    rss_deviation_pct: float
+    worker_alive_throughout: bool
+    worker_exit_code: int | None
+    worker_stats: dict[str, int] = field(default_factory=dict)
+
+
+# -- the rig: broker, clips, worker process, publisher, verdict watcher -------------------
+class Rig:
+    """A broker, two tenants' topics and clips, one worker process and a verdict watcher."""
+
+    def __init__(self, bootstrap: str, workdir: Path, clip_seconds: float) -> None:
+        from services.settings import KafkaSettings
+
+        suffix = uuid.uuid4().hex[:6]
+        self.a, self.b = f"lt-a-{suffix}", f"lt-b-{suffix}"
+        self.workdir = workdir
+        self.kafka = KafkaSettings(bootstrap_servers=bootstrap, group_id=f"loadtest-{suffix}")
+        self.clips = {t: self._clip(t, clip_seconds) for t in (self.a, self.b)}
+        self.published: dict[str, float] = {}  # key -> wall time published
+        self.verdicts: dict[str, float] = {}  # key -> processed_at (epoch seconds)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.process: subprocess.Popen[bytes] | None = None
+        self.rss_samples: list[tuple[float, float]] = []  # (monotonic, MiB)
+        self.exit_code: int | None = None
+        self.stats: dict[str, int] = {}
+        self._sink: Any = None
+
+    def _clip(self, tenant: str, seconds: float) -> tuple[str, bytes]:
+        import io
+        import wave
+
+        import numpy as np
+
+        rng = np.random.default_rng(len(tenant))
+        t = np.arange(int(16000 * seconds)) / 16000
+        # a voiced-ish tone with noise: any decodable audio works, the detector's cost is per window
+        samples = 0.3 * np.sin(2 * np.pi * 180 * t) + 0.05 * rng.standard_normal(t.size)
+        buffer = io.BytesIO()
+        with wave.open(buffer, "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(16000)
+            out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+        data = buffer.getvalue()
+        path = self.workdir / tenant / "clip.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return f"file://{path}", data
+
+    def provision(self) -> None:
+        from consumers.kafka import KafkaSink, create_topics, tenant_topics
+
+        create_topics(self.kafka, tenant_topics([self.a, self.b]), partitions=1)
+        self._sink = KafkaSink(self.kafka)
+
+    def start_worker(self, **settings: str) -> None:
+        env = dict(os.environ)
+        env.update(
+            {
+                "AUDIOGUARD_TENANTS": json.dumps([self.a, self.b]),
+                "AUDIOGUARD_KAFKA__BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+                "AUDIOGUARD_KAFKA__GROUP_ID": self.kafka.group_id,
+                "AUDIOGUARD_STORAGE__TENANT_FILE_ROOTS": json.dumps(
+                    {t: [str(self.workdir / t)] for t in (self.a, self.b)}
+                ),
+                "AUDIOGUARD_STORE__URL": "memory://",
+                "AUDIOGUARD_LOG_LEVEL": "WARNING",
+                "AUDIOGUARD_DEVICE": "cpu",
+            }
+        )
+        env.update({f"AUDIOGUARD_{k.upper()}": v for k, v in settings.items()})
+        env.pop("AUDIOGUARD_CONFIG", None)
+        log = (self.workdir / "worker.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "worker"], env=env, stdout=log, stderr=log
+        )
+        self._spawn(self._sample_rss)
+        for tenant in (self.a, self.b):
+            self._spawn(self._watch, tenant)
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _sample_rss(self) -> None:
+        assert self.process is not None
+        while not self._stop.is_set() and self.process.poll() is None:
+            try:
+                status = Path(f"/proc/{self.process.pid}/status").read_text()
+            except OSError:
+                return
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    self.rss_samples.append((time.monotonic(), int(line.split()[1]) / 1024))
+            self._stop.wait(1.0)
+
+    def _watch(self, tenant: str) -> None:
+        from consumers.kafka import read_topic
+        from consumers.tenancy import kafka_topic
+
+        for _key, value, _headers in read_topic(
+            self.kafka, kafka_topic("verdicts", tenant), follow=True, stop=self._stop.is_set
+        ):
+            verdict = json.loads(value)
+            processed = datetime.fromisoformat(verdict["processed_at"]).timestamp()
+            with self._lock:
+                self.verdicts.setdefault(verdict["idempotency_key"], processed)
+
+    def publish(self, tenant: str, count: int) -> list[str]:
+        from consumers.transport import OutRecord
+        from services.commands import arrival_for
+
+        uri, data = self.clips[tenant]
+        keys = []
+        for _ in range(count):
+            key = f"{tenant}:{uuid.uuid4().hex[:12]}"
+            value = arrival_for(tenant, uri, data, key=key, content_id=key.split(":")[1])
+            self.published[key] = time.time()
+            self._sink.publish(
+                OutRecord(tenant=tenant, destination="arrivals", key=key.encode(), value=value)
+            )
+            keys.append(key)
+        self._sink.poll()
+        return keys
+
+    def publish_at(self, tenant: str, rate: float, seconds: float, stop: threading.Event) -> list[str]:
+        """Publish at `rate` per second for `seconds` (paced every 20 ms)."""
+        keys: list[str] = []
+        started = time.monotonic()
+        while not stop.is_set():
+            elapsed = time.monotonic() - started
+            if elapsed >= seconds:
+                break
+            due = int(rate * elapsed) + 1 - len(keys)
+            if due > 0:
+                keys += self.publish(tenant, due)
+            time.sleep(0.02)
+        self._sink.flush(30)
+        return keys
+
+    def count_done(self, keys: list[str]) -> int:
+        with self._lock:
+            return sum(1 for k in keys if k in self.verdicts)
+
+    def wait_done(self, keys: list[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.count_done(keys) >= len(keys):
+                return True
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"worker exited with {self.process.returncode}: see {self.workdir}/worker.log"
+                )
+            time.sleep(0.05)
+        return False
+
+    def latencies_ms(self, keys: list[str]) -> list[float]:
+        with self._lock:
+            return sorted((self.verdicts[k] - self.published[k]) * 1000 for k in keys if k in self.verdicts)
+
+    def measure_capacity(self, count: int = 40) -> float:
+        """Verdicts per second with a backlog of `count` events of one tenant."""
+        keys = self.publish(self.a, count)
+        self._sink.flush(30)
+        if not self.wait_done(keys, timeout=300):
+            raise RuntimeError("the worker did not finish the capacity run")
+        with self._lock:
+            done = sorted(self.verdicts[k] for k in keys)
+        # from the first verdict to the last: excludes the fetch of the first poll
+        return (len(done) - 1) / max(done[-1] - done[0], 1e-3)
+
+    def stop_worker(self, timeout: float = 60.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.exit_code = self.process.returncode
+        for line in (self.workdir / "worker.log").read_text(errors="replace").splitlines():
+            if '"worker stopped"' in line:
+                with suppress(ValueError, KeyError):
+                    self.stats = json.loads(line)["stats"]
+
+    def close(self) -> None:
+        self.stop_worker()
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+        if self._sink is not None:
+            self._sink.flush(10)
+
+
+@contextmanager
+def _rig(bootstrap: str | None, clip_seconds: float) -> Iterator[Rig]:
+    from services.broker import EmbeddedBroker
+
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audioguard-loadtest-")))
+        if bootstrap is None:
+            broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "tansu.log"))
+            bootstrap = broker.bootstrap_servers
+        rig = Rig(bootstrap, workdir, clip_seconds)
+        stack.callback(rig.close)
+        rig.provision()
+        yield rig
+
+
+def _warm_up(rig: Rig) -> None:
+    """The worker has joined its group and scored one event of each tenant."""
+    keys = rig.publish(rig.a, 1) + rig.publish(rig.b, 1)
+    rig._sink.flush(30)
+    if not rig.wait_done(keys, timeout=180):
+        raise RuntimeError("the worker never produced its first verdicts")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+# -- scenarios ----------------------------------------------------------------------------
+def noisy_neighbour(
+    *,
+    seconds: float = 30.0,
+    b_rate: float = 2.0,
+    flood_factor: float = 10.0,
+    clip_seconds: float = 2.0,
+    bootstrap: str | None = None,
+    capacity_events: int = 40,
+) -> NoisyNeighbourResult:
+    with _rig(bootstrap, clip_seconds) as rig:
+        rig.start_worker()
+        _warm_up(rig)
+        capacity = rig.measure_capacity(capacity_events)
+        flood_rate = capacity * flood_factor
+        never = threading.Event()
+
+        alone = rig.publish_at(rig.b, b_rate, seconds, never)
+        rig.wait_done(alone, timeout=60 + seconds)
+
+        flooded: list[str] = []
+        stop_flood = threading.Event()
+        flood = threading.Thread(
+            target=lambda: flooded.extend(rig.publish_at(rig.a, flood_rate, seconds * 10, stop_flood)),
+            daemon=True,
+        )
+        flood.start()
+        time.sleep(min(5.0, seconds / 4))  # A's backlog builds before B's samples start
+        with_a = rig.publish_at(rig.b, b_rate, seconds, never)
+        rig.wait_done(with_a, timeout=60 + seconds)
+        stop_flood.set()
+        flood.join(30)
+        a_done = rig.count_done(flooded)
+        rig.stop_worker()
+        lat_alone, lat_with = rig.latencies_ms(alone), rig.latencies_ms(with_a)
+        return NoisyNeighbourResult(
+            capacity_per_second=capacity,
+            flood_rate_per_second=flood_rate,
+            b_rate_per_second=b_rate,
+            b_alone_p50_ms=_percentile(lat_alone, 50),
+            b_alone_p99_ms=_percentile(lat_alone, 99),
+            b_with_a_p50_ms=_percentile(lat_with, 50),
+            b_with_a_p99_ms=_percentile(lat_with, 99),
+            b_alone_count=len(lat_alone),
+            b_with_a_count=len(lat_with),
+            a_published=len(flooded),
+            a_verdicts_during_flood=a_done,
+            worker_exit_code=rig.exit_code,
+            worker_stats=rig.stats,
+        )
+
+
+def overload(
+    *,
+    seconds: float = 60.0,
+    warmup: float = 10.0,
+    flood_factor: float = 10.0,
+    clip_seconds: float = 2.0,
+    bootstrap: str | None = None,
+    capacity_events: int = 40,
+    drain: bool = False,
+) -> OverloadResult:
+    """`drain=True` (CI sizes) restarts the worker after the flood until every event has its
+    verdict; otherwise the rest is accounted for as lag in the broker."""
+    from consumers.kafka import committed_offsets, end_offsets
+    from consumers.tenancy import kafka_topic
+
+    with _rig(bootstrap, clip_seconds) as rig:
+        rig.start_worker()
+        _warm_up(rig)
+        capacity = rig.measure_capacity(capacity_events)
+        flood_rate = capacity * flood_factor
+        before = set(rig.published)
+        started = time.monotonic()
+        flooded = rig.publish_at(rig.a, flood_rate, seconds, threading.Event())
+        assert rig.process is not None
+        alive = rig.process.poll() is None
+        rig.stop_worker()
+        topic = kafka_topic("arrivals", rig.a)
+        committed = sum(max(0, o) for o in committed_offsets(rig.kafka, [topic]).values())
+        end = sum(end_offsets(rig.kafka, [topic]).values())
+        time.sleep(2.0)  # the watcher reads the last verdicts
+        if drain:
+            rig.start_worker()
+            rig.wait_done(flooded, timeout=600)
+            rig.stop_worker()
+        all_a = [k for k in rig.published if k.startswith(rig.a)]
+        verdicts = rig.count_done(all_a)
+        settled = rig.count_done([k for k in flooded if k not in before])
+        counted = [mb for t, mb in rig.rss_samples if t - started >= warmup and t - started <= seconds]
+        base = counted[0] if counted else float("nan")
+        deviation = max((abs(mb / base - 1) * 100 for mb in counted), default=float("nan"))
+        lag = end - committed
+        return OverloadResult(
+            capacity_per_second=capacity,
+            flood_rate_per_second=flood_rate,
+            seconds=seconds,
+            published=len(flooded),
+            verdicts=settled,
+            committed=committed,
+            lag_in_broker=lag,
+            # every arrival of A is either verdicted or still in the broker past the committed offset
+            lost=len(all_a) - verdicts - (0 if drain else lag),
+            rss_samples_mb=[round(mb, 1) for _t, mb in rig.rss_samples],
+            rss_after_warmup_min_mb=min(counted, default=float("nan")),
+            rss_after_warmup_max_mb=max(counted, default=float("nan")),
+            rss_deviation_pct=deviation,
+            worker_alive_throughout=alive,
+            worker_exit_code=rig.exit_code,
+            worker_stats=rig.stats,
+        )
+
+
+# -- commands -----------------------------------------------------------------------------
+def _noisy_neighbour_cmd(args: argparse.Namespace) -> int:
+    result = noisy_neighbour(
+        seconds=args.seconds,
+        b_rate=args.b_rate,
+        flood_factor=args.flood_factor,
+        clip_seconds=args.clip_seconds,
+        bootstrap=args.bootstrap_servers,
+    )
+    print(
+        f"capacity {result.capacity_per_second:.1f} events/s; "
+        f"A floods at {result.flood_rate_per_second:.0f}/s "
+        f"({result.a_published} published, {result.a_verdicts_during_flood} scored); B at "
+        f"{result.b_rate_per_second:g}/s\n"
+        f"B alone:   p50 {result.b_alone_p50_ms:.0f} ms  p99 {result.b_alone_p99_ms:.0f} ms  "
+        f"({result.b_alone_count} events)\n"
+        f"B with A:  p50 {result.b_with_a_p50_ms:.0f} ms  p99 {result.b_with_a_p99_ms:.0f} ms  "
+        f"({result.b_with_a_count} events)\n"
+        f"p99 ratio {result.p99_ratio:.2f} (target <= 2.0); worker exit {result.worker_exit_code}"
+    )
+    if args.json:
+        print(json.dumps(asdict(result) | {"p99_ratio": result.p99_ratio}))
+    return 0
+
+
+def _overload_cmd(args: argparse.Namespace) -> int:
+    result = overload(
+        seconds=args.seconds,
+        warmup=args.warmup,
+        flood_factor=args.flood_factor,
+        clip_seconds=args.clip_seconds,
+        bootstrap=args.bootstrap_servers,
+    )
+    print(
+        f"capacity {result.capacity_per_second:.1f} events/s; flood {result.flood_rate_per_second:.0f}/s "
+        f"for {result.seconds:g} s: {result.published} published, {result.verdicts} verdicts, "
+        f"{result.committed} committed, lag in the broker {result.lag_in_broker}, lost {result.lost}\n"
+        f"resident memory after warm-up: {result.rss_after_warmup_min_mb:.0f}-"
+        f"{result.rss_after_warmup_max_mb:.0f} MiB (max deviation {result.rss_deviation_pct:.1f}% from the "
+        f"first sample after warm-up); worker alive throughout: {result.worker_alive_throughout}, "
+        f"exit {result.worker_exit_code}"
+    )
+    if args.json:
+        print(json.dumps(asdict(result)))
+    return 0
