@@ -180,3 +180,47 @@ def test_a_transient_outage_recovers_from_the_retry_tier(
     assert verdicts[f"{tenant}:later"][0]["attempt"] == 2
     assert verdict_at - failed_at >= 3.0  # waited for the tier's delay
     assert read_destination(settings, tenant, "dlq", idle=0.5) == []
+
+
+def test_a_verdict_store_outage_is_retried_then_recovers_from_the_tier(
+    broker, detector, tenants, audio_root, tmp_path
+):
+    """The verdict store (Redis) is down when the arrival comes: in-place retries, then retry
+    tier 0; the store comes back and the arrival gets its verdict (attempt 2), stored there."""
+    import subprocess
+
+    import redis
+
+    tenant = tenants[0]
+    port = free_port()
+    settings = make_settings(
+        broker.bootstrap_servers,
+        [tenant],
+        audio_root,
+        store_url=f"redis://127.0.0.1:{port}/0",
+        retry=RetrySettings(
+            attempts=2, initial_backoff_seconds=0.05, max_total_seconds=0.5, tier_delays_seconds=[4.0, 30.0]
+        ),
+    )
+    provision(settings)
+    keys = publish_clips(settings, tenant, audio_root, 1, seconds=1.0)
+
+    with RunningWorker(settings, detector) as running:
+        assert running.wait_for(lambda: running.worker.pipeline.stats.retried >= 1, timeout=60)
+        assert running.worker.pipeline.stats.verdicts == 0
+        server = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert running.wait_for(lambda: running.worker.pipeline.stats.verdicts >= 1, timeout=60)
+            stored = redis.Redis(port=port).keys("*")
+        finally:
+            server.terminate()
+            server.wait(10)
+
+    verdicts = verdicts_by_key(settings, tenant)
+    assert list(verdicts) == keys and verdicts[keys[0]][0]["attempt"] == 2
+    assert len(stored) == 1 and keys[0].encode() in stored[0]
+    assert read_destination(settings, tenant, "dlq", idle=0.5) == []
