@@ -567,7 +567,7 @@ def committed_offsets(
 
 class GroupReader:
     """Reads the records of `topic` that a consumer group has not committed yet (or all of
-    them, `from_beginning`), up to the end offsets seen at the start, and commits only the
+    them, `from_beginning`), up to the end of each partition, and commits only the
     offsets it is handed. For tools (the DLQ tool's own group); it never joins the group,
     so it never takes partitions away from anyone.
     """
@@ -600,17 +600,14 @@ class GroupReader:
         committed = {tp.partition: tp.offset for tp in self._consumer.committed(partitions, timeout=10)}
         #: the group's committed offsets when reading started (negative: none)
         self.committed_at_start = dict(committed)
-        todo: dict[int, int] = {}
+        # the end of each partition is where the fetch reports EOF: some brokers (Tansu) answer
+        # ListOffsets with stale high watermarks, so get_watermark_offsets cannot say it
+        todo = {tp.partition for tp in partitions}
         assign = []
         for tp in partitions:
-            low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
             mark = committed.get(tp.partition, -1)
-            start = max(low if self._from_beginning or mark < 0 else mark, low)
-            if start < high:
-                todo[tp.partition] = int(high)
-                assign.append(TopicPartition(self._topic, tp.partition, start))
-        if not assign:
-            return
+            start = OFFSET_BEGINNING if self._from_beginning or mark < 0 else mark
+            assign.append(TopicPartition(self._topic, tp.partition, start))
         self._consumer.assign(assign)
         deadline = time.monotonic() + timeout
         while todo and time.monotonic() < deadline:
@@ -621,16 +618,12 @@ class GroupReader:
             partition = cast(int, record.partition())
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    todo.pop(partition, None)
+                    todo.discard(partition)
                     continue
                 raise _map_error(error, f"read {self._topic}")
             offset = cast(int, record.offset())
-            end = todo.get(partition)
-            if end is None or offset >= end:
-                todo.pop(partition, None)  # written after we started: the next run's business
-                continue
-            if offset == end - 1:
-                todo.pop(partition)
+            if partition not in todo:
+                continue  # written after this partition's end was reached: the next run's business
             _, ts = record.timestamp()
             tenant = tenant_of_kafka_topic(self._topic) or ""
             yield Message(
