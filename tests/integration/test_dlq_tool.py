@@ -32,7 +32,9 @@ SPECS = [
     Spec("retryable", "s3_unavailable", "c-s3-1", attempt=4, age=timedelta(minutes=2)),
     Spec("retryable", "s3_unavailable", "c-s3-2", attempt=6, age=timedelta(days=2)),
     Spec("fatal", "auth", "c-auth-1", attempt=1, age=timedelta(minutes=1)),
-    Spec("poison", "schema_violation", "c-schema-1", payload=b'{"not": "an arrival"', age=timedelta(minutes=3)),
+    Spec(
+        "poison", "schema_violation", "c-schema-1", payload=b'{"not": "an arrival"', age=timedelta(minutes=3)
+    ),
 ]
 
 
@@ -182,7 +184,11 @@ def test_measured_rate_stays_within_ten_percent(  # type: ignore[no-untyped-def]
     from confluent_kafka import Consumer, TopicPartition  # the test reads timestamps directly
 
     consumer = Consumer(
-        {"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": f"ts-{tenant}", "enable.auto.commit": False}
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": f"ts-{tenant}",
+            "enable.auto.commit": False,
+        }
     )
     consumer.assign([TopicPartition(kafka_topic("arrivals", tenant), 0, 0)])
     times = []
@@ -192,7 +198,10 @@ def test_measured_rate_stays_within_ten_percent(  # type: ignore[no-untyped-def]
         times.append(record.timestamp()[1] / 1000)
     consumer.close()
     broker_rate = 40 / (max(times) - min(times))
-    print(f"\nreplay --rate 20/s: tool measured {summary['measured_rate']:.2f}/s, broker timestamps {broker_rate:.2f}/s")
+    print(
+        f"\nreplay --rate 20/s: tool measured {summary['measured_rate']:.2f}/s, "
+        f"broker timestamps {broker_rate:.2f}/s"
+    )
     assert 18.0 <= summary["measured_rate"] <= 22.0
     assert 18.0 <= broker_rate <= 22.0
     audit = json.loads(audit_log.read_text().splitlines()[-1])
@@ -201,14 +210,18 @@ def test_measured_rate_stays_within_ten_percent(  # type: ignore[no-untyped-def]
     # removed only after confirmation: the tool's group is committed past all 41, so nothing is left
     committed = committed_offsets(settings.kafka, [kafka_topic("dlq", tenant)], group_id=DLQ_TOOL_GROUP)
     assert list(committed.values()) == [41]
-    code, out, _ = dlq("stats", "--tenant", tenant, "--bootstrap-servers", settings.kafka.bootstrap_servers, "--json")
+    code, out, _ = dlq(
+        "stats", "--tenant", tenant, "--bootstrap-servers", settings.kafka.bootstrap_servers, "--json"
+    )
     assert json.loads(out)["total"] == 0
 
 
 def test_retry_tier_replay_carries_the_retry_headers(seeded) -> None:  # type: ignore[no-untyped-def]
     settings, tenant = seeded
     where = ("--tenant", tenant, "--bootstrap-servers", settings.kafka.bootstrap_servers)
-    code, out, err = dlq("replay", *where, "--category", "retries_exhausted", "--to", "retry-tier", "--tier", "1")
+    code, out, err = dlq(
+        "replay", *where, "--category", "retries_exhausted", "--to", "retry-tier", "--tier", "1"
+    )
     assert code == 0, err
     records = list(read_topic(settings.kafka, kafka_topic("retry", tenant, 1)))
     assert len(records) == 2
@@ -269,7 +282,9 @@ def test_replay_through_a_real_worker(  # type: ignore[no-untyped-def]
         key = f"{tenant}:{content_id}"
         uri = f"file://{audio_root / tenant / content_id}.wav"  # not written yet: missing_object
         value = arrival_for(tenant, uri, data, key=key, content_id=content_id)
-        futures.append(sink.publish(OutRecord(tenant=tenant, destination="arrivals", key=key.encode(), value=value)))
+        futures.append(
+            sink.publish(OutRecord(tenant=tenant, destination="arrivals", key=key.encode(), value=value))
+        )
     sink.flush(30)
     for future in futures:
         future.result(30)
@@ -330,3 +345,135 @@ def test_replay_through_a_real_worker(  # type: ignore[no-untyped-def]
         )
     assert set(distinct) == {f"{tenant}:{c}" for c in clips}
     assert all(len(v) == 1 for v in distinct.values()), distinct
+
+
+# -- Pub/Sub (the emulator) and Kinesis (moto_server) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pubsub_emulator():  # type: ignore[no-untyped-def]
+    from services.emulators import PubSubEmulator
+
+    with PubSubEmulator() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def moto():  # type: ignore[no-untyped-def]
+    from services.emulators import MotoServer
+
+    with MotoServer() as running:
+        yield running
+
+
+CLOUD_SPECS = [
+    Spec("poison", "missing_object", "m-1"),
+    Spec("poison", "missing_object", "m-2"),
+    Spec("poison", "undecodable_audio", "d-1"),
+    Spec("retryable", "s3_unavailable", "s-1", attempt=4),
+]
+
+
+def _cloud_round_trip(settings, tenant: str, read_arrivals) -> None:  # type: ignore[no-untyped-def]
+    """list / dry run / filtered replay / what is left, the same on every transport."""
+    where = ("--tenant", tenant, "--transport", settings.transport)
+    code, out, err = dlq("list", *where, "--json")
+    assert code == 0, err
+    assert {line["content_id"] for line in json_lines(out)} == {"m-1", "m-2", "d-1", "s-1"}
+
+    code, out, err = dlq("replay", *where, "--reason", "missing_object", "--dry-run")
+    assert code == 0 and out.count("would replay:") == 2, err
+    code, out, err = dlq("stats", *where, "--json")
+    assert json.loads(out)["total"] == 4  # the dry run and the listing removed nothing
+
+    code, out, err = dlq("replay", *where, "--reason", "missing_object", "--operator", "ops", "--json")
+    assert code == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["replayed"] == summary["removed"] == 2
+    replayed = read_arrivals()
+    assert sorted(json.loads(value)["content_id"] for value, _headers in replayed) == ["m-1", "m-2"]
+    code, out, err = dlq("list", *where, "--json")
+    assert {line["content_id"] for line in json_lines(out)} == {"d-1", "s-1"}
+    return None
+
+
+def test_pubsub_dead_letter_subscription(  # type: ignore[no-untyped-def]
+    pubsub_emulator, audio_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    from consumers.pubsub import read_subscription
+    from consumers.transports import provision
+    from services.settings import Settings
+
+    tenant = f"p-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("AUDIOGUARD_PUBSUB__EMULATOR_HOST", pubsub_emulator.host_port)
+    settings = Settings(
+        transport="pubsub", tenants=[tenant], pubsub={"emulator_host": pubsub_emulator.host_port}
+    )
+    provision(settings, [tenant])
+    write_dead_letters(settings, tenant, CLOUD_SPECS, f"file://{audio_root}")
+
+    def arrivals() -> list[tuple[bytes, dict[str, bytes]]]:
+        got = read_subscription(settings, f"arrivals-{tenant}-workers", idle=3.0, timeout=20)
+        return [(value, dict(headers)) for _key, value, headers in got]
+
+    _cloud_round_trip(settings, tenant, arrivals)
+
+
+def test_pubsub_replay_carries_provenance_attributes(  # type: ignore[no-untyped-def]
+    pubsub_emulator, audio_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    from consumers.pubsub import read_subscription
+    from consumers.transports import provision
+    from services.settings import Settings
+
+    tenant = f"p-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("AUDIOGUARD_PUBSUB__EMULATOR_HOST", pubsub_emulator.host_port)
+    settings = Settings(
+        transport="pubsub", tenants=[tenant], pubsub={"emulator_host": pubsub_emulator.host_port}
+    )
+    provision(settings, [tenant])
+    write_dead_letters(settings, tenant, CLOUD_SPECS[:1], f"file://{audio_root}")
+    code, out, err = dlq("replay", "--tenant", tenant, "--transport", "pubsub", "--operator", "ops", "--json")
+    assert code == 0, err
+    replay_id = json.loads(out.splitlines()[-1])["replay_id"]
+    got = list(read_subscription(settings, f"arrivals-{tenant}-workers", idle=3.0, timeout=20))
+    assert len(got) == 1
+    attributes = dict(got[0][2])
+    assert attributes["ag-replay-count"] == b"1" and attributes["ag-replay-id"] == replay_id.encode()
+    assert attributes["ag-replay-operator"] == b"ops"
+    assert json.loads(attributes["ag-replay-origin"])["source"]["topic"] == f"audioguard.arrivals.{tenant}"
+    assert not any(name.startswith("ag-dlq-") for name in attributes)
+    code, _, err = dlq("replay", "--tenant", tenant, "--transport", "pubsub", "--to", "retry-tier")
+    assert code == 3 and "only on Kafka" in err
+
+
+def test_kinesis_dead_letter_stream(  # type: ignore[no-untyped-def]
+    moto, audio_root: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    from consumers.kinesis import read_stream
+    from consumers.transports import provision
+    from services.settings import Settings
+
+    tenant = f"k-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("AUDIOGUARD_KINESIS__ENDPOINT_URL", moto.endpoint_url)
+    monkeypatch.setenv("AUDIOGUARD_STORE__URL", redis_url)  # the tool's checkpoints outlive one command
+    settings = Settings(
+        transport="kinesis",
+        tenants=[tenant],
+        kinesis={"endpoint_url": moto.endpoint_url, "poll_interval_seconds": 0.05},
+        store={"url": redis_url},
+    )
+    provision(settings, [tenant])
+    write_dead_letters(settings, tenant, CLOUD_SPECS, f"file://{audio_root}")
+
+    def arrivals() -> list[tuple[bytes, dict[str, bytes]]]:
+        stream = f"audioguard-arrivals-{tenant}"
+        return [(value, {}) for _key, value, _h in read_stream(settings, stream, idle=1.0, timeout=20)]
+
+    _cloud_round_trip(settings, tenant, arrivals)

@@ -43,8 +43,12 @@ def _error(spec: Spec) -> Exception:
 
 
 def write_dead_letters(settings: Settings, tenant: str, specs: list[Spec], uri_base: str) -> list[str]:
-    """Publish one dead letter per spec to `audioguard.dlq.<tenant>`; returns the idempotency keys."""
-    sink = KafkaSink(settings.kafka)
+    """Publish one dead letter per spec to the tenant's DLQ on `settings.transport` (Kinesis:
+    the body form); returns the idempotency keys."""
+    from consumers.transports import open_publisher
+
+    transport = settings.transport
+    sink = KafkaSink(settings.kafka) if transport == "kafka" else open_publisher(settings)
     keys, futures = [], []
     now = datetime.now(UTC)
     for offset, spec in enumerate(specs):
@@ -73,13 +77,16 @@ def write_dead_letters(settings: Settings, tenant: str, specs: list[Spec], uri_b
                 failed_at=now - spec.age,
                 worker_id="test-worker",
                 model_version="test-model",
-                transport="kafka",
+                transport=transport,
             )
-        futures.append(sink.publish(dead_letter_record(message, envelope)))
+        futures.append(
+            sink.publish(dead_letter_record(message, envelope, with_headers=transport != "kinesis"))
+        )
         keys.append(key)
     sink.flush(30)
     for future in futures:
         future.result(30)
+    sink.close(10)
     return keys
 
 
