@@ -104,6 +104,15 @@ class Pipeline:
         self._score_pool = ThreadPoolExecutor(1, thread_name_prefix="score")
 
         def load(arrival: AudioArrival, tenant: str) -> tuple[np.ndarray, float]:
+            from services.logs import log_context
+
+            # on a fetch thread: its log lines (retries, decode trouble) carry the upload's ids
+            with log_context(
+                tenant=tenant, idempotency_key=arrival.idempotency_key, event_id=arrival.event_id
+            ):
+                return fetch_and_cut(arrival, tenant)
+
+        def fetch_and_cut(arrival: AudioArrival, tenant: str) -> tuple[np.ndarray, float]:
             from services.retry import retry_call
 
             data = retry_call(
@@ -267,9 +276,16 @@ class Pipeline:
 
     # -- driving -------------------------------------------------------------------------
     def admit_message(self, message: Message) -> None:
-        self.admit.admit(message)
+        work = self.admit.admit(message)
         self.open_tokens.add(message.token)
         self.stats.consumed += 1
+        self.hook("consumed", work)
+
+    def hook(self, name: str, *args: Any) -> None:
+        """Call `hooks.<name>(*args)` when the hooks object has it (consumers.instrumentation)."""
+        method = getattr(self._hooks, name, None)
+        if method is not None:
+            method(*args)
 
     def poll(self) -> None:
         for step in self.steps:
@@ -339,6 +355,7 @@ class Worker:
             if tenant not in already:
                 self.pauses[tenant] = self.pauses.get(tenant, 0) + 1
         self.source.pause(tenants)
+        self.pipeline.hook("paused", [t for t in tenants if t not in already])
 
     def _resume_below_low_water(self) -> None:
         ready = [t for t in self.source.paused() if t not in self.held and self.pipeline.admit.may_resume(t)]
@@ -346,6 +363,7 @@ class Worker:
             for tenant in ready:
                 self.resumes[tenant] = self.resumes.get(tenant, 0) + 1
             self.source.resume(ready)
+            self.pipeline.hook("resumed", ready)
 
     def held_counts(self) -> dict[str, int]:
         """Messages held in memory per tenant (refused, waiting for admission; bounded by a poll)."""
@@ -360,6 +378,7 @@ class Worker:
         self._offer(messages)
         self.pipeline.poll()
         self._resume_below_low_water()
+        self.pipeline.hook("turn", self)
 
     def run(self, stop: threading.Event | None = None, until: Callable[[], bool] | None = None) -> int:
         stop = stop or self.stopping
@@ -445,6 +464,10 @@ def build_worker(settings: Settings, *, detector: Any | None = None, hooks: Any 
         from services.detector import load_detector
 
         detector = load_detector(settings.model_path, device=settings.device)
+    if hooks is None:
+        from consumers.instrumentation import PipelineHooks
+
+        hooks = PipelineHooks.for_detector(detector, max_windows=settings.batch.max_windows)
     store = open_store(settings.store.url, settings.store.ttl_seconds)
     revoke_handlers: list[Callable[[list[tuple[str, int]]], None]] = []
 

@@ -152,6 +152,18 @@ class Detector:
         """Convenience for one clip: windows -> scores -> decision."""
         return self.decide(self.score_windows(self.windows(samples, sample_rate)))
 
+    def memory_stats(self) -> dict[str, int] | None:
+        """CUDA memory of this detector's device (allocated, reserved, total bytes); None on CPU.
+        For the worker's metrics (consumers.instrumentation), which may not import torch."""
+        if not self.device.startswith("cuda"):
+            return None
+        device = torch.device(self.device)
+        return {
+            "allocated": int(torch.cuda.memory_allocated(device)),
+            "reserved": int(torch.cuda.memory_reserved(device)),
+            "total": int(torch.cuda.get_device_properties(device).total_memory),
+        }
+
 
 def resolve_device(device: str) -> str:
     if device == "auto":
