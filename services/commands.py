@@ -230,15 +230,28 @@ def _worker(args: argparse.Namespace) -> int:
         settings = settings.model_copy(
             update={"store": settings.store.model_copy(update={"url": args.store})}
         )
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, secrets_from=settings)
+    from services.health import Heartbeat, Readiness, start_health_server
+
+    heartbeat, readiness = Heartbeat(), Readiness()
+    heartbeat.beat()  # alive while the model loads; /readyz says what is still missing
+    health = None
+    if settings.metrics_port is not None:
+        health = start_health_server(settings.metrics_port, ready=readiness, alive=heartbeat)
     try:
-        worker = build_worker(settings)
+        hooks = _worker_hooks(settings, heartbeat, readiness)
+        worker = build_worker(settings, detector=hooks.detector, hooks=hooks)
     except FatalError as error:
         print(f"audioguard worker: {error}", file=sys.stderr)
         return 3
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        readiness.set(draining=True)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
         code = worker.run(stop)
         # the final counts, one JSON line on stderr: operators and the contract suite read it
@@ -248,6 +261,30 @@ def _worker(args: argparse.Namespace) -> int:
     except FatalError as error:
         print(f"audioguard worker: stopped on a fatal error: {error}", file=sys.stderr)
         return 3
+    finally:
+        if health is not None:
+            health.stop()
+
+
+def _worker_hooks(settings: Any, heartbeat: Any, readiness: Any) -> Any:
+    """Load the model, run one warm-up inference, and build the worker's metric hooks."""
+    import numpy as np
+
+    from consumers.instrumentation import PipelineHooks
+    from services.detector import load_detector
+    from services.metrics import set_worker_info
+
+    detector = load_detector(settings.model_path, device=settings.device)
+    readiness.set(model_loaded=True)
+    # the first forward pass pays for allocator and kernel setup; pay it before traffic
+    detector.score_windows(np.zeros((1, detector.meta.window_samples), dtype=np.float32))
+    readiness.set(warmed_up=True)
+    set_worker_info(
+        settings.worker_id, str(detector.meta.version), transport=settings.transport, device=detector.device
+    )
+    return PipelineHooks.for_detector(
+        detector, heartbeat=heartbeat, readiness=readiness, max_windows=settings.batch.max_windows
+    )
 
 
 def _verdicts(args: argparse.Namespace) -> int:
