@@ -104,7 +104,10 @@ class OverloadResult:
     rss_samples_mb: list[float]
     rss_after_warmup_min_mb: float
     rss_after_warmup_max_mb: float
+    #: largest distance of a sample after warm-up from their median, percent
     rss_deviation_pct: float
+    #: mean of the last third of those samples against the first third, percent
+    rss_drift_pct: float
     worker_alive_throughout: bool
     worker_exit_code: int | None
     worker_stats: dict[str, int] = field(default_factory=dict)
@@ -460,8 +463,16 @@ def overload(
             verdicted = all_a & set(rig.verdicts)
         settled = rig.count_done([k for k in flooded if k not in before])
         counted = [mb for t, mb in rig.rss_samples if t - started >= warmup and t - started <= seconds]
-        base = counted[0] if counted else float("nan")
+        # the reference is the median after warm-up (one sample can sit at a trough of the
+        # allocator's cycle); drift compares the last third of the samples with the first
+        base = statistics.median(counted) if counted else float("nan")
         deviation = max((abs(mb / base - 1) * 100 for mb in counted), default=float("nan"))
+        third = max(1, len(counted) // 3)
+        drift = (
+            (statistics.mean(counted[-third:]) / statistics.mean(counted[:third]) - 1) * 100
+            if counted
+            else float("nan")
+        )
         return OverloadResult(
             capacity_per_second=capacity,
             flood_rate_per_second=flood_rate,
@@ -476,6 +487,7 @@ def overload(
             rss_after_warmup_min_mb=min(counted, default=float("nan")),
             rss_after_warmup_max_mb=max(counted, default=float("nan")),
             rss_deviation_pct=deviation,
+            rss_drift_pct=drift,
             worker_alive_throughout=alive,
             worker_exit_code=rig.exit_code,
             worker_stats=rig.stats,
@@ -522,8 +534,9 @@ def _overload_cmd(args: argparse.Namespace) -> int:
         f"for {result.seconds:g} s: {result.published} published, {result.verdicts} verdicts, "
         f"{result.committed} committed, lag in the broker {result.lag_in_broker}, lost {result.lost}\n"
         f"resident memory after warm-up: {result.rss_after_warmup_min_mb:.0f}-"
-        f"{result.rss_after_warmup_max_mb:.0f} MiB (max deviation {result.rss_deviation_pct:.1f}% from the "
-        f"first sample after warm-up); worker alive throughout: {result.worker_alive_throughout}, "
+        f"{result.rss_after_warmup_max_mb:.0f} MiB (at most {result.rss_deviation_pct:.1f}% from their "
+        f"median; drift first->last third {result.rss_drift_pct:+.1f}%)\n"
+        f"worker alive throughout: {result.worker_alive_throughout}, "
         f"exit {result.worker_exit_code}; arrivals the broker refused: {result.publish_errors or 'none'}"
     )
     if args.json:
