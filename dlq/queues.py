@@ -9,9 +9,15 @@
   in the verdict store (`settings.store.url`, application `audioguard-dlq-tool`), so use a
   shared store (redis://, sqlite://) for it to persist between runs.
 
-Kafka and Kinesis positions only move forward, so a dead letter is removed only together
-with every dead letter before it in its partition / shard: `_Positions` advances across the
-contiguous run of removed records and stops at the first one left behind.
+Kafka and Kinesis positions only move forward, so the committed position passes a dead letter
+only together with every dead letter before it in its partition / shard: `_Positions` advances
+across the contiguous run of removed records and stops at the first one left behind. On
+Kafka, a replayed dead letter still behind that position gets a marker record in the DLQ
+topic (empty value, header `ag-dlq-tool-replayed: <partition>:<offset>`), so later runs skip
+it (except with `from_beginning`) and the committed position passes both once it can. Other
+consumers of the DLQ topic should ignore records with that header. On Kinesis a replayed
+dead letter stuck behind one left in the queue is listed again by the next run (replaying it
+again is harmless: the verdict store answers it).
 
 This module talks to brokers only through the adapter modules and never removes a dead
 letter the caller did not hand to `remove`.
@@ -19,6 +25,7 @@ letter the caller did not hand to `remove`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -34,6 +41,7 @@ from services.settings import Settings
 
 __all__ = [
     "DLQ_TOOL_GROUP",
+    "REPLAYED_MARK_HEADER",
     "KafkaDeadLetters",
     "KinesisDeadLetters",
     "PubSubDeadLetters",
@@ -42,6 +50,8 @@ __all__ = [
 
 #: the Kafka consumer group / Kinesis application of the DLQ tool (never the workers')
 DLQ_TOOL_GROUP = "audioguard-dlq-tool"
+#: header of the tool's marker record on a Kafka DLQ: "<partition>:<offset>" was replayed
+REPLAYED_MARK_HEADER = "ag-dlq-tool-replayed"
 
 
 def _parts(token: Hashable) -> tuple[str, Any, Any]:
@@ -55,14 +65,22 @@ class _Positions:
 
     def __init__(self) -> None:
         self._order: dict[Any, list[Any]] = {}
+        self._index: dict[tuple[Any, Any], int] = {}
         self._removed: set[tuple[Any, Any]] = set()
         self._done: dict[Any, int] = {}
 
     def add(self, partition: Any, position: Any) -> None:
-        self._order.setdefault(partition, []).append(position)
+        positions = self._order.setdefault(partition, [])
+        self._index[(partition, position)] = len(positions)
+        positions.append(position)
 
     def remove(self, partition: Any, position: Any) -> None:
         self._removed.add((partition, position))
+
+    def covered(self, partition: Any, position: Any) -> bool:
+        """Is this position inside the removed prefix (so the committed position passed it)?"""
+        index = self._index.get((partition, position))
+        return index is not None and index < self._done.get(partition, 0)
 
     def advance(self) -> dict[Any, Any]:
         moved: dict[Any, Any] = {}
@@ -126,6 +144,7 @@ class KafkaDeadLetters(DeadLetterQueue):
         self.topic = kafka_topic("dlq", tenant)
         self.group = group
         self._reader = GroupReader(settings.kafka, self.topic, group, from_beginning=from_beginning)
+        self._from_beginning = from_beginning
         self._positions = _Positions()
         self._publishing = _Publishing(settings)
 
@@ -133,9 +152,25 @@ class KafkaDeadLetters(DeadLetterQueue):
         return f"Kafka topic {self.topic}, consumer group {self.group}"
 
     def read(self) -> Iterator[DeadLetterRecord]:
-        for message in self._reader.records():
+        # read to the end first: a replay marker comes after the dead letter it names
+        messages = list(self._reader.records())
+        replayed: set[tuple[int, int]] = set()
+        for message in messages:
             _, partition, offset = _parts(message.token)
             self._positions.add(partition, offset)
+            mark = message.header(REPLAYED_MARK_HEADER)
+            if mark is not None:
+                self._positions.remove(partition, offset)  # bookkeeping only: nothing to replay
+                with contextlib.suppress(ValueError):
+                    where, _, at = mark.decode("ascii").partition(":")
+                    replayed.add((int(where), int(at)))
+        for message in messages:
+            _, partition, offset = _parts(message.token)
+            if message.header(REPLAYED_MARK_HEADER) is not None:
+                continue
+            if (partition, offset) in replayed and not self._from_beginning:
+                self._positions.remove(partition, offset)  # replayed by an earlier run
+                continue
             location: dict[str, object] = {"topic": self.topic, "partition": partition, "offset": offset}
             record = _record(self, message, f"{partition}:{offset}", location)
             if record is not None:
@@ -166,6 +201,27 @@ class KafkaDeadLetters(DeadLetterQueue):
             if int(o) + 1 > start.get(int(p), -1)
         }
         self._reader.commit(offsets)
+        # Removed but stuck behind a dead letter left in the queue: the committed position
+        # cannot pass it yet, so a marker record says it was replayed and later reads skip it.
+        marks = []
+        for record in records:
+            _, partition, offset = _parts(record.token)
+            if not self._positions.covered(partition, offset):
+                marks.append(
+                    OutRecord(
+                        tenant=self.tenant,
+                        destination="dlq",
+                        key=f"replayed:{partition}:{offset}".encode(),
+                        value=b"",
+                        headers=((REPLAYED_MARK_HEADER, f"{partition}:{offset}".encode()),),
+                    )
+                )
+        if marks:
+            sink = self._publishing.sink()
+            futures = [sink.publish(mark) for mark in marks]
+            sink.flush(30)
+            for future in futures:
+                future.result(30)
 
     def close(self) -> None:
         try:
