@@ -45,6 +45,7 @@ __all__ = [
     "committed_offsets",
     "create_topics",
     "end_offsets",
+    "fencing_aborts_open_transactions",
     "open_kafka",
     "read_topic",
     "tenant_topics",
@@ -489,8 +490,10 @@ def read_topic(
     idle: float = 2.0,
     follow: bool = False,
     stop: Callable[[], bool] | None = None,
+    isolation: str = "read_committed",
 ) -> Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
-    """Yield (key, value, headers) of every committed record of `topic` from the beginning.
+    """Yield (key, value, headers) of every committed record of `topic` from the beginning
+    (`isolation="read_uncommitted"`: also records of open and aborted transactions).
 
     Stops after `idle` seconds without a record (or `timeout` overall) unless `follow`,
     in which case it runs until `stop()` returns True.
@@ -501,7 +504,7 @@ def read_topic(
             "group.id": f"audioguard-reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
+            "isolation.level": isolation,
         }
     )
     try:
@@ -547,6 +550,30 @@ def end_offsets(settings: KafkaSettings, topics: Sequence[str]) -> dict[tuple[st
         return result
     finally:
         consumer.close()
+
+
+def fencing_aborts_open_transactions(settings: KafkaSettings, timeout: float = 20.0) -> bool:
+    """Probe the broker: when a producer re-registers a transactional id, is the previous
+    incarnation's open transaction aborted (Kafka's contract) or does it become visible?
+
+    Exactly-once across crashes relies on that abort. Tansu (memory storage) commits the open
+    transaction instead, so a worker SIGKILLed mid-transaction leaks that round's records."""
+    topic = f"audioguard.probe.{uuid.uuid4().hex[:12]}"
+    create_topics(settings, [topic])
+    txn_id = f"audioguard-probe-{uuid.uuid4().hex[:12]}"
+    base = _client_config(settings) | {"enable.idempotence": True, "transactional.id": txn_id}
+    zombie = Producer(base)
+    zombie.init_transactions(timeout)
+    zombie.begin_transaction()
+    zombie.produce(topic, value=b"zombie")
+    zombie.flush(timeout)
+    successor = Producer(base)
+    successor.init_transactions(timeout)  # fences the zombie
+    successor.begin_transaction()
+    successor.produce(topic, value=b"successor")
+    successor.commit_transaction(timeout)
+    values = [value for _key, value, _headers in read_topic(settings, topic, idle=1.0, timeout=timeout)]
+    return b"zombie" not in values and b"successor" in values
 
 
 def committed_offsets(
