@@ -32,7 +32,9 @@ that stops or dies therefore delays its successor by up to `pubsub.ack_deadline_
 The sink publishes with message ordering (ordering key = content id, from
 `OutRecord.ordering_key`) and maps record headers to attributes, so the idempotency key
 travels as an attribute. A failed publish future fails the returned future, and the
-ordering key is resumed so that a later retry can go through.
+ordering key is resumed so that a later retry can go through. With ordering on, the client
+retries an unconfirmed publish for ever, so the sink fails a future that was not confirmed
+within `retry.max_total_seconds` itself (RetryableError "publish_timeout").
 
 This module must never ack on its own initiative (only `Source.ack` acks) and never let
 a google exception escape: every SDK error is mapped once, by `_map_error`.
@@ -48,11 +50,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry, if_exception_type
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.publisher import exceptions as pub_exc
 from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
@@ -148,6 +151,25 @@ def _use_emulator(settings: Settings) -> None:
     # insecure channel and anonymous credentials); set it before any client is built.
     if settings.pubsub.emulator_host:
         os.environ["PUBSUB_EMULATOR_HOST"] = settings.pubsub.emulator_host
+
+
+def _bounded_retry(settings: Settings) -> Retry:
+    """The client's transient-error retry, bounded by our retry budget: its defaults retry a
+    call for up to a minute, longer than the pipeline should wait to hear of an outage."""
+    return Retry(
+        predicate=if_exception_type(
+            gexc.Aborted,
+            gexc.Cancelled,
+            gexc.DeadlineExceeded,
+            gexc.InternalServerError,
+            gexc.ResourceExhausted,
+            gexc.ServiceUnavailable,
+            gexc.Unknown,
+        ),
+        initial=settings.retry.initial_backoff_seconds,
+        maximum=settings.retry.max_backoff_seconds,
+        timeout=settings.retry.max_total_seconds,
+    )
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -253,6 +275,11 @@ class PubSubSource(Source):
         self._project = settings.pubsub.project_id
         self._tenants = [validate_tenant(t) for t in tenants]
         self._subscriber = pubsub_v1.SubscriberClient()
+        #: unary calls (ack, deadlines) give up within the retry budget, not the client's minute
+        self._rpc: dict[str, Any] = {
+            "retry": _bounded_retry(settings),
+            "timeout": settings.retry.max_total_seconds,
+        }
         self._subscriptions = {
             t: self._subscriber.subscription_path(self._project, pubsub_subscription(t, "arrivals"))
             for t in self._tenants
@@ -429,7 +456,8 @@ class PubSubSource(Source):
                 for i in range(0, len(ids), _ACK_CHUNK):
                     with _sdk_errors("acknowledge"):
                         self._subscriber.acknowledge(
-                            request={"subscription": subscription, "ack_ids": ids[i : i + _ACK_CHUNK]}
+                            request={"subscription": subscription, "ack_ids": ids[i : i + _ACK_CHUNK]},
+                            **self._rpc,
                         )
         finally:
             self._release(h for items in groups.values() for h in items)
@@ -473,7 +501,8 @@ class PubSubSource(Source):
                                 "subscription": subscription,
                                 "ack_ids": ids[i : i + _ACK_CHUNK],
                                 "ack_deadline_seconds": seconds,
-                            }
+                            },
+                            **self._rpc,
                         )
 
     def drop(self, tokens: Sequence[AckToken]) -> None:
@@ -534,7 +563,12 @@ class PubSubSource(Source):
             except AudioguardError as exc:
                 log.warning("could not hand back %d Pub/Sub messages on close: %s", len(leftovers), exc)
         self._extender.join(max(0.0, deadline - time.monotonic()))
-        self._subscriber.close()
+        if all(stream.done() for stream in streams):
+            self._subscriber.close()
+        else:
+            # a stream still shutting down (the server is unreachable) would fail in its own
+            # threads on a closed channel; leave the channel to them, it goes with the process
+            log.warning("Pub/Sub streams still stopping after %.1fs; leaving the channel open", timeout)
 
     # -- our own lease extension for every held message ------------------------------------
     # The client's lease manager alone was not enough: with the emulator, messages held in
@@ -557,7 +591,8 @@ class PubSubSource(Source):
                                     "subscription": subscription,
                                     "ack_ids": ids[i : i + _ACK_CHUNK],
                                     "ack_deadline_seconds": self._deadline,
-                                }
+                                },
+                                **self._rpc,
                             )
                     except AudioguardError as exc:
                         log.warning("lease extension failed for %d messages: %s", len(ids), exc)
@@ -580,6 +615,10 @@ class PubSubSink(Sink):
             batch_settings=pubsub_v1.types.BatchSettings(max_latency=0.01, max_messages=100),
             publisher_options=pubsub_v1.types.PublisherOptions(
                 enable_message_ordering=True,
+                # bounded retries; note the client ignores them while ordering is on (then it
+                # retries for ever), which is why the sink also has a watchdog (below)
+                retry=_bounded_retry(settings),
+                timeout=settings.retry.max_total_seconds,
                 flow_control=pubsub_v1.types.PublishFlowControl(
                     message_limit=max_outstanding,
                     byte_limit=64 * 1024 * 1024,
@@ -588,8 +627,36 @@ class PubSubSink(Sink):
             ),
         )
         self._lock = threading.Lock()
-        self._outstanding: set[Future[None]] = set()
+        #: our futures not settled yet, with the moment they give up
+        self._outstanding: dict[Future[None], float] = {}
         self._done = threading.Condition(self._lock)
+        # With message ordering on, the client retries a publish for ever whatever retry it
+        # is given; so the sink enforces the budget itself: a publish not confirmed in
+        # `retry.max_total_seconds` fails with RetryableError("publish_timeout"). The client
+        # may still deliver it later: a duplicate verdict, which is the same verdict.
+        self._publish_timeout = settings.retry.max_total_seconds
+        self._closed = threading.Event()
+        self._watchdog = threading.Thread(
+            target=self._expire_loop, name="pubsub-publish-watchdog", daemon=True
+        )
+        self._watchdog.start()
+
+    def _expire_loop(self) -> None:
+        while not self._closed.wait(0.2):
+            now = time.monotonic()
+            with self._lock:
+                expired = [f for f, deadline in self._outstanding.items() if deadline <= now]
+                for future in expired:
+                    del self._outstanding[future]
+                if expired:
+                    self._done.notify_all()
+            for future in expired:
+                if not future.done():
+                    future.set_exception(
+                        RetryableError(
+                            "publish_timeout", f"not confirmed by Pub/Sub within {self._publish_timeout:.1f}s"
+                        )
+                    )
 
     def _topic(self, record: OutRecord) -> str:
         if record.destination == "retry":
@@ -636,7 +703,7 @@ class PubSubSink(Sink):
             result.set_exception(exc)
             return result
         with self._lock:
-            self._outstanding.add(result)
+            self._outstanding[result] = time.monotonic() + self._publish_timeout
         sdk_future.add_done_callback(lambda fut: self._settle(fut, result, topic, ordering_key))
         return result
 
@@ -646,12 +713,14 @@ class PubSubSink(Sink):
             # the client pauses an ordering key after a failure; resume it so a retry of
             # this record (or the next one for this content) can be published
             self._resume_key(topic, ordering_key)
-            result.set_exception(_map_error(exc, f"publish to {topic}"))
-        else:
-            result.set_result(None)
         with self._lock:
-            self._outstanding.discard(result)
+            self._outstanding.pop(result, None)
             self._done.notify_all()
+        with contextlib.suppress(InvalidStateError):  # the watchdog gave up on it already
+            if exc is not None:
+                result.set_exception(_map_error(exc, f"publish to {topic}"))
+            else:
+                result.set_result(None)
 
     def _resume_key(self, topic: str, ordering_key: str) -> None:
         if ordering_key:
@@ -673,6 +742,7 @@ class PubSubSink(Sink):
 
     def close(self, timeout: float) -> None:
         self.flush(timeout)
+        self._closed.set()
         with contextlib.suppress(Exception):
             self._publisher.stop()
 
