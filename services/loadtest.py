@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,14 @@ def add_parser(subparsers: Any) -> None:
         "--warmup", type=float, default=10.0, help="seconds of the flood before memory counts (default 10)"
     )
     for parser in (nn, ov):
+        parser.add_argument(
+            "--worker-setting",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="a worker setting as its AUDIOGUARD_ variable without the prefix, e.g. "
+            "BATCH__MAX_WINDOWS=16 (repeatable)",
+        )
         parser.add_argument("--flood-factor", type=float, default=10.0, help="A's rate / capacity (10)")
         parser.add_argument("--clip-seconds", type=float, default=2.0, help="audio per arrival (2.0)")
         parser.add_argument("--bootstrap-servers", help="use this broker instead of an embedded one")
@@ -137,6 +145,7 @@ class Rig:
         self.stats: dict[str, int] = {}
         self._sink: Any = None
         self._pending: list[tuple[str, Any]] = []
+        self._templates: dict[str, bytes] = {}
         #: publish failures by error (the broker refused the arrival: not the worker's loss)
         self.publish_errors: dict[str, int] = {}
         self.failed: set[str] = set()
@@ -227,13 +236,18 @@ class Rig:
 
     def publish(self, tenant: str, count: int) -> list[str]:
         from consumers.transport import MessageRejected, OutRecord
-        from services.commands import arrival_for
 
-        uri, data = self.clips[tenant]
+        template = self._template(tenant)
         keys = []
         for _ in range(count):
-            key = f"{tenant}:{uuid.uuid4().hex[:12]}"
-            value = arrival_for(tenant, uri, data, key=key, content_id=key.split(":")[1])
+            content = uuid.uuid4().hex[:12]
+            key = f"{tenant}:{content}"
+            value = (
+                template.replace(b"@KEY@", key.encode())
+                .replace(b"@CONTENT@", content.encode())
+                .replace(b"@EVENT@", str(uuid.uuid4()).encode())
+                .replace(b"@AT@", datetime.now(UTC).isoformat().encode())
+            )
             record = OutRecord(tenant=tenant, destination="arrivals", key=key.encode(), value=value)
             while True:
                 try:
@@ -247,6 +261,29 @@ class Rig:
             keys.append(key)
         self._sink.poll()
         return keys
+
+    def _template(self, tenant: str) -> bytes:
+        """The tenant's arrival with placeholders, validated once by the contract: a flood of
+        10x capacity must not spend the machine's CPU on building events (it is shared with
+        the worker under test)."""
+        from schemas import AudioArrival
+        from services.commands import arrival_for
+
+        if tenant not in self._templates:
+            uri, data = self.clips[tenant]
+            value = arrival_for(tenant, uri, data, key="@KEY@", content_id="@CONTENT@")
+            arrival = json.loads(value)
+            arrival["event_id"], arrival["submitted_at"] = "@EVENT@", "@AT@"
+            template = json.dumps(arrival).encode()
+            sample = (
+                template.replace(b"@KEY@", b"k")
+                .replace(b"@CONTENT@", b"c")
+                .replace(b"@EVENT@", str(uuid.uuid4()).encode())
+                .replace(b"@AT@", datetime.now(UTC).isoformat().encode())
+            )
+            AudioArrival.model_validate_json(sample)
+            self._templates[tenant] = template
+        return self._templates[tenant]
 
     def settle(self, keys: list[str]) -> list[str]:
         """Flush the producer; forget arrivals the broker refused (never in the broker, so
@@ -374,9 +411,10 @@ def noisy_neighbour(
     clip_seconds: float = 2.0,
     bootstrap: str | None = None,
     capacity_events: int = 300,
+    worker_settings: dict[str, str] | None = None,
 ) -> NoisyNeighbourResult:
     with _rig(bootstrap, clip_seconds) as rig:
-        rig.start_worker()
+        rig.start_worker(**(worker_settings or {}))
         _warm_up(rig)
         capacity = rig.measure_capacity(capacity_events)
         flood_rate = capacity * flood_factor
@@ -427,6 +465,7 @@ def overload(
     bootstrap: str | None = None,
     capacity_events: int = 300,
     drain: bool = False,
+    worker_settings: dict[str, str] | None = None,
 ) -> OverloadResult:
     """`drain=True` (CI sizes) restarts the worker after the flood until every event has its
     verdict; otherwise the rest is accounted for as lag in the broker."""
@@ -434,7 +473,7 @@ def overload(
     from consumers.tenancy import kafka_topic
 
     with _rig(bootstrap, clip_seconds) as rig:
-        rig.start_worker()
+        rig.start_worker(**(worker_settings or {}))
         _warm_up(rig)
         capacity = rig.measure_capacity(capacity_events)
         flood_rate = capacity * flood_factor
@@ -454,7 +493,7 @@ def overload(
         behind = set(in_broker[committed:])
         time.sleep(2.0)  # the watcher reads the last verdicts
         if drain:
-            rig.start_worker()
+            rig.start_worker(**(worker_settings or {}))
             rig.wait_done(flooded, timeout=600)
             rig.stop_worker()
             behind = set()
@@ -496,6 +535,16 @@ def overload(
 
 
 # -- commands -----------------------------------------------------------------------------
+def _worker_settings(pairs: list[str]) -> dict[str, str]:
+    settings = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--worker-setting wants NAME=VALUE, got {pair!r}")
+        settings[name.removeprefix("AUDIOGUARD_")] = value
+    return settings
+
+
 def _noisy_neighbour_cmd(args: argparse.Namespace) -> int:
     result = noisy_neighbour(
         seconds=args.seconds,
@@ -503,6 +552,7 @@ def _noisy_neighbour_cmd(args: argparse.Namespace) -> int:
         flood_factor=args.flood_factor,
         clip_seconds=args.clip_seconds,
         bootstrap=args.bootstrap_servers,
+        worker_settings=_worker_settings(args.worker_setting),
     )
     print(
         f"capacity {result.capacity_per_second:.1f} events/s; "
@@ -528,6 +578,7 @@ def _overload_cmd(args: argparse.Namespace) -> int:
         flood_factor=args.flood_factor,
         clip_seconds=args.clip_seconds,
         bootstrap=args.bootstrap_servers,
+        worker_settings=_worker_settings(args.worker_setting),
     )
     print(
         f"capacity {result.capacity_per_second:.1f} events/s; flood {result.flood_rate_per_second:.0f}/s "
