@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "services.chaos",
     "dlq.cli",
     "services.loadtest",
+    "services.bench",
 ]
 
 

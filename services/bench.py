@@ -1,0 +1,848 @@
+"""`audioguard bench`: how fast each stage is alone, how close the pipeline gets, and sizing.
+
+    a. stages alone: fetch+decode, front end (resample + windows), model forward at batch
+       sizes 1..128; the slowest stage (at its best batch size) is this machine's limit
+    b. the worker end to end on the embedded broker at saturation (a pre-published backlog),
+       as a ratio to that limit, with the default batch policy and with fixed batch sizes
+    c. the same backlog through a naive consumer (poll one, score one, produce, commit
+       synchronously), as a ratio; and both consumers' p99 at the same open-loop rate
+    d. an open-loop load generator (Poisson arrivals, several tenants) stepping the offered
+       rate up to the breaking point: a rich table and a PNG plot of latency vs throughput
+    e. a sizing recommendation: workers needed for a target rate at a target p99
+
+Everything runs in this process against a real broker (Tansu unless --bootstrap-servers),
+real files and the shipped detector. It prints numbers and writes them (JSON, PNG) under
+--out; it never asserts a time. It must never be imported by the worker, and never import
+torch itself (the detector does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BenchConfig", "BenchResult", "add_parser", "run_bench"]
+
+
+def add_parser(subparsers: Any) -> None:
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmark each stage, the pipeline end to end, a naive consumer and an open-loop curve",
+        description="Stages alone, end to end on the embedded broker at saturation (as a ratio to the "
+        "slowest stage), a naive consumer for comparison, an open-loop latency-throughput curve up to "
+        "the breaking point (table + PNG) and a sizing recommendation. Prints numbers; never asserts.",
+    )
+    bench.add_argument("--smoke", action="store_true", help="a tiny run (well under a minute) for CI")
+    bench.add_argument("--bootstrap-servers", help="use this Kafka instead of starting the embedded broker")
+    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    bench.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the worker's)")
+    bench.add_argument("--clip-seconds", type=float, default=None, help="length of each test upload")
+    bench.add_argument("--events", type=int, default=None, help="backlog size of each saturation run")
+    bench.add_argument("--phase-seconds", type=float, default=None, help="length of each open-loop step")
+    bench.add_argument("--tenants", type=int, default=3, help="tenants sharing the open-loop load")
+    bench.add_argument("--target-rate", type=float, default=100.0, help="sizing: uploads per second")
+    bench.add_argument("--target-p99", type=float, default=2.0, help="sizing: end-to-end p99 in seconds")
+    bench.add_argument("--out", type=Path, default=Path("bench-out"), help="where JSON and PNG go")
+    bench.set_defaults(handler=_bench_cmd)
+
+
+# -- results --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Machine:
+    cpu_model: str
+    cores: int
+    torch_threads: int
+    device: str
+    load_average: tuple[float, float, float]
+    python: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    uploads_per_second: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Saturation:
+    label: str
+    events: int
+    seconds: float
+    rate: float
+    mean_batch_windows: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoadPoint:
+    consumer: str
+    offered: float
+    achieved: float
+    published: int
+    completed: int
+    p50: float
+    p99: float
+
+
+@dataclass
+class BenchResult:
+    machine: Machine
+    clip_seconds: float
+    windows_per_upload: int
+    forward: dict[int, float] = field(default_factory=dict)  # batch size -> windows/s
+    stages: list[Stage] = field(default_factory=list)
+    limit: Stage | None = None
+    pipeline: Saturation | None = None
+    fixed_batches: list[Saturation] = field(default_factory=list)
+    naive: Saturation | None = None
+    curve: list[LoadPoint] = field(default_factory=list)
+    naive_point: LoadPoint | None = None
+    pipeline_point: LoadPoint | None = None
+    breaking_rate: float | None = None
+    sizing: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def ratios(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.pipeline and self.limit:
+            out["end_to_end / slowest stage"] = self.pipeline.rate / self.limit.uploads_per_second
+        if self.pipeline and self.naive:
+            out["end_to_end / naive"] = self.pipeline.rate / self.naive.rate
+        if self.pipeline and self.fixed_batches:
+            best = max(s.rate for s in self.fixed_batches)
+            out["default batch policy / best fixed batch"] = self.pipeline.rate / best
+        return out
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    smoke: bool = False
+    bootstrap_servers: str | None = None
+    device: str = "auto"
+    threads: int | None = None
+    clip_seconds: float = 12.0
+    events: int = 240
+    phase_seconds: float = 12.0
+    tenants: int = 3
+    target_rate: float = 100.0
+    target_p99: float = 2.0
+    out: Path = Path("bench-out")
+    forward_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+    fixed_batch_windows: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
+    load_fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 0.75, 0.9, 1.0, 1.1, 1.25)
+    stage_seconds: float = 2.0
+
+    @classmethod
+    def smoke_run(cls, **overrides: Any) -> BenchConfig:
+        values: dict[str, Any] = {
+            "smoke": True,
+            "clip_seconds": 4.0,
+            "events": 12,
+            "phase_seconds": 1.5,
+            "tenants": 2,
+            "forward_batches": (1, 4, 16),
+            "fixed_batch_windows": (4, 16),
+            "load_fractions": (0.5, 1.25),
+            "stage_seconds": 0.3,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+# -- helpers --------------------------------------------------------------------------------
+def machine_info(torch_threads: int, device: str) -> Machine:
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return Machine(
+        cpu_model=model,
+        cores=os.cpu_count() or 1,
+        torch_threads=torch_threads,
+        device=device,
+        load_average=(round(load[0], 2), round(load[1], 2), round(load[2], 2)),
+        python=platform.python_version(),
+    )
+
+
+def make_clip(seconds: float, seed: int, rate: int = 16000) -> bytes:
+    """A voiced-ish WAV: any decodable audio works, the detector's cost is per window."""
+    import io
+    import wave
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    pitch = 120 + 80 * rng.random()
+    samples = 0.3 * np.sin(2 * np.pi * pitch * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+    samples = samples + 0.03 * rng.standard_normal(t.size)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def timed_rate(fn: Callable[[], int], seconds: float, min_calls: int = 2) -> float:
+    """Items per second of `fn` (which returns how many items it did), over about `seconds`."""
+    fn()  # warm
+    started = time.perf_counter()
+    items = calls = 0
+    while calls < min_calls or time.perf_counter() - started < seconds:
+        items += fn()
+        calls += 1
+    return items / (time.perf_counter() - started)
+
+
+@contextmanager
+def _progress(smoke: bool) -> Iterator[Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=smoke,
+    ) as progress:
+        yield progress
+
+
+# -- the rig --------------------------------------------------------------------------------
+class Rig:
+    """A broker, a directory of clips, the detector; makes fresh tenants per run."""
+
+    def __init__(self, config: BenchConfig, bootstrap: str, workdir: Path, detector: Any) -> None:
+        self.config = config
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.detector = detector
+        self.clips: list[tuple[str, bytes]] = []
+        clip_dir = workdir / "clips"
+        clip_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(8):
+            data = make_clip(config.clip_seconds, seed=i)
+            path = clip_dir / f"clip-{i}.wav"
+            path.write_bytes(data)
+            self.clips.append((f"file://{path}", data))
+
+    def settings(self, tenants: list[str], **overrides: Any) -> Any:
+        from services.settings import KafkaSettings, Settings, StorageSettings, StoreSettings
+
+        values: dict[str, Any] = {
+            "tenants": tenants,
+            "device": self.config.device,
+            "kafka": KafkaSettings(bootstrap_servers=self.bootstrap, group_id=f"bench-{tenants[0]}"),
+            # every tenant reads the shared clip folder: the bench measures work, not copies
+            "storage": StorageSettings(tenant_file_roots={t: [self.workdir / "clips"] for t in tenants}),
+            "store": StoreSettings(url="memory://"),
+            "drain_seconds": 10.0,
+            "log_level": "WARNING",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    def tenants(self, count: int) -> list[str]:
+        from consumers.kafka import create_topics, tenant_topics
+
+        suffix = uuid.uuid4().hex[:6]
+        names = [f"bench{i}-{suffix}" for i in range(count)]
+        from services.settings import KafkaSettings
+
+        create_topics(KafkaSettings(bootstrap_servers=self.bootstrap), tenant_topics(names), partitions=1)
+        return names
+
+    def sink(self) -> Any:
+        from consumers.kafka import KafkaSink
+        from services.settings import KafkaSettings
+
+        return KafkaSink(KafkaSettings(bootstrap_servers=self.bootstrap))
+
+    def arrival(self, tenant: str, index: int) -> Any:
+        from consumers.transport import OutRecord
+        from services.commands import arrival_for
+
+        uri, data = self.clips[index % len(self.clips)]
+        key = f"{tenant}:{index}-{uuid.uuid4().hex[:8]}"
+        value = arrival_for(tenant, uri, data, key=key, content_id=f"c{index}")
+        return OutRecord(tenant=tenant, destination="arrivals", key=key.encode(), value=value)
+
+    def backlog(self, tenants: list[str], events: int) -> None:
+        sink = self.sink()
+        futures = [sink.publish(self.arrival(tenants[i % len(tenants)], i)) for i in range(events)]
+        sink.flush(60)
+        for future in futures:
+            future.result(60)
+
+
+class Recorder:
+    """Latency of every verdict: done wall time - the arrival's submitted_at."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.first_consumed: float | None = None
+        self.done_at: dict[str, float] = {}
+        self.latency: dict[str, float] = {}
+
+    def consumed(self) -> None:
+        if self.first_consumed is None:
+            self.first_consumed = time.monotonic()
+
+    def finished(self, key: str, submitted_at: datetime) -> None:
+        now = datetime.now(UTC)
+        with self.lock:
+            self.done_at[key] = time.monotonic()
+            self.latency[key] = (now - submitted_at).total_seconds()
+
+    def count(self) -> int:
+        return len(self.done_at)
+
+
+def _recording_hooks(detector: Any, recorder: Recorder, max_windows: int) -> Any:
+    from consumers.instrumentation import PipelineHooks
+
+    class RecordingHooks(PipelineHooks):
+        batch_windows: list[int]
+
+        def consumed(self, work: Any) -> None:
+            recorder.consumed()
+            super().consumed(work)
+
+        def batch_scored(self, batch: list[Any], seconds: float) -> None:
+            self.batch_windows.append(sum(len(w.windows) for w in batch if w.windows is not None))
+            super().batch_scored(batch, seconds)
+
+        def done(self, work: Any) -> None:
+            if work.arrival is not None:
+                recorder.finished(work.arrival.idempotency_key, work.arrival.submitted_at)
+            super().done(work)
+
+    hooks: Any = RecordingHooks.for_detector(detector, max_windows=max_windows)
+    hooks.batch_windows = []
+    return hooks
+
+
+class WorkerThread:
+    """The real worker (consumers.runner.build_worker) on a thread of this process."""
+
+    def __init__(self, rig: Rig, tenants: list[str], batch: Any | None = None) -> None:
+        from consumers.runner import build_worker
+
+        overrides = {"batch": batch} if batch is not None else {}
+        settings = rig.settings(tenants, **overrides)
+        self.recorder = Recorder()
+        self.hooks = _recording_hooks(rig.detector, self.recorder, settings.batch.max_windows)
+        self.worker = build_worker(settings, detector=rig.detector, hooks=self.hooks)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="bench-worker")
+
+    def _run(self) -> None:
+        try:
+            self.worker.run(self.stop)
+        except BaseException as error:  # noqa: BLE001 - reported by the bench
+            self.error = error
+
+    def __enter__(self) -> WorkerThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
+
+
+class NaiveThread:
+    """Consume one, fetch+decode, score, publish the verdict, wait for it, commit synchronously."""
+
+    def __init__(self, rig: Rig, tenants: list[str]) -> None:
+        from consumers.transports import open_transport
+
+        self.rig = rig
+        self.settings = rig.settings(tenants)
+        self.source, self.sink = open_transport(self.settings)
+        self.recorder = Recorder()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="bench-naive")
+
+    def _one(self, message: Any) -> None:
+        from consumers.steps import parse_arrival
+        from consumers.transport import OutRecord
+        from services.audio import decode_audio
+        from services.storage import AudioStorage
+
+        storage = getattr(self, "_storage", None) or AudioStorage(self.settings.storage)
+        self._storage = storage
+        arrival = parse_arrival(message, self.settings.limits.max_event_bytes)
+        data = storage.fetch(arrival.audio_uri, message.tenant, expected_sha256=arrival.sha256)
+        audio = decode_audio(data, max_seconds=self.settings.limits.max_audio_seconds)
+        detector = self.rig.detector
+        decision = detector.decide(detector.score_windows(detector.windows(audio.samples, audio.sample_rate)))
+        verdict = json.dumps(
+            {"idempotency_key": arrival.idempotency_key, "label": decision.label, "score": decision.score}
+        ).encode()
+        record = OutRecord(
+            tenant=message.tenant, destination="verdicts", key=arrival.idempotency_key.encode(), value=verdict
+        )
+        future = self.sink.publish(record)
+        self.sink.flush(30)
+        future.result(30)
+        self.source.ack([message.token])  # KafkaSource commits synchronously
+        self.recorder.finished(arrival.idempotency_key, arrival.submitted_at)
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                for message in self.source.poll(1, 0.05):
+                    self.recorder.consumed()
+                    self._one(message)
+        except BaseException as error:  # noqa: BLE001
+            self.error = error
+        finally:
+            self.source.close(10)
+
+    def __enter__(self) -> NaiveThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
+
+
+def _wait(consumer: WorkerThread | NaiveThread, count: int, timeout: float, progress: Any = None) -> bool:
+    deadline = time.monotonic() + timeout
+    task = progress.add_task("  waiting for verdicts", total=count) if progress is not None else None
+    while time.monotonic() < deadline:
+        if consumer.error is not None:
+            raise consumer.error
+        done = consumer.recorder.count()
+        if task is not None:
+            progress.update(task, completed=done)
+        if done >= count:
+            if task is not None:
+                progress.remove_task(task)
+            return True
+        time.sleep(0.02)
+    if task is not None:
+        progress.remove_task(task)
+    return False
+
+
+# -- a. stages alone ------------------------------------------------------------------------
+def bench_stages(rig: Rig, result: BenchResult, progress: Any) -> None:
+    from services.audio import decode_audio
+    from services.storage import AudioStorage
+
+    config, detector = rig.config, rig.detector
+    tenant = "bench-stages"
+    settings = rig.settings([tenant])
+    storage = AudioStorage(settings.storage)
+    uri, data = rig.clips[0]
+    sha = hashlib.sha256(data).hexdigest()
+    limit = settings.limits.max_audio_seconds
+
+    def fetch_decode() -> int:
+        audio = decode_audio(storage.fetch(uri, tenant, expected_sha256=sha), max_seconds=limit)
+        return 1 if audio.samples.size else 0
+
+    audio = decode_audio(data, max_seconds=limit)
+
+    def front_end() -> int:
+        return 1 if len(detector.windows(audio.samples, audio.sample_rate)) else 0
+
+    task = progress.add_task("a. stages alone", total=2 + len(config.forward_batches))
+    fetch_rate = timed_rate(fetch_decode, config.stage_seconds)
+    progress.advance(task)
+    front_rate = timed_rate(front_end, config.stage_seconds)
+    progress.advance(task)
+    per_upload = len(detector.windows(audio.samples, audio.sample_rate))
+    result.windows_per_upload = per_upload
+    rng = np.random.default_rng(0)
+    for size in config.forward_batches:
+        batch = (0.1 * rng.standard_normal((size, detector.meta.window_samples))).astype(np.float32)
+
+        def forward(windows: np.ndarray = batch) -> int:
+            return len(detector.score_windows(windows))
+
+        result.forward[size] = timed_rate(forward, config.stage_seconds, min_calls=2)
+        progress.advance(task)
+    progress.remove_task(task)
+    best = max(result.forward, key=lambda k: result.forward[k])
+    result.stages = [
+        Stage("fetch+decode (1 thread)", fetch_rate),
+        Stage("front end: resample + windows", front_rate),
+        Stage(
+            f"model forward (best batch {best})",
+            result.forward[best] / per_upload,
+            f"{result.forward[best]:.1f} windows/s, {per_upload} window(s) per upload",
+        ),
+    ]
+    result.limit = min(result.stages, key=lambda s: s.uploads_per_second)
+
+
+# -- b. / c. saturation ---------------------------------------------------------------------
+def saturate(rig: Rig, label: str, events: int, progress: Any, batch: Any | None = None) -> Saturation:
+    tenants = rig.tenants(1)
+    rig.backlog(tenants, events)
+    with WorkerThread(rig, tenants, batch=batch) as running:
+        if not _wait(running, events, timeout=60 + events, progress=progress):
+            raise RuntimeError(f"{label}: only {running.recorder.count()}/{events} verdicts")
+        recorder = running.recorder
+        windows = running.hooks.batch_windows
+    assert recorder.first_consumed is not None
+    seconds = max(recorder.done_at.values()) - recorder.first_consumed
+    mean_batch = float(np.mean(windows)) if windows else 0.0
+    return Saturation(label, events, seconds, events / seconds, mean_batch)
+
+
+def saturate_naive(rig: Rig, events: int, progress: Any) -> Saturation:
+    tenants = rig.tenants(1)
+    rig.backlog(tenants, events)
+    with NaiveThread(rig, tenants) as running:
+        if not _wait(running, events, timeout=60 + 2 * events, progress=progress):
+            raise RuntimeError(f"naive: only {running.recorder.count()}/{events} verdicts")
+        recorder = running.recorder
+    assert recorder.first_consumed is not None
+    seconds = max(recorder.done_at.values()) - recorder.first_consumed
+    return Saturation("naive consumer", events, seconds, events / seconds, 1.0)
+
+
+# -- d. open loop ---------------------------------------------------------------------------
+def open_loop(
+    rig: Rig,
+    consumer: WorkerThread | NaiveThread,
+    tenants: list[str],
+    rate: float,
+    seconds: float,
+    name: str,
+    drain_timeout: float,
+) -> LoadPoint:
+    """Poisson arrivals at `rate`/s for `seconds`, spread over `tenants`; then wait for them."""
+    sink = rig.sink()
+    rng = random.Random(int(rate * 1000))
+    keys: list[str] = []
+    futures = []
+    started = time.monotonic()
+    next_at = started
+    index = 0
+    while True:
+        next_at += rng.expovariate(rate)
+        if next_at - started > seconds:
+            break
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        record = rig.arrival(tenants[rng.randrange(len(tenants))], index)
+        index += 1
+        keys.append(record.key.decode())
+        futures.append(sink.publish(record))
+        sink.poll()
+    sink.flush(30)
+    for future in futures:
+        future.result(30)
+    recorder = consumer.recorder
+    deadline = time.monotonic() + drain_timeout
+    while time.monotonic() < deadline:
+        if consumer.error is not None:
+            raise consumer.error
+        with recorder.lock:
+            if all(k in recorder.done_at for k in keys):
+                break
+        time.sleep(0.05)
+    with recorder.lock:
+        done = [k for k in keys if k in recorder.done_at]
+        latencies = [recorder.latency[k] for k in done]
+        last = max((recorder.done_at[k] for k in done), default=started)
+    # below capacity the last verdict lands just after the phase: achieved ~ offered; above it,
+    # the backlog stretches the span and achieved ~ capacity
+    achieved = len(done) / max(seconds, last - started)
+    return LoadPoint(
+        consumer=name,
+        offered=rate,
+        achieved=achieved,
+        published=len(keys),
+        completed=len(done),
+        p50=percentile(latencies, 50),
+        p99=percentile(latencies, 99),
+    )
+
+
+def bench_curve(rig: Rig, result: BenchResult, capacity: float, progress: Any) -> None:
+    config = rig.config
+    tenants = rig.tenants(config.tenants)
+    task = progress.add_task("d. open-loop curve", total=len(config.load_fractions))
+    with WorkerThread(rig, tenants) as worker:
+        # the group join and first fetch are not part of any step's latency
+        rig.backlog(tenants, len(tenants))
+        _wait(worker, len(tenants), timeout=60)
+        for fraction in config.load_fractions:
+            rate = fraction * capacity
+            point = open_loop(
+                rig,
+                worker,
+                tenants,
+                rate,
+                config.phase_seconds,
+                "pipeline",
+                drain_timeout=30 + config.phase_seconds,
+            )
+            result.curve.append(point)
+            progress.advance(task)
+            if point.completed < point.published or point.achieved < 0.9 * point.offered:
+                result.breaking_rate = rate
+                break
+    progress.remove_task(task)
+
+
+def bench_naive_point(rig: Rig, result: BenchResult, rate: float) -> None:
+    """Both consumers at the same open-loop rate (below the naive one's capacity): p99 each."""
+    config = rig.config
+    for name in ("naive", "pipeline"):
+        tenants = rig.tenants(config.tenants)
+        consumer: WorkerThread | NaiveThread = (
+            NaiveThread(rig, tenants) if name == "naive" else WorkerThread(rig, tenants)
+        )
+        with consumer:
+            rig.backlog(tenants, len(tenants))
+            _wait(consumer, len(tenants), timeout=60)
+            point = open_loop(
+                rig, consumer, tenants, rate, config.phase_seconds, name, 30 + config.phase_seconds
+            )
+        if name == "naive":
+            result.naive_point = point
+        else:
+            result.pipeline_point = point
+
+
+# -- e. sizing ------------------------------------------------------------------------------
+def sizing(result: BenchResult, target_rate: float, target_p99: float) -> dict[str, Any]:
+    healthy = [p for p in result.curve if p.completed == p.published and p.p99 <= target_p99]
+    if not healthy:
+        return {
+            "target_rate": target_rate,
+            "target_p99": target_p99,
+            "workers": None,
+            "why": "no measured rate met the target p99 on this machine",
+        }
+    best = max(healthy, key=lambda p: p.achieved)
+    per_worker = best.achieved
+    workers = math.ceil(target_rate / per_worker)
+    return {
+        "target_rate": target_rate,
+        "target_p99": target_p99,
+        "per_worker_rate_at_p99": round(per_worker, 2),
+        "measured_p99_there": round(best.p99, 3),
+        "workers": workers,
+        "workers_with_n_plus_1": workers + 1,
+        "audio_hours_per_hour_per_worker": round(per_worker * result.clip_seconds, 1),
+    }
+
+
+# -- output ---------------------------------------------------------------------------------
+def plot(result: BenchResult, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    xs = [p.achieved for p in result.curve]
+    left.plot(xs, [p.p50 for p in result.curve], "o-", label="p50")
+    left.plot(xs, [p.p99 for p in result.curve], "s-", label="p99")
+    if result.naive_point is not None:
+        left.plot([result.naive_point.achieved], [result.naive_point.p99], "x", ms=10, label="naive p99")
+    left.set_xlabel("achieved throughput (uploads/s)")
+    left.set_ylabel("end-to-end latency (s)")
+    left.set_yscale("log")
+    left.set_title(f"latency vs throughput ({result.clip_seconds:g} s uploads)")
+    left.grid(True, alpha=0.3)
+    left.legend()
+    offered = [p.offered for p in result.curve]
+    right.plot(offered, xs, "o-", label="achieved")
+    right.plot(offered, offered, "--", color="grey", label="offered")
+    if result.limit is not None:
+        right.axhline(result.limit.uploads_per_second, color="red", ls=":", label="slowest stage alone")
+    right.set_xlabel("offered rate (uploads/s)")
+    right.set_ylabel("achieved (uploads/s)")
+    right.set_title("open-loop load")
+    right.grid(True, alpha=0.3)
+    right.legend()
+    fig.suptitle(
+        f"{result.machine.cpu_model} · {result.machine.cores} cores · torch threads "
+        f"{result.machine.torch_threads} · {result.machine.device}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(result: BenchResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    m = result.machine
+    console.print(
+        f"[bold]machine[/bold]: {m.cpu_model}, {m.cores} cores, torch threads {m.torch_threads}, "
+        f"device {m.device}, load average {m.load_average}; uploads of {result.clip_seconds:g} s "
+        f"= {result.windows_per_upload} window(s)"
+    )
+    table = Table(title="a. model forward by batch size")
+    table.add_column("batch", justify="right")
+    table.add_column("windows/s", justify="right")
+    table.add_column("ms/batch", justify="right")
+    for size, rate in result.forward.items():
+        table.add_row(str(size), f"{rate:.1f}", f"{1000 * size / rate:.1f}")
+    console.print(table)
+    table = Table(title="a. stages alone (uploads/s)")
+    table.add_column("stage")
+    table.add_column("uploads/s", justify="right")
+    table.add_column("note")
+    for stage in result.stages:
+        mark = " [bold red]<- limit[/bold red]" if stage == result.limit else ""
+        table.add_row(stage.name + mark, f"{stage.uploads_per_second:.1f}", stage.note)
+    console.print(table)
+    table = Table(title="b./c. saturation (pre-published backlog)")
+    for column in ("run", "events", "seconds", "uploads/s", "mean windows/batch"):
+        table.add_column(column, justify="right" if column != "run" else "left")
+    runs = [r for r in (result.pipeline, *result.fixed_batches, result.naive) if r is not None]
+    for run in runs:
+        table.add_row(
+            run.label,
+            str(run.events),
+            f"{run.seconds:.2f}",
+            f"{run.rate:.1f}",
+            f"{run.mean_batch_windows:.1f}",
+        )
+    console.print(table)
+    for name, ratio in result.ratios().items():
+        console.print(f"  {name}: [bold]{ratio:.2f}x[/bold]")
+    table = Table(title="d. open loop (Poisson, several tenants)")
+    for column in ("consumer", "offered/s", "achieved/s", "published", "completed", "p50 s", "p99 s"):
+        table.add_column(column, justify="right" if column != "consumer" else "left")
+    points = [*result.curve, *(p for p in (result.naive_point, result.pipeline_point) if p is not None)]
+    for p in points:
+        table.add_row(
+            p.consumer,
+            f"{p.offered:.1f}",
+            f"{p.achieved:.1f}",
+            str(p.published),
+            str(p.completed),
+            f"{p.p50:.3f}",
+            f"{p.p99:.3f}",
+        )
+    console.print(table)
+    if result.breaking_rate is not None:
+        console.print(f"  breaking point: offered {result.breaking_rate:.1f} uploads/s")
+    console.print(f"[bold]e. sizing[/bold]: {json.dumps(result.sizing)}")
+    for note in result.notes:
+        console.print(f"  note: {note}")
+
+
+# -- the run --------------------------------------------------------------------------------
+def run_bench(config: BenchConfig) -> BenchResult:
+    from services.broker import EmbeddedBroker
+    from services.detector import configure_torch_threads, load_detector
+    from services.settings import BatchSettings
+
+    with ExitStack() as stack, _progress(config.smoke) as progress:
+        bootstrap = config.bootstrap_servers
+        if bootstrap is None:
+            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audioguard-bench-")))
+        detector = load_detector(device=config.device, threads=config.threads)
+        threads = configure_torch_threads(config.threads)
+        rig = Rig(config, bootstrap, workdir, detector)
+        result = BenchResult(
+            machine=machine_info(threads, detector.device),
+            clip_seconds=config.clip_seconds,
+            windows_per_upload=0,
+        )
+        bench_stages(rig, result, progress)
+        task = progress.add_task("b./c. saturation runs", total=2 + len(config.fixed_batch_windows))
+        result.pipeline = saturate(rig, "pipeline (default batch policy)", config.events, progress)
+        progress.advance(task)
+        for size in config.fixed_batch_windows:
+            # a fixed size: released only when full (or after a long wait at the very end)
+            fixed = BatchSettings(max_windows=size, max_audio_seconds=1e9, max_wait_ms=250.0)
+            result.fixed_batches.append(
+                saturate(rig, f"pipeline, fixed batch {size}", config.events, progress, fixed)
+            )
+            progress.advance(task)
+        naive_events = max(4, config.events // 2)
+        result.naive = saturate_naive(rig, naive_events, progress)
+        progress.advance(task)
+        progress.remove_task(task)
+        capacity = max(result.pipeline.rate, *(s.rate for s in result.fixed_batches))
+        bench_curve(rig, result, capacity, progress)
+        bench_naive_point(rig, result, 0.7 * result.naive.rate)
+        result.sizing = sizing(result, config.target_rate, config.target_p99)
+        result.notes.append(
+            "everything (publisher, worker, broker) shares this machine; the open-loop publisher runs "
+            "in the worker's process"
+        )
+    return result
+
+
+def _bench_cmd(args: argparse.Namespace) -> int:
+    from services.logs import configure_logging
+
+    configure_logging("WARNING", "text")
+    options: dict[str, Any] = {
+        "bootstrap_servers": args.bootstrap_servers,
+        "device": args.device,
+        "threads": args.threads,
+        "tenants": args.tenants,
+        "target_rate": args.target_rate,
+        "target_p99": args.target_p99,
+        "out": args.out,
+    }
+    for name in ("clip_seconds", "events", "phase_seconds"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    config = BenchConfig.smoke_run(**options) if args.smoke else BenchConfig(**options)
+    started = time.monotonic()
+    result = run_bench(config)
+    report(result)
+    config.out.mkdir(parents=True, exist_ok=True)
+    stamp = "smoke" if config.smoke else datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    png = plot(result, config.out / f"bench-{stamp}.png")
+    data = asdict(result)
+    data["ratios"] = result.ratios()
+    data["forward"] = {str(k): v for k, v in result.forward.items()}
+    (config.out / f"bench-{stamp}.json").write_text(json.dumps(data, indent=2, default=str))
+    print(f"wrote {png} and {config.out / f'bench-{stamp}.json'} in {time.monotonic() - started:.1f}s")
+    return 0
