@@ -5,7 +5,9 @@ Streams (see consumers.tenancy): `audioguard-arrivals-<tenant>`,
 `audioguard-verdicts-<tenant>`, `audioguard-dlq-<tenant>`; `provision_kinesis` creates them.
 
 Source: shard discovery (ListShards, repeated every `_DISCOVERY_SECONDS`), one shard
-iterator per shard, GetRecords round-robin across the shards of unpaused tenants. A
+iterator per shard, GetRecords of up to `_FETCH_LIMIT` records at most once per shard per
+`kinesis.poll_interval_seconds` (Kinesis allows 5 a second) into a per-shard buffer that
+`poll` hands out round-robin across the shards of unpaused tenants. A
 throttled or failing GetRecords (ProvisionedThroughputExceeded -> `RetryableError`,
 mapped once in `_sdk_errors`) backs that shard off exponentially with jitter; the other
 shards go on. Ack tokens are (stream, shard id, sequence number). A shard's checkpoint
@@ -20,7 +22,9 @@ FailedRecordCount > 0, exactly the failed entries are sent again, with backoff, 
 `settings.retry.attempts` calls; a record that never succeeds fails its future with
 `RetryableError("partial_publish")`. Kinesis records have no headers, so a dead letter is
 the DeadLetter JSON with `payload_b64` (the pipeline builds it that way for Kinesis) and
-a verdict record is the verdict JSON; the partition key is the content id.
+a verdict record is the verdict JSON; the partition key is the content id. A re-sent
+record may land after records that followed it in the batch (Kinesis orders by arrival):
+harmless for verdicts, one per content and identical when repeated.
 
 Resharding, and its limits:
 - a child shard (split or merge) is read only after all of its parents were read to
@@ -82,7 +86,8 @@ _DISCOVERY_SECONDS = 10.0
 #: PutRecords limits: records and bytes per call, bytes per record (data + partition key)
 _PUT_MAX_RECORDS = 500
 _PUT_MAX_BYTES = 5 * 1024 * 1024
-_GET_MAX_RECORDS = 10_000
+#: records asked of one GetRecords; what one poll cannot hand out waits in the shard's buffer
+_FETCH_LIMIT = 1000
 
 _THROTTLING = {
     "ProvisionedThroughputExceededException",
@@ -242,6 +247,8 @@ class _Shard:
     pending: deque[int] = field(default_factory=deque)
     pending_set: set[int] = field(default_factory=set)
     acked: set[int] = field(default_factory=set)
+    #: fetched and not handed out yet (a paused tenant's, or beyond one poll's share)
+    buffer: deque[Message] = field(default_factory=deque)
     #: the last sequence handed out (where a refreshed iterator continues)
     last_delivered: str | None = None
     #: the last checkpoint read or written, and one computed but not yet written
@@ -332,19 +339,22 @@ class KinesisSource(Source):
         with _sdk_errors("get_shard_iterator"):
             return str(self._client.get_shard_iterator(**kwargs)["ShardIterator"])
 
-    def _fetch(self, shard: _Shard, limit: int) -> list[Message]:
-        """One GetRecords on `shard`; a retryable failure backs this shard off and returns []."""
+    def _fetch(self, shard: _Shard) -> None:
+        """One GetRecords on `shard` into its buffer; a retryable failure backs this shard off."""
         now = time.monotonic()
         try:
             if shard.iterator is None:
                 shard.iterator = self._iterator(shard)
             with _sdk_errors("get_records"):
-                response = self._client.get_records(ShardIterator=shard.iterator, Limit=limit)
+                response = self._client.get_records(ShardIterator=shard.iterator, Limit=_FETCH_LIMIT)
         except RetryableError as exc:
             if exc.reason == "expired_iterator":
-                shard.iterator = None  # the next fetch asks for a fresh one after last_delivered
+                # a fresh iterator continues after the last record handed out, so what was
+                # buffered is read again: forget it
+                shard.iterator = None
+                shard.buffer.clear()
                 shard.next_fetch = now
-                return []
+                return
             retry = self._settings.retry
             shard.backoff = min(
                 max(shard.backoff * 2, retry.initial_backoff_seconds), max(retry.max_backoff_seconds, 0.001)
@@ -357,26 +367,16 @@ class KinesisSource(Source):
                 exc,
                 shard.backoff,
             )
-            return []
+            return
         shard.backoff = 0.0
         shard.iterator = response.get("NextShardIterator")
-        records = response.get("Records", [])
-        if shard.iterator is None:
-            shard.exhausted = True
-            self._maybe_finish(shard)
-        # an empty answer means "caught up": wait a little before asking that shard again
-        # (Kinesis allows 5 GetRecords per shard per second)
-        shard.next_fetch = now if records else now + self._idle
-        messages = []
-        for record in records:
+        # at most one GetRecords per shard per poll interval (Kinesis allows 5 a second)
+        shard.next_fetch = now + self._idle
+        for record in response.get("Records", []):
             sequence = str(record["SequenceNumber"])
-            number = int(sequence)
-            shard.pending.append(number)
-            shard.pending_set.add(number)
-            shard.last_delivered = sequence
             arrived = record.get("ApproximateArrivalTimestamp")
             timestamp = arrived.timestamp() if arrived is not None else None
-            messages.append(
+            shard.buffer.append(
                 Message(
                     token=(shard.stream, shard.shard_id, sequence),
                     tenant=shard.tenant,
@@ -393,7 +393,22 @@ class KinesisSource(Source):
                     },
                 )
             )
-        return messages
+        if shard.iterator is None:
+            shard.exhausted = True
+            self._maybe_finish(shard)
+
+    @staticmethod
+    def _hand_out(shard: _Shard, limit: int) -> list[Message]:
+        """Up to `limit` buffered records of `shard`, now pending until acked."""
+        out: list[Message] = []
+        while shard.buffer and len(out) < limit:
+            message = shard.buffer.popleft()
+            sequence = str(message.coordinates["sequence_number"])
+            shard.pending.append(int(sequence))
+            shard.pending_set.add(int(sequence))
+            shard.last_delivered = sequence
+            out.append(message)
+        return out
 
     # -- Source -------------------------------------------------------------------------
 
@@ -411,24 +426,29 @@ class KinesisSource(Source):
                 ready = [
                     s
                     for s in self._shards.values()
-                    if s.tenant not in self._paused and not s.exhausted and self._parents_done(s)
+                    if s.tenant not in self._paused
+                    and (s.buffer or not s.exhausted)
+                    and self._parents_done(s)
                 ]
-                now = time.monotonic()
-                due = [s for s in ready if s.next_fetch <= now]
                 # rotate the start so no shard (and no tenant) is always served first
-                if due:
-                    self._rr = (self._rr + 1) % len(due)
-                    due = due[self._rr :] + due[: self._rr]
-                for shard in due:
-                    if len(out) >= max_messages:
-                        break
-                    out.extend(self._fetch(shard, min(max_messages - len(out), _GET_MAX_RECORDS)))
+                if ready:
+                    self._rr = (self._rr + 1) % len(ready)
+                    ready = ready[self._rr :] + ready[: self._rr]
+                now = time.monotonic()
+                for shard in ready:
+                    if not shard.buffer and not shard.exhausted and shard.next_fetch <= now:
+                        self._fetch(shard)
+                share = max(1, max_messages // max(1, len(ready)))
+                for shard in ready:
+                    out.extend(self._hand_out(shard, min(share, max_messages - len(out))))
+                for shard in ready:  # what the fair shares left over
+                    out.extend(self._hand_out(shard, max_messages - len(out)))
                 if out:
                     return out
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return out
-                waits = [s.next_fetch - time.monotonic() for s in ready]
+                waits = [s.next_fetch - time.monotonic() for s in ready if not s.exhausted]
                 pause = min([w for w in waits if w > 0] or [self._idle or 0.05])
                 time.sleep(max(0.001, min(pause, remaining)))
 
@@ -458,7 +478,7 @@ class KinesisSource(Source):
             self._write_checkpoints(touched.values())
 
     def _maybe_finish(self, shard: _Shard) -> None:
-        if shard.exhausted and not shard.pending and not shard.finished:
+        if shard.exhausted and not shard.buffer and not shard.pending and not shard.finished:
             shard.finished = True
             shard.unwritten = SHARD_END
 
@@ -488,6 +508,7 @@ class KinesisSource(Source):
                 if shard.last_delivered == SHARD_END:
                     shard.last_delivered = None
                 shard.iterator = None
+                shard.buffer.clear()
                 shard.exhausted = False
                 shard.next_fetch = 0.0
 

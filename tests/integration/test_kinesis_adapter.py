@@ -131,6 +131,7 @@ class FaultProxy:
         #: (call number, index in call, data) -> fail this entry?
         self.fail_entry: Callable[[int, int, bytes], bool] = lambda call, index, data: False
         self.throttle_gets = 0
+        self.gets = 0
         self.put_calls: list[list[bytes]] = []
         self.throttled = 0
         proxy = self
@@ -142,6 +143,8 @@ class FaultProxy:
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 target = self.headers.get("X-Amz-Target", "")
+                if target.endswith(".GetRecords"):
+                    proxy.gets += 1
                 if target.endswith(".GetRecords") and proxy.throttle_gets > 0:
                     proxy.throttle_gets -= 1
                     proxy.throttled += 1
@@ -345,6 +348,32 @@ def test_throttled_get_records_backs_off_and_recovers(moto: MotoServer, proxy: F
         assert proxy.throttled == 4
         # four backoffs of at least half of 0.05, 0.1, 0.2, 0.4 s (jittered)
         assert elapsed >= 0.35
+    finally:
+        source.close(5)
+
+
+def test_small_polls_are_served_from_one_get_records_in_order(moto: MotoServer, proxy: FaultProxy) -> None:
+    tenants = _tenants(1)
+    settings = _settings(moto.endpoint_url, tenants)
+    provision_kinesis(settings, tenants)
+    sink = KinesisSink(settings)
+    values = [f"r{i:02d}".encode() for i in range(10)]
+    try:
+        _publish(sink, tenants[0], values)
+    finally:
+        sink.close(5)
+    source = KinesisSource(_settings(proxy.endpoint_url, tenants), tenants, MemoryStore())
+    try:
+        batches = []
+        deadline = time.monotonic() + 10
+        while sum(len(b) for b in batches) < len(values) and time.monotonic() < deadline:
+            batch = source.poll(3, 0.2)
+            if batch:
+                batches.append(batch)
+        assert all(len(b) <= 3 for b in batches)
+        assert [m.value for b in batches for m in b] == values  # shard order kept
+        assert proxy.gets == 1, "the records should have come from one GetRecords"
+        assert source.in_flight() == len(values)
     finally:
         source.close(5)
 
