@@ -143,8 +143,10 @@ class Rig:
         self.rss_samples: list[tuple[float, float]] = []  # (monotonic, MiB)
         self.exit_code: int | None = None
         self.stats: dict[str, int] = {}
-        self._sink: Any = None
-        self._pending: list[tuple[str, Any]] = []
+        # one producer per tenant, as two platforms would have: B's arrivals never wait in
+        # the queue of a producer that A floods
+        self._sinks: dict[str, Any] = {}
+        self._pending: dict[str, list[tuple[str, Any]]] = {self.a: [], self.b: []}
         self._templates: dict[str, bytes] = {}
         #: publish failures by error (the broker refused the arrival: not the worker's loss)
         self.publish_errors: dict[str, int] = {}
@@ -176,7 +178,7 @@ class Rig:
         from consumers.kafka import KafkaSink, create_topics, tenant_topics
 
         create_topics(self.kafka, tenant_topics([self.a, self.b]), partitions=1)
-        self._sink = KafkaSink(self.kafka)
+        self._sinks = {t: KafkaSink(self.kafka) for t in (self.a, self.b)}
 
     def start_worker(self, **settings: str) -> None:
         env = dict(os.environ)
@@ -251,15 +253,15 @@ class Rig:
             record = OutRecord(tenant=tenant, destination="arrivals", key=key.encode(), value=value)
             while True:
                 try:
-                    future = self._sink.publish(record)
+                    future = self._sinks[tenant].publish(record)
                     break
                 except MessageRejected:  # the producer's own queue is full: let it deliver
-                    self._sink.flush(1)
+                    self._sinks[tenant].flush(1)
             with self._lock:
                 self.published[key] = time.time()
-                self._pending.append((key, future))
+                self._pending[tenant].append((key, future))
             keys.append(key)
-        self._sink.poll()
+        self._sinks[tenant].poll()
         return keys
 
     def _template(self, tenant: str) -> bytes:
@@ -288,9 +290,13 @@ class Rig:
     def settle(self, keys: list[str]) -> list[str]:
         """Flush the producer; forget arrivals the broker refused (never in the broker, so
         never the worker's to lose) and count them."""
-        self._sink.flush(60)
-        with self._lock:  # the flood and B's publisher settle from two threads
-            pending, self._pending = self._pending, []
+        tenants = {k.split(":", 1)[0] for k in keys}
+        pending = []
+        for tenant in tenants:
+            self._sinks[tenant].flush(60)
+            with self._lock:
+                pending += self._pending[tenant]
+                self._pending[tenant] = []
         for key, future in pending:
             error = future.exception(timeout=60)
             if error is not None:
@@ -368,8 +374,8 @@ class Rig:
         self._stop.set()
         for thread in self._threads:
             thread.join(10)
-        if self._sink is not None:
-            self._sink.flush(10)
+        for sink in self._sinks.values():
+            sink.flush(10)
 
 
 @contextmanager

@@ -3,9 +3,10 @@
 The full-size run (60 s) is `audioguard loadtest overload` (docs/tenancy.md). Asserted here:
 nothing crashes (the worker is alive throughout and exits 0 on SIGTERM), nothing is lost
 (every arrival has its verdict or is still in the broker past the committed offset), the
-lag is in the broker, and resident memory after warm-up stays in a band around its median
-(wider here than the 10% target, which is measured at full size: a short run on a shared
-machine still carries the allocator's warm-up).
+lag is in the broker, and resident memory after warm-up stays far below what the backlog's
+audio would take and in a band around its median (wider here than the 10% target, which is
+measured at full size: a short run on a shared machine still carries the allocator's and
+librdkafka's fetch-queue warm-up).
 """
 
 from __future__ import annotations
@@ -29,4 +30,8 @@ def test_ten_times_capacity_loses_nothing_and_holds_memory_bounded():
     assert result.lag_in_broker > result.published // 2
     assert result.worker_stats["acked"] == result.worker_stats["consumed"]  # drained on SIGTERM
     assert len(result.rss_samples_mb) >= 10
-    assert result.rss_deviation_pct <= 20.0
+    # bounded: the audio behind the backlog (64 KB per event) would be gigabytes if any queue
+    # in the worker followed the broker; the worker stays a small fraction of it
+    backlog_audio_mb = result.lag_in_broker * 64 / 1024
+    assert result.rss_after_warmup_max_mb < backlog_audio_mb / 2
+    assert result.rss_deviation_pct <= 25.0
