@@ -9,7 +9,8 @@ Every replay run (dry runs too) writes one audit line: JSON on stderr, and appen
 --audit-log / $AUDIOGUARD_DLQ_AUDIT_LOG when set.
 
 Exit codes: 0 done; 1 some re-publications failed (they stay in the queue); 2 usage
-(nothing found for `show`, bad flags); 3 fatal (missing topic, auth, bad config).
+(nothing found for `show`, bad flags); 3 fatal (missing topic, auth, bad config); 130 a
+replay stopped by Ctrl-C (what was confirmed is removed, the audit line is still written).
 This module must never import a broker SDK or torch; handlers import lazily.
 """
 
@@ -20,7 +21,9 @@ import getpass
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -447,8 +450,27 @@ def _replay(args: argparse.Namespace) -> int:
                 return
             progress.update(task, advance=1, status=outcome)
 
-        with progress:
-            summary = replay_dead_letters(queue, records, options, on_record=on_record)
+        # Ctrl-C asks the run to stop between two records, so no confirmed publish is left
+        # unremoved; a second Ctrl-C interrupts at once (the rest still stays queued)
+        stopping = threading.Event()
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if stopping.is_set():
+                raise KeyboardInterrupt
+            stopping.set()
+
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            signal.signal(signal.SIGINT, on_sigint)
+        try:
+            with progress:
+                summary = replay_dead_letters(
+                    queue, records, options, on_record=on_record, stop=stopping.is_set
+                )
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
     finally:
         queue.close()
     _audit(
@@ -506,4 +528,7 @@ def _replay(args: argparse.Namespace) -> int:
         _console().print(table)
         for problem in summary.errors[:10]:
             print(f"failed: {problem}", file=sys.stderr)
+    if summary.interrupted:
+        print("interrupted: the rest of the matching dead letters are still in the queue", file=sys.stderr)
+        return 130
     return 1 if summary.failed else 0

@@ -109,6 +109,8 @@ class ReplaySummary:
     measured_rate: float | None = None
     by_reason: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    #: stopped by Ctrl-C before every matching dead letter was handled
+    interrupted: bool = False
 
     def as_json(self) -> dict[str, Any]:
         values = {k: v for k, v in vars(self).items() if k not in ("by_reason", "errors")}
@@ -209,8 +211,12 @@ def replay_dead_letters(
     on_record: Callable[[DeadLetterRecord, Outcome], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    stop: Callable[[], bool] | None = None,
 ) -> ReplaySummary:
-    """Replay the (already filtered) `records` from `queue`; see the module docstring."""
+    """Replay the (already filtered) `records` from `queue`; see the module docstring.
+
+    `stop()` returning True ends the run between two records (the CLI sets it on Ctrl-C):
+    what was published is confirmed and removed, the rest stays in the queue."""
     summary = ReplaySummary(
         replay_id=replay_id or f"replay-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
         dry_run=options.dry_run,
@@ -246,41 +252,52 @@ def replay_dead_letters(
             queue.remove(confirmed)
             summary.removed += len(confirmed)
 
-    for record in records:
-        summary.matched += 1
-        if record.envelope.replay_count >= options.max_replays:
-            summary.refused_loop += 1
-            if on_record is not None:
-                on_record(record, "refused_loop")
-            continue
-        taken = summary.replayed + summary.would_replay + summary.failed + len(pending)
-        if options.limit is not None and taken >= options.limit:
-            continue  # still counted as matched, so the summary says how many are left
-        if options.dry_run:
-            summary.would_replay += 1
-            summary.by_reason[record.envelope.reason] += 1
-            if on_record is not None:
-                on_record(record, "would_replay")
-            continue
-        out = replay_record(
-            record, replay_id=summary.replay_id, operator=options.operator, to=options.to, tier=options.tier
-        )
-        pacer.wait()
-        pending.append((record, queue.republish(out)))
-        last_publish = clock()
-        first_publish = last_publish if first_publish is None else first_publish
-        if len(pending) >= options.batch or _due(options, len(pending)):
-            settle()
+    def publish_all() -> None:
+        nonlocal first_publish, last_publish
+        for record in records:
+            if stop is not None and stop():
+                summary.interrupted = True
+                return
+            summary.matched += 1
+            if record.envelope.replay_count >= options.max_replays:
+                summary.refused_loop += 1
+                if on_record is not None:
+                    on_record(record, "refused_loop")
+                continue
+            taken = summary.replayed + summary.would_replay + summary.failed + len(pending)
+            if options.limit is not None and taken >= options.limit:
+                continue  # still counted as matched, so the summary says how many are left
+            if options.dry_run:
+                summary.would_replay += 1
+                summary.by_reason[record.envelope.reason] += 1
+                if on_record is not None:
+                    on_record(record, "would_replay")
+                continue
+            out = replay_record(
+                record,
+                replay_id=summary.replay_id,
+                operator=options.operator,
+                to=options.to,
+                tier=options.tier,
+            )
+            pacer.wait()
+            pending.append((record, queue.republish(out)))
+            last_publish = clock()
+            first_publish = last_publish if first_publish is None else first_publish
+            if len(pending) >= options.batch or _due(options, len(pending)):
+                settle()
+
+    try:
+        publish_all()
+    except KeyboardInterrupt:
+        # Ctrl-C: what was published is still confirmed (and removed) below; the rest stays queued
+        summary.interrupted = True
     settle()
     summary.elapsed_seconds = clock() - started
     published = summary.replayed + summary.failed
-    if (
-        first_publish is not None
-        and last_publish is not None
-        and published > 1
-        and last_publish > first_publish
-    ):
-        summary.measured_rate = (published - 1) / (last_publish - first_publish)
+    span = (last_publish - first_publish) if first_publish is not None and last_publish is not None else 0.0
+    if published > 1 and span > 0:
+        summary.measured_rate = (published - 1) / span
     return summary
 
 

@@ -482,3 +482,42 @@ def test_kinesis_dead_letter_stream(  # type: ignore[no-untyped-def]
         return [(value, {}) for _key, value, _h in read_stream(settings, stream, idle=1.0, timeout=20)]
 
     _cloud_round_trip(settings, tenant, arrivals)
+
+
+def test_ctrl_c_keeps_the_rest_in_the_queue_and_still_audits(  # type: ignore[no-untyped-def]
+    broker: EmbeddedBroker, tenants: list[str], audio_root: Path, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = make_settings(broker.bootstrap_servers, tenants[:1], audio_root)
+    provision(settings, partitions=1)
+    tenant = tenants[0]
+    write_dead_letters(
+        settings, tenant, [Spec("poison", "missing_object", f"i-{i}") for i in range(30)], "file:///x"
+    )
+    audit = tmp_path / "audit.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "dlq", "replay", "--tenant", tenant, "--rate", "1/s", "--json"]
+        + ["--bootstrap-servers", broker.bootstrap_servers, "--audit-log", str(audit)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 90
+    while _count(settings, kafka_topic("arrivals", tenant)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    line = json.loads(audit.read_text().splitlines()[-1])
+    assert line["summary"]["interrupted"] is True
+    removed = line["summary"]["removed"]
+    assert 3 <= removed < 30
+    assert _count(settings, kafka_topic("arrivals", tenant)) == removed
+    code, listed, _ = dlq(
+        "list", "--tenant", tenant, "--bootstrap-servers", broker.bootstrap_servers, "--json"
+    )
+    assert len(json_lines(listed)) == 30 - removed
