@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from consumers.transport import Sink, Source
 from services.settings import Settings
 
-__all__ = ["open_publisher", "open_transport", "provision"]
+__all__ = ["open_publisher", "open_transport", "provision", "read_verdicts"]
+
+Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 
 
 def open_transport(settings: Settings, **options: Any) -> tuple[Source, Sink]:
@@ -55,3 +58,35 @@ def provision(settings: Settings, tenants: list[str], partitions: int = 1) -> No
     from consumers.kinesis import provision_kinesis
 
     provision_kinesis(settings, tenants)
+
+
+def read_verdicts(
+    settings: Settings,
+    tenant: str,
+    *,
+    dead_letters: bool = False,
+    follow: bool = False,
+    stop: Callable[[], bool] | None = None,
+) -> Iterator[Record]:
+    """(key, value, headers) of a tenant's verdicts (or dead letters) from the beginning.
+
+    Pub/Sub reads the `verdicts-<tenant>-readers` subscription, which acks what it reads;
+    its dead letters are read non-destructively with `audioguard dlq list` instead.
+    """
+    if settings.transport == "kafka":
+        from consumers.kafka import read_topic
+        from consumers.tenancy import kafka_topic
+
+        topic = kafka_topic("dlq" if dead_letters else "verdicts", tenant)
+        return read_topic(settings.kafka, topic, follow=follow, stop=stop)
+    if settings.transport == "pubsub":
+        from consumers.pubsub import read_subscription, verdict_subscription
+
+        if dead_letters:
+            raise ValueError("on Pub/Sub, read dead letters with `audioguard dlq list`: it does not ack")
+        return read_subscription(settings, verdict_subscription(tenant), follow=follow, stop=stop)
+    from consumers.kinesis import read_stream
+    from consumers.tenancy import kinesis_stream
+
+    stream = kinesis_stream("dlq" if dead_letters else "verdicts", tenant)
+    return read_stream(settings, stream, follow=follow, stop=stop)

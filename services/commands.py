@@ -288,24 +288,23 @@ def _worker_hooks(settings: Any, heartbeat: Any, readiness: Any) -> Any:
 
 
 def _verdicts(args: argparse.Namespace) -> int:
-    from consumers.kafka import read_topic
-    from consumers.tenancy import kafka_topic
+    from consumers.transports import read_verdicts
 
     settings = settings_from(args)
-    if settings.transport != "kafka":
-        print(
-            "verdicts: only --transport kafka reads topics here; see `audioguard dlq` for the others",
-            file=sys.stderr,
-        )
-        return 2
     if not settings.tenants or len(settings.tenants) != 1:
         print("verdicts: name exactly one --tenant", file=sys.stderr)
         return 2
-    topic = kafka_topic("dlq" if args.dlq else "verdicts", settings.tenants[0])
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    for _key, value, _headers in read_topic(settings.kafka, topic, follow=args.follow, stop=stop.is_set):
-        print(value.decode(errors="replace"), flush=True)
+    try:
+        records = read_verdicts(
+            settings, settings.tenants[0], dead_letters=args.dlq, follow=args.follow, stop=stop.is_set
+        )
+        for _key, value, _headers in records:
+            print(value.decode(errors="replace"), flush=True)
+    except ValueError as error:
+        print(f"verdicts: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -146,10 +146,15 @@ class AudioStorage:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         elif parts.scheme == "s3":
+            from botocore.exceptions import ClientError
+
             client = self._s3()
             try:
                 client.head_bucket(Bucket=parts.netloc)
-            except Exception:
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code not in ("404", "NoSuchBucket", "NotFound"):
+                    raise
                 client.create_bucket(Bucket=parts.netloc)
             client.put_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"), Body=data)
         else:
