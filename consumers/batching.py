@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["BatchPolicy", "MicroBatcher"]
+__all__ = ["BatchPolicy", "BatchSizeTuner", "MicroBatcher"]
 
 T = TypeVar("T")
 
@@ -148,3 +148,88 @@ class MicroBatcher(Generic[T]):
         del self._deficit[tenant]  # an idle tenant keeps no credit (classic DRR)
         if index < self._next:
             self._next -= 1
+
+
+class BatchSizeTuner:
+    """Chooses the batch cap from measured model speed: a hill climb over powers of two.
+
+    The best batch size depends on the device: a GPU wants 64-128 windows, while a small CNN
+    on two CPU threads can be slower per window at 64 than at 8 (caches). Only *full*
+    batches count (at least `full_ratio` of the cap): a batch released by its deadline says
+    nothing about the cap. It first sweeps every size from `ceiling` down (`samples` full
+    batches each; CPU curves are not smooth, so a hill climb alone stops at a false peak),
+    settles on the fastest, and every `explore_every` full batches forgets what it measured
+    and climbs from there through the neighbours (smaller first: the same speed at lower
+    latency wins), so a changed machine (other load, a new model) is noticed. `ceiling`
+    (settings.batch.max_windows) is never exceeded: it is the operator's memory bound.
+    Pure arithmetic, no clock, no I/O.
+    """
+
+    def __init__(
+        self,
+        ceiling: int,
+        *,
+        floor: int = 1,
+        samples: int = 6,
+        explore_every: int = 300,
+        full_ratio: float = 0.75,
+    ) -> None:
+        if ceiling < 1 or floor < 1 or floor > ceiling or samples < 1:
+            raise ValueError("need 1 <= floor <= ceiling and samples >= 1")
+        sizes = {ceiling, floor}
+        size = 1
+        while size < ceiling:
+            if size >= floor:
+                sizes.add(size)
+            size *= 2
+        self.sizes = sorted(sizes)
+        self.current = ceiling
+        self.samples = samples
+        self.explore_every = explore_every
+        self.full_ratio = full_ratio
+        #: size -> (windows, seconds) summed over its full batches since it was last (re)measured
+        self.measured: dict[int, tuple[int, float]] = {}
+        self._count: dict[int, int] = {}
+        self._full = 0
+        self._sweeping = True
+
+    def rate(self, size: int) -> float | None:
+        """Measured windows per second of the model at `size`, or None."""
+        found = self.measured.get(size)
+        return None if found is None or found[1] <= 0 else found[0] / found[1]
+
+    def observe(self, windows: int, seconds: float) -> int:
+        """One scored batch; returns the cap to use next (maybe unchanged)."""
+        if seconds <= 0 or windows < self.full_ratio * self.current:
+            return self.current
+        total_w, total_s = self.measured.get(self.current, (0, 0.0))
+        self.measured[self.current] = (total_w + windows, total_s + seconds)
+        self._count[self.current] = self._count.get(self.current, 0) + 1
+        self._full += 1
+        if self._full % self.explore_every == 0 and not self._sweeping:
+            # measure again from here: old numbers describe the machine as it was
+            self.measured, self._count = {}, {}
+            return self.current
+        if self._count[self.current] < self.samples:
+            return self.current
+        if self._sweeping:
+            untried = [n for n in self.sizes if self._count.get(n, 0) < self.samples]
+            if untried:
+                self.current = max(untried)
+                return self.current
+            self._sweeping = False
+            self.current = max(self.sizes, key=lambda n: self.rate(n) or 0.0)
+            return self.current
+        index = self.sizes.index(self.current)
+        neighbours = [self.sizes[i] for i in (index - 1, index + 1) if 0 <= i < len(self.sizes)]
+        here = self.rate(self.current) or 0.0
+        tried = [n for n in neighbours if self._count.get(n, 0) >= self.samples]
+        better = [n for n in tried if (self.rate(n) or 0.0) > here]
+        if better:
+            # a measured neighbour is faster: go back there (a hill climb, not a full sweep)
+            self.current = max(better, key=lambda n: self.rate(n) or 0.0)
+            return self.current
+        untried = [n for n in neighbours if n not in tried]
+        if untried:
+            self.current = untried[0]
+        return self.current
