@@ -22,14 +22,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from consumers.admission import Admit, InFlight
-from consumers.batching import BatchPolicy, MicroBatcher
+from consumers.batching import BatchPolicy, BatchSizeTuner, MicroBatcher
 from consumers.steps import (
     BuildVerdict,
     Commit,
@@ -160,18 +160,21 @@ class Pipeline:
             dead_letter=self.dead_letter,
             store_call=store_call,
         )
+        self.batcher: MicroBatcher[Work] = MicroBatcher(
+            BatchPolicy(
+                max_windows=settings.batch.max_windows,
+                max_audio_seconds=settings.batch.max_audio_seconds,
+                max_wait_seconds=settings.batch.max_wait_ms / 1000,
+            ),
+            weight=lambda tenant: self.policy(tenant).weight,
+            clock=clock,
+        )
+        # the batch cap follows measured model speed, up to max_windows (consumers.batching)
+        self.tuner = BatchSizeTuner(settings.batch.max_windows) if settings.batch.adaptive else None
         self.score = ScoreBatches(
             self.verdict,
             dead_letter=self.dead_letter,
-            batcher=MicroBatcher(
-                BatchPolicy(
-                    max_windows=settings.batch.max_windows,
-                    max_audio_seconds=settings.batch.max_audio_seconds,
-                    max_wait_seconds=settings.batch.max_wait_ms / 1000,
-                ),
-                weight=lambda tenant: self.policy(tenant).weight,
-                clock=clock,
-            ),
+            batcher=self.batcher,
             executor=self._score_pool,
             score=detector.score_windows,
             window_seconds=meta.window_seconds,
@@ -253,8 +256,13 @@ class Pipeline:
         return dead_letter_record(message, envelope, with_headers=self.settings.transport != "kinesis")
 
     def _batch_scored(self, batch: list[Work], seconds: float) -> None:
+        windows = sum(len(w.windows) for w in batch if w.windows is not None)
         self.stats.batches += 1
-        self.stats.windows_scored += sum(len(w.windows) for w in batch if w.windows is not None)
+        self.stats.windows_scored += windows
+        if self.tuner is not None:
+            cap = self.tuner.observe(windows, seconds)
+            if cap != self.batcher.policy.max_windows:
+                self.batcher.policy = replace(self.batcher.policy, max_windows=cap)
         if self._hooks is not None:
             self._hooks.batch_scored(batch, seconds)
 

@@ -100,6 +100,9 @@ class BatchSettings(BaseModel):
     max_windows: int = 32
     max_audio_seconds: float = 256.0
     max_wait_ms: float = 20.0
+    #: let the cap follow measured model speed in [1, max_windows] (consumers.batching.BatchSizeTuner);
+    #: max_windows stays the memory bound. Off: every batch may fill to max_windows.
+    adaptive: bool = True
 
 
 class RetrySettings(BaseModel):
