@@ -88,6 +88,7 @@ class Saturation:
     seconds: float
     rate: float
     mean_batch_windows: float = 0.0
+    final_cap: int = 0  # the batch cap at the end (the tuner's choice when adaptive)
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ class BenchConfig:
     device: str = "auto"
     threads: int | None = None
     clip_seconds: float = 12.0
-    events: int = 240
+    events: int = 400
     phase_seconds: float = 12.0
     tenants: int = 3
     target_rate: float = 100.0
@@ -148,6 +149,7 @@ class BenchConfig:
     fixed_batch_windows: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
     load_fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 0.75, 0.9, 1.0, 1.1, 1.25)
     stage_seconds: float = 2.0
+    session_timeout_ms: int = 6000
 
     @classmethod
     def smoke_run(cls, **overrides: Any) -> BenchConfig:
@@ -158,9 +160,10 @@ class BenchConfig:
             "phase_seconds": 1.5,
             "tenants": 2,
             "forward_batches": (1, 4, 16),
-            "fixed_batch_windows": (4, 16),
+            "fixed_batch_windows": (4,),
             "load_fractions": (0.5, 1.25),
             "stage_seconds": 0.3,
+            "session_timeout_ms": 2000,
         }
         values.update(overrides)
         return cls(**values)
@@ -260,7 +263,14 @@ class Rig:
         values: dict[str, Any] = {
             "tenants": tenants,
             "device": self.config.device,
-            "kafka": KafkaSettings(bootstrap_servers=self.bootstrap, group_id=f"bench-{tenants[0]}"),
+            # a short session: Tansu delays a group's first join by about half of it, and every
+            # run here is a fresh group
+            "kafka": KafkaSettings(
+                bootstrap_servers=self.bootstrap,
+                group_id=f"bench-{tenants[0]}",
+                session_timeout_ms=self.config.session_timeout_ms,
+                heartbeat_interval_ms=500,
+            ),
             # every tenant reads the shared clip folder: the bench measures work, not copies
             "storage": StorageSettings(tenant_file_roots={t: [self.workdir / "clips"] for t in tenants}),
             "store": StoreSettings(url="memory://"),
@@ -519,10 +529,11 @@ def saturate(rig: Rig, label: str, events: int, progress: Any, batch: Any | None
             raise RuntimeError(f"{label}: only {running.recorder.count()}/{events} verdicts")
         recorder = running.recorder
         windows = running.hooks.batch_windows
+        cap = running.worker.pipeline.batcher.policy.max_windows
     assert recorder.first_consumed is not None
     seconds = max(recorder.done_at.values()) - recorder.first_consumed
     mean_batch = float(np.mean(windows)) if windows else 0.0
-    return Saturation(label, events, seconds, events / seconds, mean_batch)
+    return Saturation(label, events, seconds, events / seconds, mean_batch, cap)
 
 
 def saturate_naive(rig: Rig, events: int, progress: Any) -> Saturation:
@@ -736,7 +747,7 @@ def report(result: BenchResult) -> None:
         table.add_row(stage.name + mark, f"{stage.uploads_per_second:.1f}", stage.note)
     console.print(table)
     table = Table(title="b./c. saturation (pre-published backlog)")
-    for column in ("run", "events", "seconds", "uploads/s", "mean windows/batch"):
+    for column in ("run", "events", "seconds", "uploads/s", "mean windows/batch", "final cap"):
         table.add_column(column, justify="right" if column != "run" else "left")
     runs = [r for r in (result.pipeline, *result.fixed_batches, result.naive) if r is not None]
     for run in runs:
@@ -746,6 +757,7 @@ def report(result: BenchResult) -> None:
             f"{run.seconds:.2f}",
             f"{run.rate:.1f}",
             f"{run.mean_batch_windows:.1f}",
+            str(run.final_cap),
         )
     console.print(table)
     for name, ratio in result.ratios().items():
@@ -793,11 +805,11 @@ def run_bench(config: BenchConfig) -> BenchResult:
         )
         bench_stages(rig, result, progress)
         task = progress.add_task("b./c. saturation runs", total=2 + len(config.fixed_batch_windows))
-        result.pipeline = saturate(rig, "pipeline (default batch policy)", config.events, progress)
+        result.pipeline = saturate(rig, "pipeline (default: adaptive cap <= 32)", config.events, progress)
         progress.advance(task)
         for size in config.fixed_batch_windows:
             # a fixed size: released only when full (or after a long wait at the very end)
-            fixed = BatchSettings(max_windows=size, max_audio_seconds=1e9, max_wait_ms=250.0)
+            fixed = BatchSettings(max_windows=size, max_audio_seconds=1e9, max_wait_ms=250.0, adaptive=False)
             result.fixed_batches.append(
                 saturate(rig, f"pipeline, fixed batch {size}", config.events, progress, fixed)
             )

@@ -1,0 +1,53 @@
+"""`audioguard bench --smoke` runs every part of the benchmark end to end, as a user runs it.
+
+It checks that each part produced its numbers (and the plot), never how fast they are: the
+benchmark prints times; tests must not assert them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def test_bench_smoke_produces_every_part(tmp_path: Path):
+    out = tmp_path / "bench"
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "bench", "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    print(f"\nbench --smoke took {time.monotonic() - started:.1f}s")
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    for heading in ("stages alone", "saturation", "open loop", "sizing"):
+        assert heading in result.stdout, result.stdout[-3000:]
+
+    data = json.loads((out / "bench-smoke.json").read_text())
+    machine = data["machine"]
+    assert machine["cores"] >= 1 and machine["torch_threads"] >= 1 and machine["device"] in ("cpu", "cuda")
+    assert machine["cpu_model"]
+    # a. every batch size measured, three stages, the limit is the slowest of them
+    assert set(data["forward"]) == {"1", "4", "16"} and all(v > 0 for v in data["forward"].values())
+    rates = [s["uploads_per_second"] for s in data["stages"]]
+    assert len(rates) == 3 and data["limit"]["uploads_per_second"] == min(rates)
+    # b./c. every backlog was fully answered (rate = events / seconds, all events counted)
+    for run in [data["pipeline"], data["naive"], *data["fixed_batches"]]:
+        assert run["events"] > 0 and run["rate"] > 0
+        assert math.isclose(run["rate"], run["events"] / run["seconds"], rel_tol=1e-6)
+    assert set(data["ratios"]) >= {"end_to_end / slowest stage", "end_to_end / naive"}
+    # d. the curve: each step published arrivals across tenants and measured latencies
+    assert data["curve"] and all(p["published"] > 0 and p["p99"] >= p["p50"] > 0 for p in data["curve"])
+    assert data["naive_point"]["completed"] == data["naive_point"]["published"]
+    # e. a sizing answer for the default target, consistent with the measured per-worker rate
+    sizing = data["sizing"]
+    assert sizing["target_rate"] == 100.0 and sizing["target_p99"] == 2.0
+    if sizing["workers"] is not None:
+        assert sizing["workers"] == math.ceil(100.0 / sizing["per_worker_rate_at_p99"])
+    png = out / "bench-smoke.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
