@@ -275,5 +275,10 @@ class DeadLetterQueue(ABC):
         confirmed. Kafka and Kinesis can only move a position forward: a dead letter left
         behind (filtered out, refused) keeps every later one in the queue too."""
 
+    def replay_count(self, record: DeadLetterRecord) -> int:
+        """How often this dead letter's arrival was replayed already (the loop guard reads it).
+        Default: the envelope's count, which the replay headers carry back into it."""
+        return record.envelope.replay_count
+
     def close(self) -> None:  # noqa: B027 - nothing to close by default
         """Give back what was read but not removed, and disconnect."""

@@ -7,7 +7,8 @@
   runs, are acked once re-published, and are given back (deadline 0) otherwise.
 * Kinesis: stream `audioguard-dlq-<tenant>`; the tool's position per shard is a checkpoint
   in the verdict store (`settings.store.url`, application `audioguard-dlq-tool`), so use a
-  shared store (redis://, sqlite://) for it to persist between runs.
+  shared store (redis://, sqlite://) for it to persist between runs. Kinesis records have
+  no headers, so the replay count the loop guard reads is kept there too, per idempotency key.
 
 Kafka and Kinesis positions only move forward, so the committed position passes a dead letter
 only together with every dead letter before it in its partition / shard: `_Positions` advances
@@ -362,10 +363,20 @@ class KinesisDeadLetters(DeadLetterQueue):
         for record in records:
             _, shard, sequence = _parts(record.token)
             self._positions.remove(shard, sequence)
+            self._store.set_checkpoint(self._replays_name(record), str(self.replay_count(record) + 1))
         for shard, sequence in self._positions.advance().items():
             current = self._store.get_checkpoint(self._name(str(shard)))
             if current is None or int(sequence) > int(current):
                 self._store.set_checkpoint(self._name(str(shard)), str(sequence))
+
+    def _replays_name(self, record: DeadLetterRecord) -> str:
+        return f"dlq-replays/{self.stream}/{record.idempotency_key or record.ref}"
+
+    def replay_count(self, record: DeadLetterRecord) -> int:
+        # Kinesis records have no headers, so the count cannot travel with the arrival: the
+        # tool keeps it per idempotency key in the store, next to its shard positions.
+        stored = self._store.get_checkpoint(self._replays_name(record))
+        return max(record.envelope.replay_count, int(stored) if stored and stored.isdigit() else 0)
 
     def close(self) -> None:
         self._publishing.close()

@@ -259,7 +259,7 @@ def replay_dead_letters(
                 summary.interrupted = True
                 return
             summary.matched += 1
-            if record.envelope.replay_count >= options.max_replays:
+            if queue.replay_count(record) >= options.max_replays:
                 summary.refused_loop += 1
                 if on_record is not None:
                     on_record(record, "refused_loop")

@@ -521,3 +521,36 @@ def test_ctrl_c_keeps_the_rest_in_the_queue_and_still_audits(  # type: ignore[no
         "list", "--tenant", tenant, "--bootstrap-servers", broker.bootstrap_servers, "--json"
     )
     assert len(json_lines(listed)) == 30 - removed
+
+
+def test_kinesis_loop_guard_counts_in_the_store(  # type: ignore[no-untyped-def]
+    moto, audio_root: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kinesis records carry no headers: the tool keeps each key's replay count in the store,
+    so an arrival that failed again after a replay is refused at --max-replays 1."""
+    import uuid
+
+    from consumers.transports import provision
+    from services.settings import Settings
+
+    tenant = f"k-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("AUDIOGUARD_KINESIS__ENDPOINT_URL", moto.endpoint_url)
+    monkeypatch.setenv("AUDIOGUARD_STORE__URL", redis_url)
+    settings = Settings(
+        transport="kinesis",
+        tenants=[tenant],
+        kinesis={"endpoint_url": moto.endpoint_url, "poll_interval_seconds": 0.05},
+        store={"url": redis_url},
+    )
+    provision(settings, [tenant])
+    where = ("--tenant", tenant, "--transport", "kinesis")
+    write_dead_letters(settings, tenant, [Spec("poison", "missing_object", "again")], f"file://{audio_root}")
+    code, out, err = dlq("replay", *where, "--json")
+    assert code == 0 and json.loads(out.splitlines()[-1])["replayed"] == 1, err
+    # the replayed arrival failed again: a new dead letter for the same key, count 0 in its body
+    write_dead_letters(settings, tenant, [Spec("poison", "missing_object", "again")], f"file://{audio_root}")
+    code, out, err = dlq("replay", *where, "--max-replays", "1", "--json")
+    summary = json.loads(out.splitlines()[-1])
+    assert code == 0 and summary["refused_loop"] == 1 and summary["replayed"] == 0, err
+    code, out, err = dlq("replay", *where, "--max-replays", "2", "--json")
+    assert json.loads(out.splitlines()[-1])["replayed"] == 1
