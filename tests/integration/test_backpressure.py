@@ -166,8 +166,8 @@ def test_bounded_in_flight_on_the_real_broker_pauses_resumes_keeps_the_lag_in_th
         watcher.join(5)
 
     print(
-        f"\npeak in flight {peak['total']} (bound {total}), peak held per tenant {peak['held']}, heavy lag while "
-        f"paused {peak['lag']}, pauses {worker.pauses}, resumes {worker.resumes}"
+        f"\npeak in flight {peak['total']} (bound {total}), peak held per tenant {peak['held']}, "
+        f"heavy lag while paused {peak['lag']}, pauses {worker.pauses}, resumes {worker.resumes}"
     )
     assert peak["total"] <= total
     # a tenant is paused at its first refusal: at most one poll's worth of it waits in memory
