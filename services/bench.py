@@ -118,6 +118,7 @@ class BenchResult:
     pipeline_point: LoadPoint | None = None
     breaking_rate: float | None = None
     sizing: dict[str, Any] = field(default_factory=dict)
+    cold_start: list[dict[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def ratios(self) -> dict[str, float]:
@@ -150,6 +151,8 @@ class BenchConfig:
     load_fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 0.75, 0.9, 1.0, 1.1, 1.25)
     stage_seconds: float = 2.0
     session_timeout_ms: int = 6000
+    cold_starts: int = 3
+    repeats: int = 2
 
     @classmethod
     def smoke_run(cls, **overrides: Any) -> BenchConfig:
@@ -164,6 +167,8 @@ class BenchConfig:
             "load_fractions": (0.5, 1.25),
             "stage_seconds": 0.3,
             "session_timeout_ms": 2000,
+            "cold_starts": 0,
+            "repeats": 1,
         }
         values.update(overrides)
         return cls(**values)
@@ -490,22 +495,28 @@ def bench_stages(rig: Rig, result: BenchResult, progress: Any) -> None:
     def front_end() -> int:
         return 1 if len(detector.windows(audio.samples, audio.sample_rate)) else 0
 
-    task = progress.add_task("a. stages alone", total=2 + len(config.forward_batches))
-    fetch_rate = timed_rate(fetch_decode, config.stage_seconds)
-    progress.advance(task)
-    front_rate = timed_rate(front_end, config.stage_seconds)
-    progress.advance(task)
+    rounds = config.repeats
+    task = progress.add_task("a. stages alone", total=rounds * (2 + len(config.forward_batches)))
     per_upload = len(detector.windows(audio.samples, audio.sample_rate))
     result.windows_per_upload = per_upload
     rng = np.random.default_rng(0)
-    for size in config.forward_batches:
-        batch = (0.1 * rng.standard_normal((size, detector.meta.window_samples))).astype(np.float32)
-
-        def forward(windows: np.ndarray = batch) -> int:
-            return len(detector.score_windows(windows))
-
-        result.forward[size] = timed_rate(forward, config.stage_seconds, min_calls=2)
+    fetch_rate = front_rate = 0.0
+    # best of `rounds` interleaved rounds: on a shared machine the least disturbed one is
+    # the closest to what the stage can do
+    for _ in range(rounds):
+        fetch_rate = max(fetch_rate, timed_rate(fetch_decode, config.stage_seconds))
         progress.advance(task)
+        front_rate = max(front_rate, timed_rate(front_end, config.stage_seconds))
+        progress.advance(task)
+        for size in config.forward_batches:
+            batch = (0.1 * rng.standard_normal((size, detector.meta.window_samples))).astype(np.float32)
+
+            def forward(windows: np.ndarray = batch) -> int:
+                return len(detector.score_windows(windows))
+
+            rate = timed_rate(forward, config.stage_seconds, min_calls=2)
+            result.forward[size] = max(result.forward.get(size, 0.0), rate)
+            progress.advance(task)
     progress.remove_task(task)
     best = max(result.forward, key=lambda k: result.forward[k])
     result.stages = [
@@ -655,6 +666,72 @@ def bench_naive_point(rig: Rig, result: BenchResult, rate: float) -> None:
             result.pipeline_point = point
 
 
+# -- cold start ---------------------------------------------------------------------------
+def cold_start(rig: Rig, runs: int) -> list[dict[str, float]]:
+    """Start `audioguard worker --metrics-port` as a process; seconds until each readiness
+    flag first holds (from /readyz's "not ready: ..." body) and until /readyz answers 200."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    results = []
+    for _ in range(runs):
+        tenants = rig.tenants(1)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIOGUARD_")}
+        env.update(
+            AUDIOGUARD_TENANTS=json.dumps(tenants),
+            AUDIOGUARD_KAFKA__BOOTSTRAP_SERVERS=rig.bootstrap,
+            AUDIOGUARD_KAFKA__GROUP_ID=f"cold-{tenants[0]}",
+            AUDIOGUARD_STORAGE__TENANT_FILE_ROOTS=json.dumps({tenants[0]: [str(rig.workdir / "clips")]}),
+            AUDIOGUARD_DEVICE=rig.config.device,
+            AUDIOGUARD_LOG_LEVEL="WARNING",
+        )
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "worker", "--metrics-port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        seen: dict[str, float] = {}
+        flags = ("model_loaded", "warmed_up", "transport_connected")
+        try:
+            deadline = started + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+                        body, ok = answer.read().decode(), True
+                except urllib.error.HTTPError as error:
+                    body, ok = error.read().decode(), False
+                except OSError:
+                    time.sleep(0.02)
+                    continue
+                now = time.monotonic() - started
+                seen.setdefault("health server up", now)
+                for flag in flags:
+                    if flag not in body:
+                        seen.setdefault(flag, now)
+                if ok:
+                    seen["ready"] = now
+                    break
+                time.sleep(0.02)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        results.append({k: round(v, 2) for k, v in seen.items()})
+    return results
+
+
 # -- e. sizing ------------------------------------------------------------------------------
 def sizing(result: BenchResult, target_rate: float, target_p99: float) -> dict[str, Any]:
     healthy = [p for p in result.curve if p.completed == p.published and p.p99 <= target_p99]
@@ -780,6 +857,8 @@ def report(result: BenchResult) -> None:
     if result.breaking_rate is not None:
         console.print(f"  breaking point: offered {result.breaking_rate:.1f} uploads/s")
     console.print(f"[bold]e. sizing[/bold]: {json.dumps(result.sizing)}")
+    for start in result.cold_start:
+        console.print(f"cold start (s after process start): {json.dumps(start)}")
     for note in result.notes:
         console.print(f"  note: {note}")
 
@@ -804,24 +883,35 @@ def run_bench(config: BenchConfig) -> BenchResult:
             windows_per_upload=0,
         )
         bench_stages(rig, result, progress)
-        task = progress.add_task("b./c. saturation runs", total=2 + len(config.fixed_batch_windows))
-        result.pipeline = saturate(rig, "pipeline (default: adaptive cap <= 32)", config.events, progress)
-        progress.advance(task)
-        for size in config.fixed_batch_windows:
-            # a fixed size: released only when full (or after a long wait at the very end)
-            fixed = BatchSettings(max_windows=size, max_audio_seconds=1e9, max_wait_ms=250.0, adaptive=False)
-            result.fixed_batches.append(
-                saturate(rig, f"pipeline, fixed batch {size}", config.events, progress, fixed)
-            )
+        runs = 2 + len(config.fixed_batch_windows)
+        task = progress.add_task("b./c. saturation runs", total=config.repeats * runs)
+        best: dict[str, Saturation] = {}
+
+        def keep(run: Saturation) -> None:
+            if run.label not in best or run.rate > best[run.label].rate:
+                best[run.label] = run
             progress.advance(task)
-        naive_events = max(4, config.events // 2)
-        result.naive = saturate_naive(rig, naive_events, progress)
-        progress.advance(task)
+
+        # interleaved repeats, best of each: a burst of someone else's load hits one run, not one kind
+        for _ in range(config.repeats):
+            keep(saturate(rig, "pipeline (default: adaptive cap <= 32)", config.events, progress))
+            for size in config.fixed_batch_windows:
+                # a fixed size: released only when full (or after a long wait at the very end)
+                fixed = BatchSettings(
+                    max_windows=size, max_audio_seconds=1e9, max_wait_ms=250.0, adaptive=False
+                )
+                keep(saturate(rig, f"pipeline, fixed batch {size}", config.events, progress, fixed))
+            keep(saturate_naive(rig, max(4, config.events // 2), progress))
         progress.remove_task(task)
+        result.pipeline = best.pop("pipeline (default: adaptive cap <= 32)")
+        result.naive = best.pop("naive consumer")
+        result.fixed_batches = list(best.values())
         capacity = max(result.pipeline.rate, *(s.rate for s in result.fixed_batches))
         bench_curve(rig, result, capacity, progress)
         bench_naive_point(rig, result, 0.7 * result.naive.rate)
         result.sizing = sizing(result, config.target_rate, config.target_p99)
+        if config.cold_starts:
+            result.cold_start = cold_start(rig, config.cold_starts)
         result.notes.append(
             "everything (publisher, worker, broker) shares this machine; the open-loop publisher runs "
             "in the worker's process"
