@@ -663,6 +663,12 @@ class GroupReader:
                 timestamp=ts / 1000 if ts and ts > 0 else None,
                 coordinates={"partition": partition, "offset": offset, "timestamp_ms": ts},
             )
+        if todo:
+            # a partial read must not pass for an empty queue (stats would say 0)
+            raise RetryableError(
+                "kafka_unavailable",
+                f"read {self._topic}: partitions {sorted(todo)} not read to the end within {timeout:.0f}s",
+            )
 
     def commit(self, offsets: dict[int, int]) -> None:
         """Commit partition -> next offset to read, synchronously; raises on failure."""

@@ -791,6 +791,7 @@ def read_shard_records(
                 request["ShardIteratorType"] = "TRIM_HORIZON"
             with _sdk_errors("get_shard_iterator"):
                 iterator: str | None = client.get_shard_iterator(**request)["ShardIterator"]
+            at_head = False
             while iterator and time.monotonic() < deadline:
                 with _sdk_errors("get_records"):
                     response = client.get_records(ShardIterator=iterator, Limit=1000)
@@ -808,7 +809,11 @@ def read_shard_records(
                         coordinates={"shard_id": shard_id, "sequence_number": sequence},
                     )
                 if not records and int(response.get("MillisBehindLatest", 0)) == 0:
-                    break  # at the head of this shard
+                    at_head = True
+                    break
                 iterator = response.get("NextShardIterator")
+            if iterator and not at_head:
+                # a partial read must not pass for a short stream
+                raise RetryableError("timeout", f"read {stream}: shard {shard_id} not at its head in time")
     finally:
         client.close()
