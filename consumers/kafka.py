@@ -620,11 +620,14 @@ class GroupReader:
     def records(self, timeout: float = 60.0) -> Iterator[Message]:
         """Each pending record as a `Message` (token (topic, partition, offset)), partition by
         partition in offset order. Raises FatalError("missing_topic") for an unknown topic."""
-        meta = self._consumer.list_topics(self._topic, timeout=10).topics.get(self._topic)
-        if meta is None or meta.error is not None:
-            raise FatalError("missing_topic", f"topic {self._topic} does not exist")
-        partitions = [TopicPartition(self._topic, p) for p in sorted(meta.partitions)]
-        committed = {tp.partition: tp.offset for tp in self._consumer.committed(partitions, timeout=10)}
+        try:
+            meta = self._consumer.list_topics(self._topic, timeout=10).topics.get(self._topic)
+            if meta is None or meta.error is not None:
+                raise FatalError("missing_topic", f"topic {self._topic} does not exist")
+            partitions = [TopicPartition(self._topic, p) for p in sorted(meta.partitions)]
+            committed = {tp.partition: tp.offset for tp in self._consumer.committed(partitions, timeout=10)}
+        except KafkaException as exc:
+            raise _map_error(exc.args[0], f"read {self._topic}") from exc
         #: the group's committed offsets when reading started (negative: none)
         self.committed_at_start = dict(committed)
         # the end of each partition is where the fetch reports EOF: some brokers (Tansu) answer
