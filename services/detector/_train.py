@@ -182,6 +182,8 @@ def train(data: Path, cfg: TrainConfig) -> tuple[DetectorNet, NetConfig, dict[st
                 )
                 y = torch.from_numpy(labels[idx])
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, step {b}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
