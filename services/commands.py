@@ -300,7 +300,9 @@ def _verdicts(args: argparse.Namespace) -> int:
         records = read_verdicts(
             settings, settings.tenants[0], dead_letters=args.dlq, follow=args.follow, stop=stop.is_set
         )
-        for _key, value, _headers in records:
+        for _key, value, headers in records:
+            if any(name == "ag-dlq-tool-replayed" for name, _ in headers):
+                continue  # the DLQ tool's bookkeeping marker, not a dead letter
             print(value.decode(errors="replace"), flush=True)
     except ValueError as error:
         print(f"verdicts: {error}", file=sys.stderr)
