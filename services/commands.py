@@ -289,6 +289,7 @@ def _worker_hooks(settings: Any, heartbeat: Any, readiness: Any) -> Any:
 
 def _verdicts(args: argparse.Namespace) -> int:
     from consumers.transports import read_verdicts
+    from dlq.queues import REPLAYED_MARK_HEADER
 
     settings = settings_from(args)
     if not settings.tenants or len(settings.tenants) != 1:
@@ -301,7 +302,7 @@ def _verdicts(args: argparse.Namespace) -> int:
             settings, settings.tenants[0], dead_letters=args.dlq, follow=args.follow, stop=stop.is_set
         )
         for _key, value, headers in records:
-            if any(name == "ag-dlq-tool-replayed" for name, _ in headers):
+            if any(name == REPLAYED_MARK_HEADER for name, _ in headers):
                 continue  # the DLQ tool's bookkeeping marker, not a dead letter
             print(value.decode(errors="replace"), flush=True)
     except ValueError as error:
