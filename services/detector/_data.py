@@ -1,7 +1,8 @@
 """`audioguard data build`: the detector's reproducible, versioned data set.
 
-Deterministic for a seed: the inventory is sorted, every clip draws from its own generator
-seeded by (seed, clip key), and the result is cached under the output folder with a
+Deterministic for a seed (except piper clips, whose VITS noise is drawn inside the ONNX graph
+without a seed): the inventory is sorted, every clip draws from its own generator seeded by
+(seed, clip key), and the result is cached under the output folder with a
 signature of (builder version, seed, caps, package versions); a second run with the same
 signature does nothing. It installs the Debian sources it reads (and says so), pairs every
 bona fide clip with one synthetic clip of the same split, language and duration (content from
