@@ -9,8 +9,26 @@ Nothing here may download weights or data at run time: the model ships under
 services/detector/artifacts/ with its checksum.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from ._artifact import ModelMeta, default_artifact_dir
-from ._runtime import Decision, Detector, configure_torch_threads, load_detector
+
+if TYPE_CHECKING:
+    from ._runtime import Decision, Detector, configure_torch_threads, load_detector
+
+_RUNTIME = frozenset({"Decision", "Detector", "configure_torch_threads", "load_detector"})
+
+
+def __getattr__(name: str) -> Any:
+    # torch is imported on first use, not on `import services.detector`: every CLI command
+    # (and `--help`) imports the detector's sub-command module, and torch takes seconds.
+    if name in _RUNTIME:
+        from . import _runtime
+
+        return getattr(_runtime, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Decision",
