@@ -1,18 +1,25 @@
-"""`audioguard demo`: the whole pipeline on the embedded broker, with bundled clips.
+"""`audioguard demo [--transport kafka|pubsub|kinesis]`: the whole pipeline on local servers.
 
-Starts Tansu, creates three tenants, stores the bundled clips (services/demo_clips, with
-their labels and provenance) in per-tenant storage roots, publishes one arrival per clip
-plus two bad events (a malformed payload and a URI into another tenant's storage), runs
-one worker, prints each verdict as it lands and a summary table, then stops everything.
+Starts the transport's local stand-in on a free loopback port (Tansu for Kafka, Google's
+Pub/Sub emulator, or moto_server for Kinesis *and* S3), creates three tenants, stores the
+bundled clips (services/demo_clips, with their labels and provenance) in per-tenant
+storage (file:// roots; S3 prefixes on Kinesis), publishes one arrival per clip plus two
+bad events (a malformed payload and a URI into another tenant's storage), runs one worker,
+prints each verdict as it lands and a summary table, then stops everything.
+
+This module only drives the demo; it never imports an SDK (the adapters do).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,44 +58,105 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+@contextlib.contextmanager
+def local_server(transport: str) -> Iterator[tuple[str, str]]:
+    """Start the transport's local server; yields (description, endpoint)."""
+    if transport == "kafka":
+        from services.broker import EmbeddedBroker
+
+        with EmbeddedBroker() as broker:
+            yield "embedded broker (Tansu)", broker.bootstrap_servers
+    elif transport == "pubsub":
+        from services.emulators import PubSubEmulator
+
+        with PubSubEmulator() as emulator:
+            yield "Pub/Sub emulator", emulator.host_port
+    else:
+        from services.emulators import MotoServer
+
+        # moto accepts any credentials; the S3 and Kinesis clients need some to sign with
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "audioguard-local")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "audioguard-local")
+        with MotoServer() as moto:
+            yield "moto_server (Kinesis + S3)", moto.endpoint_url
+
+
+def demo_settings(transport: str, root: Path, endpoint: str) -> Any:
+    """Settings of the demo worker for `transport` against a local server at `endpoint`."""
+    from services.settings import (
+        KafkaSettings,
+        KinesisSettings,
+        PubSubSettings,
+        Settings,
+        StorageSettings,
+        StoreSettings,
+    )
+
+    common: dict[str, Any] = {
+        "transport": transport,
+        "tenants": list(DEMO_TENANTS),
+        "store": StoreSettings(url=f"sqlite:///{root / 'verdicts.db'}"),
+        "drain_seconds": 5.0,
+        "storage": StorageSettings(tenant_file_roots={t: [root / t] for t in DEMO_TENANTS}),
+    }
+    if transport == "kafka":
+        return Settings(**common, kafka=KafkaSettings(bootstrap_servers=endpoint, group_id="audioguard-demo"))
+    if transport == "pubsub":
+        return Settings(**common, pubsub=PubSubSettings(emulator_host=endpoint, ack_deadline_seconds=10))
+    common["storage"] = StorageSettings(
+        s3_endpoint_url=endpoint, tenant_s3_locations={t: [f"audioguard-demo/{t}/"] for t in DEMO_TENANTS}
+    )
+    return Settings(**common, kinesis=KinesisSettings(endpoint_url=endpoint, poll_interval_seconds=0.05))
+
+
+def storage_uri(transport: str, root: Path, tenant: str, name: str) -> str:
+    """Where the demo's platform stores an upload: S3 on Kinesis (moto serves both), else a file."""
+    if transport == "kinesis":
+        return f"s3://audioguard-demo/{tenant}/{name}"
+    return f"file://{root / tenant / name}"
+
+
+def destination_reader(
+    settings: Any, tenant: str, kind: str
+) -> Callable[[Callable[[], bool]], Iterator[Any]]:
+    """A follow-reader of a tenant's verdicts ("verdicts") or dead letters ("dlq"): call it
+    with a stop function. On Pub/Sub the dead letters come from the replay subscription."""
+    from consumers.transports import read_verdicts
+
+    if settings.transport == "pubsub" and kind == "dlq":
+        from consumers.pubsub import read_subscription
+        from consumers.tenancy import pubsub_subscription
+
+        name = pubsub_subscription(tenant, "dlq")
+        return lambda stop: read_subscription(settings, name, follow=True, stop=stop)
+    return lambda stop: read_verdicts(settings, tenant, dead_letters=kind == "dlq", follow=True, stop=stop)
+
+
 def run_demo(
     transport: str = "kafka", repeat: int = 1, timeout: float = 110.0, clips_dir: Path = DEMO_CLIPS
 ) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
-    from consumers.kafka import read_topic
     from consumers.runner import build_worker
-    from consumers.tenancy import kafka_topic
     from consumers.transport import OutRecord
     from consumers.transports import open_publisher, provision
     from dlq.envelope import dead_letter_from_record
-    from services.broker import EmbeddedBroker
     from services.commands import arrival_for
     from services.detector import load_detector
     from services.logs import configure_logging
-    from services.settings import KafkaSettings, Settings, StorageSettings, StoreSettings
     from services.storage import AudioStorage
-
-    if transport != "kafka":
-        from services.demo_transports import run_transport_demo
-
-        return int(run_transport_demo(transport, repeat=repeat, timeout=timeout))
 
     console = Console()
     configure_logging("ERROR", "text")
     clips = load_clips(clips_dir) * max(1, repeat)
-    with tempfile.TemporaryDirectory(prefix="audioguard-demo-") as tmp, EmbeddedBroker() as broker:
+    with (
+        tempfile.TemporaryDirectory(prefix="audioguard-demo-") as tmp,
+        local_server(transport) as (name, endpoint),
+    ):
         root = Path(tmp)
-        console.print(f"[bold]embedded broker[/] Tansu on {broker.bootstrap_servers}")
-        settings = Settings(
-            tenants=list(DEMO_TENANTS),
-            kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers, group_id="audioguard-demo"),
-            storage=StorageSettings(tenant_file_roots={t: [root / t] for t in DEMO_TENANTS}),
-            store=StoreSettings(url=f"sqlite:///{root / 'verdicts.db'}"),
-            drain_seconds=5.0,
-        )
+        console.print(f"[bold]{name}[/] on {endpoint}")
+        settings = demo_settings(transport, root, endpoint)
         provision(settings, list(DEMO_TENANTS), partitions=2)
         detector = load_detector(settings.model_path, device=settings.device)
         console.print(
@@ -96,7 +164,8 @@ def run_demo(
             f"(sha256 {detector.meta.checksum[:12]}…)"
         )
 
-        # the worker joins its consumer group first, as it would in production
+        # the worker joins (its consumer group, its subscriptions, its shards) first,
+        # as it would in production
         worker = build_worker(settings, detector=detector)
         stop = threading.Event()
         runner = threading.Thread(target=worker.run, args=(stop,), daemon=True)
@@ -104,7 +173,7 @@ def run_demo(
         deadline = time.monotonic() + 30
         while not worker.source.ready() and time.monotonic() < deadline:
             time.sleep(0.05)
-        console.print(f"[bold]worker[/] joined group {settings.kafka.group_id!r}")
+        console.print(f"[bold]worker[/] {settings.worker_id} consuming {transport}")
 
         # the platforms' side: store each clip in its tenant's storage, publish an arrival
         started = time.monotonic()
@@ -116,21 +185,20 @@ def run_demo(
             tenant = DEMO_TENANTS[i % len(DEMO_TENANTS)]
             data = clip.path.read_bytes()
             content_id = f"{clip.path.stem}-{i}"
-            uri = storage.put(data, f"file://{root / tenant / (content_id + clip.path.suffix)}")
+            uri = storage.put(data, storage_uri(transport, root, tenant, content_id + clip.path.suffix))
             key = f"{tenant}:{content_id}"
             expected[key] = clip
             value = arrival_for(tenant, uri, data, key=key, content_id=content_id)
             futures.append(publisher.publish(OutRecord(tenant, "arrivals", key.encode(), value)))
         # two bad events: they must end in the dead-letter topics, and nobody else may suffer
+        stolen = storage_uri(transport, root, "acme", "x.wav")
         bad = [
             OutRecord("acme", "arrivals", b"bad-1", b'{"event_id": "oops", "tenant_id": "acme"'),
             OutRecord(
                 "globex",
                 "arrivals",
                 b"bad-2",
-                arrival_for(
-                    "globex", f"file://{root / 'acme' / 'x.wav'}", b"x", key="globex:steal", content_id="x"
-                ),
+                arrival_for("globex", stolen, b"x", key="globex:steal", content_id="x"),
             ),
         ]
         futures += [publisher.publish(record) for record in bad]
@@ -148,9 +216,7 @@ def run_demo(
         done = threading.Event()
 
         def read(tenant: str, kind: str) -> None:
-            for _key, value, headers in read_topic(
-                settings.kafka, kafka_topic(kind, tenant), follow=True, stop=done.is_set
-            ):
+            for _key, value, headers in destination_reader(settings, tenant, kind)(done.is_set):
                 if kind == "verdicts":
                     verdict = json.loads(value)
                     results.verdicts[verdict["idempotency_key"]] = verdict
@@ -165,7 +231,6 @@ def run_demo(
         ]
         for reader in readers:
             reader.start()
-
         printed: set[str] = set()
         with Progress(
             TextColumn("[bold]scoring"),
@@ -200,20 +265,34 @@ def run_demo(
         for reader in readers:
             reader.join(5)
 
+    console.print(summary_table(transport, total, expected, results, elapsed))
+    missing = total - len(results.verdicts) - len(results.dead_letters)
+    if missing:
+        console.print(
+            f"[red]{missing} events got neither a verdict nor a dead letter within {timeout:.0f}s[/]"
+        )
+        return 1
+    return 0
+
+
+def summary_table(
+    transport: str, total: int, expected: dict[str, Clip], results: Results, elapsed: float
+) -> Any:
+    from rich.table import Table
+
     verdicts = list(results.verdicts.values())
     latencies = [v["timings"]["end_to_end_seconds"] for v in verdicts]
     decided = [(expected[k].label, v["label"]) for k, v in results.verdicts.items() if k in expected]
     correct = sum(1 for truth, got in decided if truth == got)
     confident = [(t, g) for t, g in decided if g != "inconclusive"]
-    table = Table(title="audioguard demo summary")
+    confident_correct = sum(1 for t, g in confident if t == g)
+    reasons = ", ".join(sorted(r for _, r in results.dead_letters))
+    table = Table(title=f"audioguard demo summary ({transport})")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("events published", str(total))
     table.add_row("verdicts", str(len(verdicts)))
-    table.add_row(
-        "dead letters",
-        f"{len(results.dead_letters)} ({', '.join(sorted(r for _, r in results.dead_letters))})",
-    )
+    table.add_row("dead letters", f"{len(results.dead_letters)} ({reasons})")
     table.add_row("wall time (s)", f"{elapsed:.1f}")
     table.add_row("throughput (events/s)", f"{(len(verdicts) + len(results.dead_letters)) / elapsed:.1f}")
     table.add_row("end-to-end p50 (s)", f"{percentile(latencies, 50):.2f}")
@@ -221,16 +300,8 @@ def run_demo(
     table.add_row(
         "accuracy (all verdicts)", f"{correct}/{len(decided)} = {correct / max(1, len(decided)):.0%}"
     )
-    conf_correct = sum(1 for t, g in confident if t == g)
     table.add_row(
         "accuracy (excl. inconclusive)",
-        f"{conf_correct}/{len(confident)} = {conf_correct / max(1, len(confident)):.0%}",
+        f"{confident_correct}/{len(confident)} = {confident_correct / max(1, len(confident)):.0%}",
     )
-    console.print(table)
-    missing = total - len(verdicts) - len(results.dead_letters)
-    if missing:
-        console.print(
-            f"[red]{missing} events got neither a verdict nor a dead letter within {timeout:.0f}s[/]"
-        )
-        return 1
-    return 0
+    return table
