@@ -1,4 +1,5 @@
-"""Local stand-ins for the cloud services: Google's Pub/Sub emulator and `moto_server`.
+"""Local stand-ins for the cloud services: Google's Pub/Sub emulator and `moto_server`,
+and the process handling they share with the embedded Kafka broker (services.broker).
 
 Both are real servers started as subprocesses on free loopback ports: the Pub/Sub
 emulator through `gcloud beta emulators pubsub start` (Java), moto in server mode for
@@ -29,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-__all__ = ["EmulatorError", "MotoServer", "PubSubEmulator", "free_port"]
+__all__ = ["EmulatorError", "MotoServer", "PubSubEmulator", "ServerProcess", "free_port"]
 
 
 class EmulatorError(RuntimeError):
@@ -43,7 +44,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-class _ServerProcess:
+class ServerProcess:
     """A subprocess in its own session, answering HTTP on host:port once it is ready."""
 
     name = "server"
@@ -158,7 +159,7 @@ def _wait_group_gone(pgid: int, timeout: float) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-class PubSubEmulator(_ServerProcess):
+class PubSubEmulator(ServerProcess):
     """Google's Pub/Sub emulator (`gcloud beta emulators pubsub start`), memory only.
 
     Clients reach it through `PUBSUB_EMULATOR_HOST=<host_port>` (set
@@ -207,7 +208,7 @@ class PubSubEmulator(_ServerProcess):
             self._data_dir = None
 
 
-class MotoServer(_ServerProcess):
+class MotoServer(ServerProcess):
     """`moto_server` in server mode: Kinesis and S3 (and the rest of AWS) for boto3.
 
     Any credentials work; point boto3 at `endpoint_url`.
