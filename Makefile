@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Installed only when one is missing; append here, one name each.
 APT_PACKAGES := prometheus espeak-ng redis-server
 
-.PHONY: setup system-deps demo test lint schemas clean
+.PHONY: setup system-deps demo test chaos bench lint schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ demo: setup
 
 test: setup system-deps
 	$(BIN)/python -m pytest
+
+# The full-size crash test of issue 4 (CI runs a small one inside `make test`).
+chaos: setup
+	$(BIN)/audioguard chaos --arrivals 5000 --kills 10 --mode both --rate 30
+
+# The full benchmark; results and the PNG go to bench-out/ (see docs/BENCHMARKS.md).
+bench: setup
+	$(BIN)/audioguard bench --out bench-out
 
 lint: setup
 	$(BIN)/ruff check schemas consumers services dlq tests

@@ -112,8 +112,9 @@ def add_parser(subparsers: Any) -> None:
 
     demo = subparsers.add_parser(
         "demo",
-        help="run the whole pipeline on the embedded broker with bundled clips",
-        description="Starts the embedded broker, creates three tenants, publishes the bundled clips "
+        help="run the whole pipeline on local servers with bundled clips",
+        description="Starts the transport's local server (the embedded Tansu broker, Google's Pub/Sub "
+        "emulator, or moto for Kinesis and S3), creates three tenants, publishes the bundled clips "
         "(plus two bad events), runs a worker, prints each verdict and a summary table, stops.",
     )
     demo.add_argument("--transport", choices=TRANSPORTS, default="kafka")
