@@ -146,6 +146,7 @@ class KafkaSource(Source):
             "heartbeat.interval.ms": settings.heartbeat_interval_ms,
             "max.poll.interval.ms": settings.max_poll_interval_ms,
             "topic.metadata.refresh.interval.ms": settings.metadata_refresh_ms,
+            "fetch.wait.max.ms": settings.fetch_wait_max_ms,
             # read only committed records: verdict topics may be written transactionally
             "isolation.level": "read_committed",
         }
