@@ -30,8 +30,11 @@ def test_ten_times_capacity_loses_nothing_and_holds_memory_bounded():
     assert result.lag_in_broker > result.published // 2
     assert result.worker_stats["acked"] == result.worker_stats["consumed"]  # drained on SIGTERM
     assert len(result.rss_samples_mb) >= 10
-    # bounded: the audio behind the backlog (64 KB per event) would be gigabytes if any queue
-    # in the worker followed the broker; the worker stays a small fraction of it
+    # bounded: if any queue in the worker followed the broker, memory would grow by about the
+    # audio behind the backlog (64 KB per event); it grows by a small fraction of that at most.
+    # (Growth, not the absolute size: the worker's baseline is ~700 MiB of torch and libraries,
+    # and a slow shared machine measures a lower capacity and so a smaller backlog.)
     backlog_audio_mb = result.lag_in_broker * 64 / 1024
-    assert result.rss_after_warmup_max_mb < backlog_audio_mb / 2
+    growth_mb = result.rss_after_warmup_max_mb - result.rss_after_warmup_min_mb
+    assert growth_mb < backlog_audio_mb / 4, (growth_mb, backlog_audio_mb)
     assert result.rss_deviation_pct <= 25.0
