@@ -96,7 +96,7 @@ class FrontEnd(torch.nn.Module):
 
     def forward(self, samples: torch.Tensor) -> torch.Tensor:
         stft = self.spectrogram(samples)  # (B, F, T) complex
-        power = stft.real**2 + stft.imag**2
+        power = stft.real.square() + stft.imag.square()
         if self.config.filterbank:
             power_in = torch.matmul(power.transpose(1, 2), self.fbank).transpose(1, 2)  # (B, n_bands, T)
         else:
@@ -109,35 +109,44 @@ class FrontEnd(torch.nn.Module):
             advance = torch.nn.functional.pad(advance, (1, 0))
             parts += [torch.cos(advance), torch.sin(advance)]
         if self.config.residual:
-            parts.append(self.excitation(samples, parts[0].shape[2]))
+            parts.append(self.excitation(stft, power))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
-    def excitation(self, samples: torch.Tensor, frames: int) -> torch.Tensor:
-        """(B, samples) -> (B, 2, frames): log crest factor and log kurtosis of each frame's LPC
-        residual (autocorrelation method, Levinson-Durbin), centred and scaled to about unit range."""
+    def excitation(self, stft: torch.Tensor, power: torch.Tensor) -> torch.Tensor:
+        """STFT (B, F, T) and its power -> (B, 2, T): log crest factor and log kurtosis of each
+        frame's order-p LPC residual, centred and scaled to about unit range.
+
+        Everything comes from the spectrogram already computed: the frame's autocorrelation is
+        the inverse FFT of its power (exact for lags below n_fft - win_length), and the residual
+        is the inverse FFT of the frame's spectrum times the prediction filter's, so no frame is
+        cut out of the waveform a second time."""
         cfg = self.config
-        pad = cfg.n_fft // 2  # same centring as the spectrogram, so frame t lines up
-        x = torch.nn.functional.pad(samples, (pad, pad))
-        fr = x.unfold(1, cfg.win_length, cfg.hop_length)[:, :frames]  # (B, T, W)
-        fr = fr * torch.hann_window(cfg.win_length, device=fr.device, dtype=fr.dtype)
-        p = cfg.lpc_order
-        w = cfg.win_length
-        r = torch.stack([(fr[..., k:] * fr[..., : w - k]).sum(-1) for k in range(p + 1)], dim=-1)
-        r0 = r[..., 0] * (1 + 1e-6) + 1e-9  # white-noise correction keeps the recursion stable
-        a = [torch.ones_like(r0)] + [torch.zeros_like(r0) for _ in range(p)]
-        err = r0
-        for i in range(1, p + 1):
-            acc = r[..., i] + sum(a[j] * r[..., i - j] for j in range(1, i))
-            k = (-acc / err).clamp(-0.9999, 0.9999)
-            a = [a[0]] + [a[j] + k * a[i - j] for j in range(1, i)] + [k] + a[i + 1 :]
-            err = err * (1 - k * k).clamp_min(1e-6)
-        res = fr[..., p:]
-        for j in range(1, p + 1):
-            res = res + a[j].unsqueeze(-1) * fr[..., p - j : w - j]
-        core = res[..., w // 8 : -(w // 8)]  # the Hann taper makes the frame edges meaningless
-        ms = core.pow(2).mean(-1) + 1e-12
+        p, w, n = cfg.lpc_order, cfg.win_length, cfg.n_fft
+        r = torch.fft.irfft(power.transpose(1, 2), n=n)[..., : p + 1]  # (B, T, p+1)
+        a = _levinson(r, p)  # (B, T, p+1), a[..., 0] == 1
+        res = torch.fft.irfft(stft.transpose(1, 2) * torch.fft.rfft(a, n=n), n=n)  # (B, T, n)
+        # the window sits at [(n - w) / 2, (n + w) / 2) of each frame; keep the samples predicted
+        # from frame samples only, without the Hann taper's edges (meaningless there)
+        left = (n - w) // 2
+        core = res[..., left + p + w // 8 : left + w - w // 8]
+        ms = core.square().mean(-1) + 1e-12
         # both are >= 1 for any signal; the clamp only catches silent (all-zero) frames
         crest = (core.abs().amax(-1) / ms.sqrt()).clamp(1.0, 1e3)
-        kurt = (core.pow(4).mean(-1) / ms.pow(2)).clamp(1.0, 1e6)
+        kurt = (core.square().square().mean(-1) / ms.square()).clamp(1.0, 1e6)
         out = torch.stack([(torch.log(crest) - 1.4) * 3.0, (torch.log(kurt) - 1.5) * 1.5], dim=1)
         return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).detach()
+
+
+def _levinson(r: torch.Tensor, p: int) -> torch.Tensor:
+    """Autocorrelations (..., p+1) -> prediction-error filters (..., p+1) by Levinson-Durbin."""
+    r0 = r[..., 0] * (1 + 1e-6) + 1e-9  # white-noise correction keeps the recursion stable
+    a = torch.zeros_like(r)
+    a[..., 0] = 1.0
+    err = r0
+    for i in range(1, p + 1):
+        acc = r[..., i] + (a[..., 1:i] * r[..., 1:i].flip(-1)).sum(-1)
+        k = (-acc / err).clamp(-0.9999, 0.9999)
+        a[..., 1:i] = a[..., 1:i] + k.unsqueeze(-1) * a[..., 1:i].flip(-1)
+        a[..., i] = k
+        err = err * (1 - k * k).clamp_min(1e-6)
+    return a
