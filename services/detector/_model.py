@@ -75,9 +75,14 @@ class DetectorNet(nn.Module):
         h = self.blocks(self.stem(feats))
         return torch.cat([h.mean(dim=2), h.std(dim=2)], dim=1)
 
-    def forward(self, samples: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.head(self.embed(self.frontend(samples)))
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        """Front-end features (B, n_features, frames) -> logits (B,); training augments the
+        features between the front end and this."""
+        logits: torch.Tensor = self.head(self.embed(feats))
         return logits.squeeze(1)
+
+    def forward(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.frontend(samples))
 
 
 def count_parameters(model: nn.Module) -> int:

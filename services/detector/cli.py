@@ -24,7 +24,12 @@ def add_parser(subparsers: Any) -> None:
     )
     build.add_argument("--out", type=Path, default=DEFAULT_DATA, help="output folder (default %(default)s)")
     build.add_argument("--seed", type=int, default=1234)
-    build.add_argument("--per-source", type=int, default=None, help="cap utterances per source (smaller set)")
+    build.add_argument(
+        "--per-source",
+        type=int,
+        default=None,
+        help="bona fide takes per speaker and language (default 150; smaller = a quicker, smaller set)",
+    )
     build.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
     build.add_argument("--force", action="store_true", help="rebuild even when the cache matches")
     build.set_defaults(handler=_data_build)
@@ -38,12 +43,17 @@ def add_parser(subparsers: Any) -> None:
     )
     train.add_argument("--data", type=Path, default=DEFAULT_DATA)
     train.add_argument("--out", type=Path, default=None, help="artifact folder (default: the shipped one)")
-    train.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget for training")
-    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--minutes", type=float, default=28.0, help="wall-clock budget for training")
+    train.add_argument(
+        "--epochs",
+        type=int,
+        default=80,
+        help="planned epochs; the learning-rate schedule anneals over the smaller of these and --minutes",
+    )
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--version", default="1.0.0")
+    train.add_argument("--version", default="2.0.0")
     train.add_argument("--shuffle-labels", action="store_true", help="sanity run: train on shuffled labels")
     train.set_defaults(handler=_train)
 
