@@ -116,6 +116,34 @@ def test_excitation_channels_see_glottal_pulses() -> None:
     assert np.isfinite(feats.numpy()).all()
 
 
+def test_autocorrelation_product_equals_the_inverse_fft() -> None:
+    import torch
+
+    from services.detector._frontend import FrontEnd, FrontEndConfig
+
+    cfg = FrontEndConfig()
+    fe = FrontEnd(cfg)
+    x = torch.from_numpy((0.1 * np.random.default_rng(3).standard_normal((3, 16000))).astype(np.float32))
+    stft = fe.spectrogram(x)
+    power = (stft.real.square() + stft.imag.square()).transpose(1, 2).double()
+    expected = torch.fft.irfft(power, n=cfg.n_fft)[..., : cfg.lpc_order + 1]
+    got = torch.matmul(power, fe.acf_basis)
+    # float64 on purpose: Levinson-Durbin amplifies rounding in these lags (docs/model-card.md)
+    assert fe.acf_basis.dtype == torch.float64
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
+
+
+def test_runtime_scores_with_a_trace_of_the_same_network(det: Detector) -> None:
+    import torch
+
+    assert isinstance(det._forward, torch.jit.ScriptModule)
+    windows = torch.from_numpy(
+        (np.random.default_rng(5).standard_normal((7, det.meta.window_samples)) * 0.1).astype(np.float32)
+    )
+    with torch.inference_mode():
+        assert torch.allclose(det._forward(windows), det._net(windows), atol=1e-5)
+
+
 def test_scoring_is_deterministic_and_bounded(det: Detector) -> None:
     rng = np.random.default_rng(7)
     windows = (rng.standard_normal((5, det.meta.window_samples)) * 0.1).astype(np.float32)
