@@ -103,6 +103,8 @@ class LoadPoint:
     completed: int
     p50: float
     p99: float
+    #: median seconds of each of LEGS (pipeline only; empty for the naive consumer)
+    legs_p50: tuple[float, ...] = ()
 
 
 @dataclass
@@ -257,6 +259,7 @@ class Rig:
         self.bootstrap = bootstrap
         self.workdir = workdir
         self.detector = detector
+        self._sink: Any | None = None
         self.clips: list[tuple[str, bytes]] = []
         clip_dir = workdir / "clips"
         clip_dir.mkdir(parents=True, exist_ok=True)
@@ -300,10 +303,15 @@ class Rig:
         return names
 
     def sink(self) -> Any:
-        from consumers.kafka import KafkaSink
-        from services.settings import KafkaSettings
+        """The platform's producer, one for the whole bench and connected before any step is
+        timed: a fresh producer per open-loop step put its ~1.3 s of connection and metadata
+        set-up into the first arrivals' latency (the p99 of every low-rate step was that)."""
+        if self._sink is None:
+            from consumers.kafka import KafkaSink
+            from services.settings import KafkaSettings
 
-        return KafkaSink(KafkaSettings(bootstrap_servers=self.bootstrap))
+            self._sink = KafkaSink(KafkaSettings(bootstrap_servers=self.bootstrap))
+        return self._sink
 
     def arrival(self, tenant: str, index: int) -> Any:
         from consumers.transport import OutRecord
@@ -322,24 +330,45 @@ class Rig:
             future.result(60)
 
 
+#: the legs of one upload's latency, in order (the pipeline's; the naive consumer has none)
+LEGS = (
+    "publish -> admitted (producer, broker, consumer fetch)",
+    "admitted -> scoring starts (fetch+decode, batch wait, scorer busy)",
+    "scoring (the batch it rode in)",
+    "scored -> committed (verdict, store, publish, commit)",
+)
+
+
 class Recorder:
-    """Latency of every verdict: done wall time - the arrival's submitted_at."""
+    """Latency of every verdict: done wall time - the arrival's submitted_at; for the pipeline
+    also the legs of it (LEGS), so a latency is never a number without a reason."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.first_consumed: float | None = None
         self.done_at: dict[str, float] = {}
         self.latency: dict[str, float] = {}
+        self.legs: dict[str, tuple[float, ...]] = {}
 
     def consumed(self) -> None:
         if self.first_consumed is None:
             self.first_consumed = time.monotonic()
 
-    def finished(self, key: str, submitted_at: datetime) -> None:
-        now = datetime.now(UTC)
+    def finished(self, key: str, submitted_at: datetime, work: Any = None) -> None:
+        now, done = datetime.now(UTC), time.monotonic()
+        latency = (now - submitted_at).total_seconds()
         with self.lock:
-            self.done_at[key] = time.monotonic()
-            self.latency[key] = (now - submitted_at).total_seconds()
+            self.done_at[key] = done
+            self.latency[key] = latency
+            if work is not None and work.scoring_started is not None:
+                in_worker = done - work.admitted_at
+                waited = work.scoring_started - work.admitted_at
+                self.legs[key] = (
+                    latency - in_worker,
+                    waited,
+                    work.scoring_seconds,
+                    in_worker - waited - work.scoring_seconds,
+                )
 
     def count(self) -> int:
         return len(self.done_at)
@@ -361,7 +390,7 @@ def _recording_hooks(detector: Any, recorder: Recorder, max_windows: int) -> Any
 
         def done(self, work: Any) -> None:
             if work.arrival is not None:
-                recorder.finished(work.arrival.idempotency_key, work.arrival.submitted_at)
+                recorder.finished(work.arrival.idempotency_key, work.arrival.submitted_at, work)
             super().done(work)
 
     hooks: Any = RecordingHooks.for_detector(detector, max_windows=max_windows)
@@ -615,6 +644,7 @@ def open_loop(
     with recorder.lock:
         done = [k for k in keys if k in recorder.done_at]
         latencies = [recorder.latency[k] for k in done]
+        legs = [recorder.legs[k] for k in done if k in recorder.legs]
         last = max((recorder.done_at[k] for k in done), default=started)
     # below capacity the last verdict lands just after the phase: achieved ~ offered; above it,
     # the backlog stretches the span and achieved ~ capacity
@@ -627,6 +657,7 @@ def open_loop(
         completed=len(done),
         p50=percentile(latencies, 50),
         p99=percentile(latencies, 99),
+        legs_p50=tuple(float(np.median(column)) for column in zip(*legs, strict=True)) if legs else (),
     )
 
 
@@ -866,6 +897,15 @@ def report(result: BenchResult) -> None:
             f"{p.p99:.3f}",
         )
     console.print(table)
+    with_legs = [p for p in points if p.legs_p50]
+    if with_legs:
+        table = Table(title="d. where a pipeline upload's time goes (median ms of each leg)")
+        table.add_column("leg")
+        for p in with_legs:
+            table.add_column(f"{p.offered:.0f}/s", justify="right")
+        for i, leg in enumerate(LEGS):
+            table.add_row(leg, *(f"{1000 * p.legs_p50[i]:.1f}" for p in with_legs))
+        console.print(table)
     if result.breaking_rate is not None:
         console.print(f"  breaking point: offered {result.breaking_rate:.1f} uploads/s")
     console.print(f"[bold]e. sizing[/bold]: {json.dumps(result.sizing)}")

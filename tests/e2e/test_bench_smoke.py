@@ -44,6 +44,12 @@ def test_bench_smoke_produces_every_part(tmp_path: Path):
     # d. the curve: each step published arrivals across tenants and measured latencies
     assert data["curve"] and all(p["published"] > 0 and p["p99"] >= p["p50"] > 0 for p in data["curve"])
     assert data["naive_point"]["completed"] == data["naive_point"]["published"]
+    # ... and where the pipeline's time went: four legs, none negative; the naive one has none
+    for point in [*data["curve"], data["pipeline_point"]]:
+        assert len(point["legs_p50"]) == 4 and all(leg >= -1e-3 for leg in point["legs_p50"])
+        assert point["legs_p50"][2] > 0  # every upload was scored
+    assert data["naive_point"]["legs_p50"] == []
+    assert "where a pipeline upload's time goes" in result.stdout
     # e. a sizing answer for the default target, consistent with the measured per-worker rate
     sizing = data["sizing"]
     assert sizing["target_rate"] == 100.0 and sizing["target_p99"] == 2.0
