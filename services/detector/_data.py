@@ -153,7 +153,7 @@ def _synthetic_choice(u: S.Utterance, rng: np.random.Generator) -> tuple[str, st
         options.append(("world", "world", 2.0))
     weights = np.array([w for *_, w in options])
     gen, voice, _ = options[int(rng.choice(len(options), p=weights / weights.sum()))]
-    return gen, voice, lang
+    return gen, voice, "en" if gen == "piper" else lang
 
 
 def plan(seed: int, per_source: int) -> list[Job]:
@@ -166,8 +166,6 @@ def plan(seed: int, per_source: int) -> list[Job]:
         jobs.append(Job(f"bona/{u.key}", "bona_fide", u, "human", u.speaker, u.language, "", q, r, seed))
         rng = _rng(seed, "pair/" + u.key)
         gen, voice, lang = _synthetic_choice(u, rng)
-        if gen == "piper":
-            lang = "en"
         lines = S.dialog_lines(lang) or S.dialog_lines("en")
         text = lines[int(rng.integers(len(lines)))] if gen not in RESYNTHESIS else ""
         jobs.append(Job(f"synth/{u.key}", "synthetic", u, gen, voice, lang, text, p, g, seed))

@@ -95,8 +95,8 @@ class FrontEnd(torch.nn.Module):
         # not persistent: rebuilt from the config, so the weights file holds only learnt values
         self.register_buffer("fbank", fbank, persistent=False)
         # the first p+1 lags of the inverse FFT of a frame's power (its autocorrelation) as one
-        # matrix product: the inverse FFT computes all n_fft lags and writes a (B, T, n_fft)
-        # tensor for the 17 used, which made it the front end's costliest step; same values
+        # matrix product: the inverse FFT computed all n_fft lags into a (B, T, n_fft) tensor
+        # for the p+1 used; same values
         bins = torch.arange(config.n_fft // 2 + 1, dtype=torch.float64)
         lags = torch.arange(config.lpc_order + 1, dtype=torch.float64)
         weight = torch.full_like(bins, 2.0)
