@@ -463,7 +463,7 @@ class Worker:
 
 def build_worker(settings: Settings, *, detector: Any | None = None, hooks: Any | None = None) -> Worker:
     """Assemble a worker from settings: transport, storage, verdict store, detector, breaker."""
-    from consumers.transports import open_transport
+    from consumers.transports.registry import open_transport
     from dlq.breaker import DlqBreaker
     from services.storage import AudioStorage
     from services.store import open_store

@@ -3,8 +3,8 @@
 A *Source* hands out bounded batches of `Message`s and later acknowledges the ones the
 pipeline finished; a *Sink* publishes keyed records and returns futures. The pipeline
 steps see only these types, so Kafka, Pub/Sub and Kinesis are one adapter each
-(`consumers/kafka.py`, `consumers/pubsub.py`, `consumers/kinesis.py`), and each adapter
-is the only module that imports its SDK.
+(`consumers/transports/kafka.py`, `pubsub.py`, `kinesis.py`), and each adapter is the only
+module that imports its SDK.
 
 Rules every adapter follows:
 - Acking is the last step of the pipeline and is never done inside an adapter on its own

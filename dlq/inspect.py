@@ -2,7 +2,7 @@
 
 `DeadLetterQueue` is the small interface the `audioguard dlq` tool works against; one
 implementation per transport lives in `dlq.queues` and talks to the broker only through the
-adapter modules (`consumers.kafka`, `consumers.pubsub`, `consumers.kinesis`):
+adapter modules (`consumers.transports.kafka`, `consumers.transports.pubsub`, `consumers.transports.kinesis`):
 
 * `read()` yields every dead letter still in the queue as a `DeadLetterRecord` (envelope,
   original payload, headers, where it sits in the DLQ) and never removes anything;

@@ -123,7 +123,7 @@ class _Publishing:
 
     def sink(self) -> Sink:
         if self._sink is None:
-            from consumers.transports import open_publisher
+            from consumers.transports.registry import open_publisher
 
             self._sink = open_publisher(self._settings)
         return self._sink
@@ -139,7 +139,7 @@ class KafkaDeadLetters(DeadLetterQueue):
     def __init__(
         self, settings: Settings, tenant: str, *, group: str = DLQ_TOOL_GROUP, from_beginning: bool = False
     ) -> None:
-        from consumers.kafka import GroupReader
+        from consumers.transports.kafka import GroupReader
 
         super().__init__(tenant)
         self.topic = kafka_topic("dlq", tenant)
@@ -237,7 +237,7 @@ class PubSubDeadLetters(DeadLetterQueue):
     LEASE_SECONDS = 600
 
     def __init__(self, settings: Settings, tenant: str, *, idle: float = 3.0, timeout: float = 60.0) -> None:
-        from consumers.pubsub import SubscriptionPuller
+        from consumers.transports.pubsub import SubscriptionPuller
 
         super().__init__(tenant)
         self.subscription = pubsub_subscription(tenant, "dlq")
@@ -314,7 +314,7 @@ class KinesisDeadLetters(DeadLetterQueue):
         application: str = DLQ_TOOL_GROUP,
         from_beginning: bool = False,
     ) -> None:
-        from consumers.kinesis import checkpoint_name
+        from consumers.transports.kinesis import checkpoint_name
         from services.store import open_store
 
         super().__init__(tenant)
@@ -331,7 +331,7 @@ class KinesisDeadLetters(DeadLetterQueue):
         return f"Kinesis stream {self.stream}, checkpoints {self.application} in {self._settings.store.url}"
 
     def read(self) -> Iterator[DeadLetterRecord]:
-        from consumers.kinesis import read_shard_records
+        from consumers.transports.kinesis import read_shard_records
 
         def after(shard: str) -> str | None:
             return None if self._from_beginning else self._store.get_checkpoint(self._name(shard))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.broker import EmbeddedBroker
+from services.local.broker import EmbeddedBroker
 
 
 def _cuda() -> bool:

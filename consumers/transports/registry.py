@@ -16,14 +16,14 @@ Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 def open_transport(settings: Settings, **options: Any) -> tuple[Source, Sink]:
     """The worker's (Source, Sink) for the configured transport."""
     if settings.transport == "kafka":
-        from consumers.kafka import open_kafka
+        from consumers.transports.kafka import open_kafka
 
         return open_kafka(settings, **options)
     if settings.transport == "pubsub":
-        from consumers.pubsub import open_pubsub
+        from consumers.transports.pubsub import open_pubsub
 
         return open_pubsub(settings, **options)
-    from consumers.kinesis import open_kinesis
+    from consumers.transports.kinesis import open_kinesis
 
     return open_kinesis(settings, **options)
 
@@ -31,14 +31,14 @@ def open_transport(settings: Settings, **options: Any) -> tuple[Source, Sink]:
 def open_publisher(settings: Settings) -> Sink:
     """A Sink only, for the platform side (publishing arrivals) and the DLQ replay tool."""
     if settings.transport == "kafka":
-        from consumers.kafka import KafkaSink
+        from consumers.transports.kafka import KafkaSink
 
         return KafkaSink(settings.kafka)
     if settings.transport == "pubsub":
-        from consumers.pubsub import PubSubSink
+        from consumers.transports.pubsub import PubSubSink
 
         return PubSubSink(settings)
-    from consumers.kinesis import KinesisSink
+    from consumers.transports.kinesis import KinesisSink
 
     return KinesisSink(settings)
 
@@ -46,16 +46,16 @@ def open_publisher(settings: Settings) -> Sink:
 def provision(settings: Settings, tenants: list[str], partitions: int = 1) -> None:
     """Create every topic / subscription / stream the tenants need (idempotent)."""
     if settings.transport == "kafka":
-        from consumers.kafka import create_topics, tenant_topics
+        from consumers.transports.kafka import create_topics, tenant_topics
 
         create_topics(settings.kafka, tenant_topics(tenants), partitions=partitions)
         return
     if settings.transport == "pubsub":
-        from consumers.pubsub import provision_pubsub
+        from consumers.transports.pubsub import provision_pubsub
 
         provision_pubsub(settings, tenants)
         return
-    from consumers.kinesis import provision_kinesis
+    from consumers.transports.kinesis import provision_kinesis
 
     provision_kinesis(settings, tenants)
 
@@ -74,19 +74,19 @@ def read_verdicts(
     its dead letters are read non-destructively with `audioguard dlq list` instead.
     """
     if settings.transport == "kafka":
-        from consumers.kafka import read_topic
         from consumers.tenancy import kafka_topic
+        from consumers.transports.kafka import read_topic
 
         topic = kafka_topic("dlq" if dead_letters else "verdicts", tenant)
         return read_topic(settings.kafka, topic, follow=follow, stop=stop)
     if settings.transport == "pubsub":
-        from consumers.pubsub import read_subscription, verdict_subscription
+        from consumers.transports.pubsub import read_subscription, verdict_subscription
 
         if dead_letters:
             raise ValueError("on Pub/Sub, read dead letters with `audioguard dlq list`: it does not ack")
         return read_subscription(settings, verdict_subscription(tenant), follow=follow, stop=stop)
-    from consumers.kinesis import read_stream
     from consumers.tenancy import kinesis_stream
+    from consumers.transports.kinesis import read_stream
 
     stream = kinesis_stream("dlq" if dead_letters else "verdicts", tenant)
     return read_stream(settings, stream, follow=follow, stop=stop)

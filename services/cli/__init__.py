@@ -15,12 +15,12 @@ from pathlib import Path
 
 #: modules that contribute sub-commands, in the order `--help` lists them
 COMMAND_MODULES = [
-    "services.commands",
-    "services.detector.cli",
-    "services.chaos",
-    "dlq.cli",
-    "services.loadtest",
-    "services.bench",
+    "services.cli.commands",
+    "services.cli.detector",
+    "services.tools.chaos",
+    "services.cli.dlq",
+    "services.tools.loadtest",
+    "services.tools.bench",
 ]
 
 
@@ -52,5 +52,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(code or 0)
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -143,7 +143,7 @@ def _wait_for_signal() -> None:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from services.broker import EmbeddedBroker
+    from services.local.broker import EmbeddedBroker
 
     with EmbeddedBroker(port=args.port, host=args.host) as broker:
         print(f"broker listening on {broker.bootstrap_servers} (Ctrl-C to stop)", flush=True)
@@ -152,7 +152,7 @@ def _broker(args: argparse.Namespace) -> int:
 
 
 def _topics_create(args: argparse.Namespace) -> int:
-    from consumers.transports import provision
+    from consumers.transports.registry import provision
 
     settings = settings_from(args)
     if not settings.tenants:
@@ -182,7 +182,7 @@ def arrival_for(tenant: str, uri: str, data: bytes, *, key: str, content_id: str
 
 def _publish(args: argparse.Namespace) -> int:
     from consumers.transport import OutRecord
-    from consumers.transports import open_publisher
+    from consumers.transports.registry import open_publisher
     from services.storage import AudioStorage
 
     settings = settings_from(args)
@@ -289,7 +289,7 @@ def _worker_hooks(settings: Any, heartbeat: Any, readiness: Any) -> Any:
 
 
 def _verdicts(args: argparse.Namespace) -> int:
-    from consumers.transports import read_verdicts
+    from consumers.transports.registry import read_verdicts
     from dlq.queues import REPLAYED_MARK_HEADER
 
     settings = settings_from(args)
@@ -313,10 +313,10 @@ def _verdicts(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from services.demo import run_demo
+    from services.tools.demo import run_demo
 
     started = time.monotonic()
-    from services.demo import DEMO_CLIPS
+    from services.tools.demo import DEMO_CLIPS
 
     code = run_demo(
         transport=args.transport, repeat=args.repeat, timeout=args.timeout, clips_dir=args.clips or DEMO_CLIPS

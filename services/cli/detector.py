@@ -82,7 +82,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _data_build(args: argparse.Namespace) -> int:
-    from ._data import build_dataset
+    from services.detector.training.data import build_dataset
 
     build_dataset(
         args.out, seed=args.seed, per_source=args.per_source, install=not args.no_install, force=args.force
@@ -91,7 +91,7 @@ def _data_build(args: argparse.Namespace) -> int:
 
 
 def _demo_clips(args: argparse.Namespace) -> int:
-    from ._demo import DEMO_DIR, export_demo_clips
+    from services.detector.training.demo import DEMO_DIR, export_demo_clips
 
     rows = export_demo_clips(args.data, n=args.n)
     print(f"wrote {len(rows)} clips to {DEMO_DIR}")
@@ -99,7 +99,7 @@ def _demo_clips(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ._train import TrainConfig, train_and_export
+    from services.detector.training.train import TrainConfig, train_and_export
 
     cfg = TrainConfig(
         minutes=args.minutes,
@@ -116,7 +116,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ._eval import evaluate
+    from services.detector.training.eval import evaluate
 
     evaluate(
         args.data,
@@ -130,8 +130,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from ._audio import UnreadableAudio, read_mono
-    from ._runtime import load_detector
+    from services.detector._audio import UnreadableAudio, read_mono
+    from services.detector._runtime import load_detector
 
     detector = load_detector(args.model, device=args.device)
     failures = 0

@@ -3,7 +3,7 @@
 Public surface (numpy in, numpy / frozen dataclasses out, so callers never touch torch):
 `load_detector`, `Detector`, `ModelMeta`, `Decision`. Training, evaluation and the data
 build live in private modules reached through the `audioguard data|train|eval|score`
-commands (services.detector.cli).
+commands (services.cli.detector).
 
 Nothing here may download weights or data at run time: the model ships under
 services/detector/artifacts/ with its checksum.

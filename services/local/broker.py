@@ -3,7 +3,7 @@
 Memory storage only: its data is gone when it stops. Used by `audioguard broker`, the
 demo and the tests; a real deployment points `kafka.bootstrap_servers` at any Kafka.
 Process handling (own process group, readiness wait, stop) is shared with the Pub/Sub
-emulator and moto in `services.emulators`. This module never talks Kafka itself.
+emulator and moto in `services.local.emulators`. This module never talks Kafka itself.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 
-from services.emulators import ServerProcess
+from services.local.emulators import ServerProcess
 
 __all__ = ["EmbeddedBroker"]
 

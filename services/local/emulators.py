@@ -1,5 +1,5 @@
 """Local stand-ins for the cloud services: Google's Pub/Sub emulator and `moto_server`,
-and the process handling they share with the embedded Kafka broker (services.broker).
+and the process handling they share with the embedded Kafka broker (services.local.broker).
 
 Both are real servers started as subprocesses on free loopback ports: the Pub/Sub
 emulator through `gcloud beta emulators pubsub start` (Java), moto in server mode for

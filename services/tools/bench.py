@@ -293,7 +293,7 @@ class Rig:
         return Settings(**values)
 
     def tenants(self, count: int) -> list[str]:
-        from consumers.kafka import create_topics, tenant_topics
+        from consumers.transports.kafka import create_topics, tenant_topics
 
         suffix = uuid.uuid4().hex[:6]
         names = [f"bench{i}-{suffix}" for i in range(count)]
@@ -307,7 +307,7 @@ class Rig:
         timed: a fresh producer per open-loop step put its ~1.3 s of connection and metadata
         set-up into the first arrivals' latency (the p99 of every low-rate step was that)."""
         if self._sink is None:
-            from consumers.kafka import KafkaSink
+            from consumers.transports.kafka import KafkaSink
             from services.settings import KafkaSettings
 
             self._sink = KafkaSink(KafkaSettings(bootstrap_servers=self.bootstrap))
@@ -315,7 +315,7 @@ class Rig:
 
     def arrival(self, tenant: str, index: int) -> Any:
         from consumers.transport import OutRecord
-        from services.commands import arrival_for
+        from services.cli.commands import arrival_for
 
         uri, data = self.clips[index % len(self.clips)]
         key = f"{tenant}:{index}-{uuid.uuid4().hex[:8]}"
@@ -432,7 +432,7 @@ class NaiveThread:
     """Consume one, fetch+decode, score, publish the verdict, wait for it, commit synchronously."""
 
     def __init__(self, rig: Rig, tenants: list[str]) -> None:
-        from consumers.transports import open_transport
+        from consumers.transports.registry import open_transport
 
         self.rig = rig
         self.settings = rig.settings(tenants)
@@ -917,8 +917,8 @@ def report(result: BenchResult) -> None:
 
 # -- the run --------------------------------------------------------------------------------
 def run_bench(config: BenchConfig) -> BenchResult:
-    from services.broker import EmbeddedBroker
     from services.detector import configure_torch_threads, load_detector
+    from services.local.broker import EmbeddedBroker
     from services.settings import BatchSettings
 
     with ExitStack() as stack, _progress(config.smoke) as progress:

@@ -21,7 +21,7 @@ Exit status 0 when the invariants hold (lost 0, one distinct verdict per key, an
 exactly-once mode no duplicate), 1 otherwise. The worker's CPU cost is kept small on
 purpose (half-second clips from a small pool), so the run measures delivery, not scoring.
 
-This module drives processes and reads topics through `consumers.kafka`; it never imports
+This module drives processes and reads topics through `consumers.transports.kafka`; it never imports
 a Kafka client itself and never touches a broker it did not start unless told to.
 """
 
@@ -228,9 +228,9 @@ def _publish(
 ) -> None:
     """Publish the arrivals at about `rate` per second (the platforms keep publishing while
     the worker is killed); each confirmed key is appended to `published`."""
-    from consumers.kafka import KafkaSink
     from consumers.transport import OutRecord
-    from services.commands import arrival_for
+    from consumers.transports.kafka import KafkaSink
+    from services.cli.commands import arrival_for
 
     clips = {t: _make_clips(roots[t]) for t in tenants}
     sink = KafkaSink(settings.kafka)
@@ -315,7 +315,7 @@ def _progress(settings: Any, arrivals_topics: list[str], retry: list[str], arriv
     """(committed, to do) over the arrivals and retry topics of the group. The retry topics'
     sizes are counted by reading them (Tansu's ListOffsets does not give record offsets),
     and only once every arrival is committed."""
-    from consumers.kafka import committed_offsets, read_topic
+    from consumers.transports.kafka import committed_offsets, read_topic
 
     committed = committed_offsets(settings.kafka, arrivals_topics)
     done = sum(max(0, o) for o in committed.values())
@@ -344,9 +344,9 @@ def run_chaos(
     rate: float = 100.0,
 ) -> ChaosResult:
     """One crash-test run (see the module docstring); returns the counts."""
-    from consumers.kafka import create_topics, tenant_topics
     from consumers.retry_topics import RetryPolicy, retry_topics
-    from services.broker import EmbeddedBroker
+    from consumers.transports.kafka import create_topics, tenant_topics
+    from services.local.broker import EmbeddedBroker
     from services.settings import KafkaSettings, Settings
 
     mode = "exactly-once" if exactly_once else "at-least-once"
@@ -425,7 +425,7 @@ def run_chaos(
             raise RuntimeError(f"only {len(published)} of {arrivals} arrivals were confirmed by the broker")
         _count(settings, published, result)
         if exactly_once:
-            from consumers.kafka import fencing_aborts_open_transactions
+            from consumers.transports.kafka import fencing_aborts_open_transactions
 
             result.broker_aborts_fenced = fencing_aborts_open_transactions(settings.kafka)
     finally:
@@ -443,8 +443,8 @@ def run_chaos(
 
 
 def _count(settings: Any, keys: list[str], result: ChaosResult) -> None:
-    from consumers.kafka import read_topic
     from consumers.tenancy import kafka_topic
+    from consumers.transports.kafka import read_topic
 
     verdicts: dict[str, set[tuple[Any, ...]]] = {}
     records: Counter[str] = Counter()

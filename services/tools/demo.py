@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEMO_CLIPS = Path(__file__).parent / "demo_clips"
+DEMO_CLIPS = Path(__file__).resolve().parents[1] / "demo_clips"
 DEMO_TENANTS = ("acme", "globex", "initech")
 
 
@@ -62,17 +62,17 @@ def percentile(values: list[float], q: float) -> float:
 def local_server(transport: str) -> Iterator[tuple[str, str]]:
     """Start the transport's local server; yields (description, endpoint)."""
     if transport == "kafka":
-        from services.broker import EmbeddedBroker
+        from services.local.broker import EmbeddedBroker
 
         with EmbeddedBroker() as broker:
             yield "embedded broker (Tansu)", broker.bootstrap_servers
     elif transport == "pubsub":
-        from services.emulators import PubSubEmulator
+        from services.local.emulators import PubSubEmulator
 
         with PubSubEmulator() as emulator:
             yield "Pub/Sub emulator", emulator.host_port
     else:
-        from services.emulators import MotoServer
+        from services.local.emulators import MotoServer
 
         # moto accepts any credentials; the S3 and Kinesis clients need some to sign with
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "audioguard-local")
@@ -121,11 +121,11 @@ def destination_reader(
 ) -> Callable[[Callable[[], bool]], Iterator[Any]]:
     """A follow-reader of a tenant's verdicts ("verdicts") or dead letters ("dlq"): call it
     with a stop function. On Pub/Sub the dead letters come from the replay subscription."""
-    from consumers.transports import read_verdicts
+    from consumers.transports.registry import read_verdicts
 
     if settings.transport == "pubsub" and kind == "dlq":
-        from consumers.pubsub import read_subscription
         from consumers.tenancy import pubsub_subscription
+        from consumers.transports.pubsub import read_subscription
 
         name = pubsub_subscription(tenant, "dlq")
         return lambda stop: read_subscription(settings, name, follow=True, stop=stop)
@@ -140,9 +140,9 @@ def run_demo(
 
     from consumers.runner import build_worker
     from consumers.transport import OutRecord
-    from consumers.transports import open_publisher, provision
+    from consumers.transports.registry import open_publisher, provision
     from dlq.envelope import dead_letter_from_record
-    from services.commands import arrival_for
+    from services.cli.commands import arrival_for
     from services.detector import load_detector
     from services.logs import configure_logging
     from services.storage import AudioStorage

@@ -175,7 +175,7 @@ class Rig:
         return f"file://{path}", data
 
     def provision(self) -> None:
-        from consumers.kafka import KafkaSink, create_topics, tenant_topics
+        from consumers.transports.kafka import KafkaSink, create_topics, tenant_topics
 
         create_topics(self.kafka, tenant_topics([self.a, self.b]), partitions=1)
         self._sinks = {t: KafkaSink(self.kafka) for t in (self.a, self.b)}
@@ -225,8 +225,8 @@ class Rig:
             self._stop.wait(1.0)
 
     def _watch(self, tenant: str) -> None:
-        from consumers.kafka import read_topic
         from consumers.tenancy import kafka_topic
+        from consumers.transports.kafka import read_topic
 
         for _key, value, _headers in read_topic(
             self.kafka, kafka_topic("verdicts", tenant), follow=True, stop=self._stop.is_set
@@ -269,7 +269,7 @@ class Rig:
         10x capacity must not spend the machine's CPU on building events (it is shared with
         the worker under test)."""
         from schemas import AudioArrival
-        from services.commands import arrival_for
+        from services.cli.commands import arrival_for
 
         if tenant not in self._templates:
             uri, data = self.clips[tenant]
@@ -380,7 +380,7 @@ class Rig:
 
 @contextmanager
 def _rig(bootstrap: str | None, clip_seconds: float) -> Iterator[Rig]:
-    from services.broker import EmbeddedBroker
+    from services.local.broker import EmbeddedBroker
 
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audioguard-loadtest-")))
@@ -475,8 +475,8 @@ def overload(
 ) -> OverloadResult:
     """`drain=True` (CI sizes) restarts the worker after the flood until every event has its
     verdict; otherwise the rest is accounted for as lag in the broker."""
-    from consumers.kafka import committed_offsets, read_topic
     from consumers.tenancy import kafka_topic
+    from consumers.transports.kafka import committed_offsets, read_topic
 
     with _rig(bootstrap, clip_seconds) as rig:
         rig.start_worker(**(worker_settings or {}))

@@ -1,8 +1,8 @@
 """The conformance suite's fixtures: one harness per transport, each on its real server.
 
-    kafka    Tansu (services.broker.EmbeddedBroker), audio on file://
-    pubsub   Google's Pub/Sub emulator (services.emulators.PubSubEmulator), audio on file://
-    kinesis  moto_server (services.emulators.MotoServer) for Kinesis *and* S3: audio on s3://
+    kafka    Tansu (services.local.broker.EmbeddedBroker), audio on file://
+    pubsub   Google's Pub/Sub emulator (services.local.emulators.PubSubEmulator), audio on file://
+    kinesis  moto_server (services.local.emulators.MotoServer) for Kinesis *and* S3: audio on s3://
 
 Each server is started once per session on a free loopback port and stopped at the end.
 The harness publishes arrivals the way a platform would (through the transport's Sink),
@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from consumers.transport import OutRecord
-from services.commands import arrival_for
+from services.cli.commands import arrival_for
 from services.settings import Settings
 from tests.support.audio import encode, speechlike
 
@@ -104,7 +104,7 @@ class Harness:
             values["storage"] = {"tenant_file_roots": {t: [str(self.workdir / "audio" / t)] for t in tenants}}
         elif self.transport == "pubsub":
             # the shortest ack deadline, so a dead worker's messages return quickly; plenty of
-            # attempts, since the emulator counts its pushes to a dead stream (consumers.pubsub)
+            # attempts, since the emulator counts its pushes to a dead stream (consumers.transports.pubsub)
             values["pubsub"] = {
                 "emulator_host": self.endpoint,
                 "ack_deadline_seconds": 10,
@@ -124,7 +124,7 @@ class Harness:
         return self.workdir / f"verdicts-{tenants[0]}.db"
 
     def provision(self, settings: Settings) -> None:
-        from consumers.transports import provision
+        from consumers.transports.registry import provision
 
         provision(settings, settings.tenants, partitions=2)
 
@@ -168,7 +168,7 @@ class Harness:
         return AudioStorage(settings.storage).put(data, uri)
 
     def publish(self, settings: Settings, records: list[OutRecord]) -> None:
-        from consumers.transports import open_publisher
+        from consumers.transports.registry import open_publisher
 
         sink = open_publisher(settings)
         try:
@@ -202,19 +202,19 @@ class Harness:
         Kafka and Kinesis are read from the beginning each time; a Pub/Sub subscription
         hands each message out once, so what was read before is remembered here."""
         if self.transport == "kafka":
-            from consumers.kafka import read_topic
             from consumers.tenancy import kafka_topic
+            from consumers.transports.kafka import read_topic
 
             rows = read_topic(settings.kafka, kafka_topic(kind, tenant), idle=0.5, timeout=10)
             return [(value, list(headers)) for _key, value, headers in rows]
         if self.transport == "kinesis":
-            from consumers.kinesis import read_stream
             from consumers.tenancy import kinesis_stream
+            from consumers.transports.kinesis import read_stream
 
             rows = read_stream(settings, kinesis_stream(kind, tenant), idle=0.5, timeout=10)
             return [(value, list(headers)) for _key, value, headers in rows]
-        from consumers.pubsub import read_subscription, verdict_subscription
         from consumers.tenancy import pubsub_subscription
+        from consumers.transports.pubsub import read_subscription, verdict_subscription
 
         name = verdict_subscription(tenant) if kind == "verdicts" else pubsub_subscription(tenant, "dlq")
         seen = self._seen.setdefault((tenant, kind), [])
@@ -294,18 +294,18 @@ class Harness:
 
 def _start_server(transport: str, workdir: Path) -> tuple[Any, str]:
     if transport == "kafka":
-        from services.broker import EmbeddedBroker
+        from services.local.broker import EmbeddedBroker
 
         broker = EmbeddedBroker(log_path=workdir / "tansu.log").start()
         return broker, broker.bootstrap_servers
     if transport == "pubsub":
         if shutil.which("gcloud") is None:
             pytest.skip("the gcloud SDK (Pub/Sub emulator) is not installed")
-        from services.emulators import PubSubEmulator
+        from services.local.emulators import PubSubEmulator
 
         emulator = PubSubEmulator(log_path=workdir / "pubsub.log").start()
         return emulator, emulator.host_port
-    from services.emulators import MotoServer
+    from services.local.emulators import MotoServer
 
     moto = MotoServer(log_path=workdir / "moto.log").start()
     return moto, moto.endpoint_url

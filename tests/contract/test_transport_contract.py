@@ -33,7 +33,7 @@ import pytest
 
 from consumers.transport import AckToken, Message, OutRecord, Source
 from schemas import SCHEMA_DIR
-from services.commands import arrival_for
+from services.cli.commands import arrival_for
 from tests.contract.conftest import Harness
 from tests.support.audio import encode, speechlike
 
@@ -226,7 +226,7 @@ class _WatchedSource(Source):
 def test_backpressure_bounds_in_flight_and_pauses_then_resumes_the_source(
     harness: Harness, detector: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import consumers.transports
+    import consumers.transports.registry
     from consumers.runner import build_worker
 
     tenants = harness.tenants(1)
@@ -249,7 +249,7 @@ def test_backpressure_bounds_in_flight_and_pauses_then_resumes_the_source(
         watched.append(_WatchedSource(source))
         return watched[-1], sink
 
-    monkeypatch.setattr(consumers.transports, "open_transport", open_watched)
+    monkeypatch.setattr(consumers.transports.registry, "open_transport", open_watched)
     worker = build_worker(settings, detector=detector)
     in_flight: list[int] = []
     stop = threading.Event()

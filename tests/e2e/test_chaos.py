@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from services.chaos import run_chaos
+from services.tools.chaos import run_chaos
 
 
 def test_crash_test_at_least_once_loses_nothing(broker, tmp_path):
@@ -67,7 +67,7 @@ def test_crash_test_command_exactly_once_prints_the_table(broker, tmp_path):
     mode, arrivals, kills, _keys, _dead, lost, conflicting, duplicates, _uncommitted, _seconds = cells
     assert (mode, arrivals, kills) == ("exactly-once", "300", "2")
     assert (lost, conflicting) == ("0", "0")
-    from consumers.kafka import fencing_aborts_open_transactions
+    from consumers.transports.kafka import fencing_aborts_open_transactions
     from services.settings import KafkaSettings
 
     if fencing_aborts_open_transactions(KafkaSettings(bootstrap_servers=broker.bootstrap_servers)):

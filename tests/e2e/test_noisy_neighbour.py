@@ -10,7 +10,7 @@ takes to work off). The p99 ratio target (<= 2x) is printed and checked at full 
 
 from __future__ import annotations
 
-from services.loadtest import noisy_neighbour
+from services.tools.loadtest import noisy_neighbour
 
 
 def test_a_flooding_tenant_does_not_hold_up_a_modest_one():

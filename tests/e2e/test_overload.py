@@ -11,7 +11,7 @@ librdkafka's fetch-queue warm-up).
 
 from __future__ import annotations
 
-from services.loadtest import overload
+from services.tools.loadtest import overload
 
 
 def test_ten_times_capacity_loses_nothing_and_holds_memory_bounded():

@@ -53,7 +53,7 @@ def test_cuda_agrees_with_cpu_on_real_speech() -> None:
     import soundfile as sf
 
     from services.detector import load_detector
-    from services.detector._demo import DEMO_DIR
+    from services.detector.training.demo import DEMO_DIR
 
     gpu, cpu = load_detector(device="cuda"), load_detector(device="cpu")
     gaps, disagreements = [], 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from services.broker import EmbeddedBroker
+from services.local.broker import EmbeddedBroker
 from tests.support.pipeline import RunningWorker, make_settings, provision, publish_clips, verdicts_by_key
 
 PAUSE_SECONDS = 25.0

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from consumers.kafka import KafkaSink, committed_offsets
 from consumers.tenancy import kafka_topic
 from consumers.transport import OutRecord
+from consumers.transports.kafka import KafkaSink, committed_offsets
 from tests.support.pipeline import make_settings, provision, publish_clips, publish_raw, read_destination
 
 

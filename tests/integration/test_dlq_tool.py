@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from consumers.kafka import committed_offsets, read_topic
 from consumers.tenancy import kafka_topic
+from consumers.transports.kafka import committed_offsets, read_topic
 from dlq.envelope import dead_letter_from_record
 from dlq.queues import DLQ_TOOL_GROUP
-from services.broker import EmbeddedBroker
+from services.local.broker import EmbeddedBroker
 from services.settings import DlqSettings
 from tests.support.audio import encode, speechlike
 from tests.support.dead_letters import Spec, dlq, json_lines, write_dead_letters
@@ -275,9 +275,9 @@ def test_replay_through_a_real_worker(  # type: ignore[no-untyped-def]
         dlq=DlqSettings(max_invalid_ratio=1.0, max_consecutive=1000),
     )
     provision(settings, partitions=1)
-    from consumers.kafka import KafkaSink
     from consumers.transport import OutRecord
-    from services.commands import arrival_for
+    from consumers.transports.kafka import KafkaSink
+    from services.cli.commands import arrival_for
 
     clips = {f"up-{i}-{tenant}": encode(speechlike(1.5, seed=40 + i)) for i in range(4)}
     sink = KafkaSink(settings.kafka)
@@ -357,7 +357,7 @@ def test_replay_through_a_real_worker(  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def pubsub_emulator():  # type: ignore[no-untyped-def]
-    from services.emulators import PubSubEmulator
+    from services.local.emulators import PubSubEmulator
 
     with PubSubEmulator() as running:
         yield running
@@ -365,7 +365,7 @@ def pubsub_emulator():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def moto():  # type: ignore[no-untyped-def]
-    from services.emulators import MotoServer
+    from services.local.emulators import MotoServer
 
     with MotoServer() as running:
         yield running
@@ -407,8 +407,8 @@ def test_pubsub_dead_letter_subscription(  # type: ignore[no-untyped-def]
 ) -> None:
     import uuid
 
-    from consumers.pubsub import read_subscription
-    from consumers.transports import provision
+    from consumers.transports.pubsub import read_subscription
+    from consumers.transports.registry import provision
     from services.settings import Settings
 
     tenant = f"p-{uuid.uuid4().hex[:8]}"
@@ -431,8 +431,8 @@ def test_pubsub_replay_carries_provenance_attributes(  # type: ignore[no-untyped
 ) -> None:
     import uuid
 
-    from consumers.pubsub import read_subscription
-    from consumers.transports import provision
+    from consumers.transports.pubsub import read_subscription
+    from consumers.transports.registry import provision
     from services.settings import Settings
 
     tenant = f"p-{uuid.uuid4().hex[:8]}"
@@ -461,8 +461,8 @@ def test_kinesis_dead_letter_stream(  # type: ignore[no-untyped-def]
 ) -> None:
     import uuid
 
-    from consumers.kinesis import read_stream
-    from consumers.transports import provision
+    from consumers.transports.kinesis import read_stream
+    from consumers.transports.registry import provision
     from services.settings import Settings
 
     tenant = f"k-{uuid.uuid4().hex[:8]}"
@@ -530,7 +530,7 @@ def test_kinesis_loop_guard_counts_in_the_store(  # type: ignore[no-untyped-def]
     so an arrival that failed again after a replay is refused at --max-replays 1."""
     import uuid
 
-    from consumers.transports import provision
+    from consumers.transports.registry import provision
     from services.settings import Settings
 
     tenant = f"k-{uuid.uuid4().hex[:8]}"

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 
 from consumers.exactly_once import TransactionalCommit
-from consumers.kafka import KafkaSink, committed_offsets
 from consumers.runner import build_worker
 from consumers.tenancy import kafka_topic
 from consumers.transport import OutRecord
+from consumers.transports.kafka import KafkaSink, committed_offsets
 from services.errors import RetryableError
 from services.settings import KafkaSettings
 from tests.support.pipeline import (
@@ -146,7 +146,7 @@ def test_a_worker_killed_inside_a_round_and_restarted(broker, detector, tenants,
     """The successor re-registers the transactional id. Kafka aborts the dead round: every
     verdict once. Tansu commits it instead: exactly that round's records show up twice, and
     nothing else does (the rest of the mechanism holds)."""
-    from consumers.kafka import fencing_aborts_open_transactions
+    from consumers.transports.kafka import fencing_aborts_open_transactions
 
     settings = _eos_settings(broker, tenants[:1], audio_root, tmp_path)
     provision(settings, partitions=1)

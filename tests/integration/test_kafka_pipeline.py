@@ -7,8 +7,8 @@ import json
 import jsonschema
 import pytest
 
-from consumers.kafka import committed_offsets
 from consumers.tenancy import kafka_topic
+from consumers.transports.kafka import committed_offsets
 from schemas import SCHEMA_DIR
 from tests.support.pipeline import (
     RunningWorker,
@@ -95,8 +95,8 @@ def test_worker_that_dies_before_committing_gets_the_same_verdicts_on_redelivery
 def test_a_malformed_arrival_is_dead_lettered_and_the_rest_still_scored(
     broker, detector, tenants, audio_root, bad
 ):
-    from consumers.kafka import KafkaSink
     from consumers.transport import OutRecord
+    from consumers.transports.kafka import KafkaSink
     from tests.support.pipeline import publish_raw
 
     settings = make_settings(broker.bootstrap_servers, tenants[:1], audio_root)

@@ -8,7 +8,7 @@ failing its future.
 Not covered here: resharding. moto's SplitShard moves the parent's records into the
 children (Kinesis keeps them in the closed parent), so the rule "children only after the
 parent is finished" cannot be exercised faithfully on moto; it is documented in
-consumers/kinesis.py.
+consumers/transports/kinesis.py.
 
 moto never answers PutRecords with per-record failures or GetRecords with throttling, so
 the fault tests put a small fault-injecting HTTP proxy between boto3 and moto (like
@@ -32,11 +32,11 @@ from typing import Any
 import boto3
 import pytest
 
-from consumers.kinesis import KinesisSink, KinesisSource, provision_kinesis
 from consumers.tenancy import kinesis_stream
 from consumers.transport import Message, OutRecord
-from services.emulators import MotoServer
+from consumers.transports.kinesis import KinesisSink, KinesisSource, provision_kinesis
 from services.errors import FatalError, RetryableError
+from services.local.emulators import MotoServer
 from services.settings import Settings
 from services.store import MemoryStore, open_store
 

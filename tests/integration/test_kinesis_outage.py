@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from consumers.kinesis import KinesisSink, KinesisSource, provision_kinesis
 from consumers.transport import OutRecord
-from services.emulators import MotoServer
+from consumers.transports.kinesis import KinesisSink, KinesisSource, provision_kinesis
 from services.errors import RetryableError
+from services.local.emulators import MotoServer
 from services.settings import Settings
 from services.store import MemoryStore
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from consumers.kafka import KafkaSink
 from consumers.transport import OutRecord
+from consumers.transports.kafka import KafkaSink
 from dlq.envelope import dead_letter_from_record
-from services.commands import arrival_for
+from services.cli.commands import arrival_for
 from services.settings import DlqSettings, LimitsSettings, StorageSettings
 from tests.support.audio import encode, speechlike
 from tests.support.pipeline import (

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from consumers.pubsub import PubSubSink, PubSubSource, provision_pubsub, verdict_subscription
 from consumers.tenancy import pubsub_subscription
 from consumers.transport import Message, OutRecord
-from services.emulators import PubSubEmulator
+from consumers.transports.pubsub import PubSubSink, PubSubSource, provision_pubsub, verdict_subscription
 from services.errors import FatalError
+from services.local.emulators import PubSubEmulator
 from services.settings import Settings
 
 pytestmark = pytest.mark.skipif(
@@ -167,7 +167,7 @@ def test_a_closed_source_hands_unfinished_messages_to_its_successor(emulator: Pu
     successor = PubSubSource(settings, tenants)
     try:
         # the emulator may have pushed the hand-back to the closed stream: it then returns
-        # after the 10 s ack deadline (see the module docstring of consumers.pubsub), and on a
+        # after the 10 s ack deadline (see the module docstring of consumers.transports.pubsub), and on a
         # loaded machine it can be pushed to a stream still closing more than once (a fresh
         # clone's `make test` once needed more than 45 s); what must hold is that it comes back
         redelivered = _poll_until(successor, 1, timeout=120.0)

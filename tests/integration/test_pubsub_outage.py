@@ -9,10 +9,10 @@ import uuid
 
 import pytest
 
-from consumers.pubsub import PubSubSink, PubSubSource, provision_pubsub
 from consumers.transport import OutRecord
-from services.emulators import PubSubEmulator
+from consumers.transports.pubsub import PubSubSink, PubSubSource, provision_pubsub
 from services.errors import RetryableError
+from services.local.emulators import PubSubEmulator
 from services.settings import Settings
 
 pytestmark = pytest.mark.skipif(

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from consumers.kafka import KafkaSink, read_topic
 from consumers.retry_topics import (
     ATTEMPT_HEADER,
     DUE_HEADER,
@@ -22,9 +21,10 @@ from consumers.retry_topics import (
 )
 from consumers.tenancy import kafka_topic
 from consumers.transport import Message, OutRecord
+from consumers.transports.kafka import KafkaSink, read_topic
 from dlq.envelope import dead_letter_from_record
-from services.commands import arrival_for
-from services.emulators import MotoServer, free_port
+from services.cli.commands import arrival_for
+from services.local.emulators import MotoServer, free_port
 from services.settings import RetrySettings, StorageSettings
 from tests.support.audio import encode, speechlike
 from tests.support.pipeline import (

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from services.broker import EmbeddedBroker
 from services.cli import build_parser, main
+from services.local.broker import EmbeddedBroker
 from services.metrics import exposed_metric_names
 from tests.support.dead_letters import Spec, dlq, json_lines, write_dead_letters
 from tests.support.pipeline import make_settings, provision

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from consumers.kafka import KafkaSink, create_topics, tenant_topics
 from consumers.runner import build_worker
 from consumers.steps import Work
 from consumers.transport import OutRecord
+from consumers.transports.kafka import KafkaSink, create_topics, tenant_topics
 from dlq.envelope import dead_letter_from_record
-from services.broker import EmbeddedBroker
-from services.commands import arrival_for
-from services.emulators import MotoServer
+from services.cli.commands import arrival_for
+from services.local.broker import EmbeddedBroker
+from services.local.emulators import MotoServer
 from services.settings import DlqSettings, KafkaSettings, StorageSettings, TenantSettings
 from tests.support.audio import encode, speechlike
 from tests.support.pipeline import (

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.kafka import KafkaSink
 from consumers.runner import build_worker
 from consumers.tenancy import kafka_topic
 from consumers.transport import OutRecord
+from consumers.transports.kafka import KafkaSink
 from services.health import Heartbeat, start_health_server
 from services.logs import configure_logging
 from tests.support.pipeline import RunningWorker, make_settings, provision, publish_clips, publish_raw

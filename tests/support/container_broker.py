@@ -1,7 +1,7 @@
 """A real Apache Kafka in a container (testcontainers), for machines with a container engine.
 
 Selected with AUDIOGUARD_TEST_BROKER=testcontainers; it offers the same surface the tests use
-from `services.broker.EmbeddedBroker` (bootstrap_servers, pause, resume), so the same tests
+from `services.local.broker.EmbeddedBroker` (bootstrap_servers, pause, resume), so the same tests
 run on both. No container engine runs on the development machines of this project, so the
 default remains the embedded Tansu broker.
 """

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from consumers.kafka import KafkaSink
 from consumers.tenancy import kafka_topic
 from consumers.transport import Message
+from consumers.transports.kafka import KafkaSink
 from dlq.envelope import build_dead_letter, dead_letter_record
 from services.cli import main
-from services.commands import arrival_for
+from services.cli.commands import arrival_for
 from services.errors import FatalError, PoisonMessage, RetryableError
 from services.settings import Settings
 
@@ -45,7 +45,7 @@ def _error(spec: Spec) -> Exception:
 def write_dead_letters(settings: Settings, tenant: str, specs: list[Spec], uri_base: str) -> list[str]:
     """Publish one dead letter per spec to the tenant's DLQ on `settings.transport` (Kinesis:
     the body form); returns the idempotency keys."""
-    from consumers.transports import open_publisher
+    from consumers.transports.registry import open_publisher
 
     transport = settings.transport
     sink = KafkaSink(settings.kafka) if transport == "kafka" else open_publisher(settings)

@@ -133,7 +133,7 @@ def dockerignored(path: str) -> bool:
         ("pyproject.toml", True),
         ("services/detector/artifacts/audioguard-lfb-cnn/weights.pt", True),
         ("services/detector/artifacts/audioguard-lfb-cnn/manifest.json", True),
-        ("consumers/kafka.py", True),
+        ("consumers/transports/kafka.py", True),
         ("schemas/verdict.schema.json", True),
         ("data/asvspoof/train/0001.flac", False),
         (".venv/lib/python3.11/site-packages/torch/lib/libtorch.so", False),

@@ -263,7 +263,7 @@ def test_selectors_and_references_agree(rendered: tuple[dict[str, str], list[dic
             assert trigger["authenticationRef"]["name"] in auths
     assert 0 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
     if values["TRANSPORT"] == "kinesis":
-        # consumers/kinesis.py has no lease table: a second reader of a stream duplicates work
+        # consumers/transports/kinesis.py has no lease table: a second reader of a stream duplicates work
         assert scaled["spec"]["maxReplicaCount"] == 1
 
 

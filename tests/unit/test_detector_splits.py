@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.detector import _data as D
-from services.detector import _sources as S
+from services.detector.training import data as D
+from services.detector.training import sources as S
 
 
 def _take(split: str, language: str) -> S.Utterance:

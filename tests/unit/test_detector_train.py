@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 
 from services.detector import load_detector
-from services.detector._channel import RATE, apply_chain, draw_chain
-from services.detector._data import MANIFEST_COLUMNS
-from services.detector._demo import DEMO_DIR
-from services.detector._train import TrainConfig, train_and_export
+from services.detector.training.channel import RATE, apply_chain, draw_chain
+from services.detector.training.data import MANIFEST_COLUMNS
+from services.detector.training.demo import DEMO_DIR
+from services.detector.training.train import TrainConfig, train_and_export
 
 TEXTS = (
     "the quick brown fox jumps over the lazy dog",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.detector._vocoder import RATE, analyse, cepstral_vocode, lpc_vocode
+from services.detector.training.vocoder import RATE, analyse, cepstral_vocode, lpc_vocode
 
 
 def _vowel(f0: float, seconds: float = 1.5) -> np.ndarray:

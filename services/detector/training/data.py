@@ -8,7 +8,7 @@ signature does nothing. It installs the Debian sources it reads (and says so), p
 bona fide clip with one synthetic clip of the same split, language and duration (content from
 the fillets-ng dialogue lines in that language; a language without them is paired by
 copy-synthesis of the take itself), and passes both through the same random
-recording chain (services.detector._channel). Output: FLAC clips at 16 kHz and manifest.csv.
+recording chain (services.detector.training.channel). Output: FLAC clips at 16 kHz and manifest.csv.
 
 This module must never train or evaluate, and never fetch anything but Debian/PyPI packages.
 """
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from . import _sources as S
-from ._channel import RATE, apply_chain, draw_chain, trim_silence
-from ._vocoder import cepstral_vocode, lpc_vocode
+from . import sources as S
+from .channel import RATE, apply_chain, draw_chain, trim_silence
+from .vocoder import cepstral_vocode, lpc_vocode
 
 BUILDER_VERSION = "3.0.0"
 MANIFEST_COLUMNS = (
@@ -146,7 +146,7 @@ def _synthetic_choice(u: S.Utterance, rng: np.random.Generator) -> tuple[str, st
     for voice, vlang in S.FESTIVAL_DIPHONE[split]:
         if vlang == lang:
             options.append(("festival-diphone", voice, 1.5))
-    # copy-synthesis by the home-made source-filter vocoders (services.detector._vocoder), in
+    # copy-synthesis by the home-made source-filter vocoders (services.detector.training.vocoder), in
     # every split: seen generators; WORLD, the same family's reserved member, only in test
     options += [("lpc-vocoder", "lpc", 1.5), ("cepstral-vocoder", "cepstral", 1.5)]
     if split == "test":
@@ -260,7 +260,7 @@ def run_job(job: Job, out: Path) -> dict[str, str] | None:
             tool = f"torch {S.pypi_version('torch')}"
         elif job.generator == "world":
             tool = f"pyworld {S.pypi_version('pyworld')}"
-        else:  # the vocoders of services.detector._vocoder
+        else:  # the vocoders of services.detector.training.vocoder
             tool = f"audioguard {BUILDER_VERSION} + scipy {S.pypi_version('scipy')}"
         version = f"{S.package_version(pkg)} + {tool}"
         licence = S.package_licence(pkg)

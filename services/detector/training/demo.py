@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._data import read_manifest
+from .data import read_manifest
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "demo_clips"
+DEMO_DIR = Path(__file__).resolve().parents[2] / "demo_clips"
 
 
 def export_demo_clips(data: Path, dest: Path = DEMO_DIR, n: int = 30, seed: int = 7) -> list[dict[str, str]]:

@@ -4,7 +4,7 @@ Reports, on the test split (speakers and generators the model never saw, plus re
 generators), EER and miss rate at 1 % false alarm with stratified bootstrap 95 % intervals:
 pooled, per generator, per language, seen vs unseen generators, on whole clips (the runtime
 rule) and on 1 s / 2 s / 4 s chunks (the first N seconds of clips at least that long). Beside it
-always runs the shortcut probe (services.detector._probe) trained on the train split, and a
+always runs the shortcut probe (services.detector.training.probe) trained on the train split, and a
 label-shuffled probe; `--shuffle-check` also trains a label-shuffled network briefly. Writes
 report.json, report.md and det.png to the output folder, and measures scoring cost per 4 s
 window at batch 1 and 64 (float, int8 dynamic quantisation, TorchScript).
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._metrics import bootstrap_ci, det_points, eer, miss_at_fa
-from ._probe import ShortcutProbe, feature_matrix
-from ._runtime import Detector, load_detector
-from ._train import Clip, load_clips
+from .._runtime import Detector, load_detector
+from .metrics import bootstrap_ci, det_points, eer, miss_at_fa
+from .probe import ShortcutProbe, feature_matrix
+from .train import Clip, load_clips
 
 CHUNKS = (1.0, 2.0, 4.0)
 
@@ -160,7 +160,7 @@ def evaluate(
     threads: int = 2,
     shuffle_check: bool = False,
 ) -> dict[str, Any]:
-    from ._data import read_manifest
+    from .data import read_manifest
 
     out.mkdir(parents=True, exist_ok=True)
     det = load_detector(model, device="cpu", threads=threads)
@@ -267,7 +267,7 @@ def _mask(clips: list[Clip], seen: set[str], want_seen: bool) -> np.ndarray:
 
 
 def _shuffle_model(data: Path, out: Path, bootstrap: int, threads: int) -> dict[str, Any]:
-    from ._train import TrainConfig, train_and_export
+    from .train import TrainConfig, train_and_export
 
     _log("label-shuffle sanity run: training a model on shuffled labels (short budget)")
     art = train_and_export(

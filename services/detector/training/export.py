@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ._artifact import WEIGHTS_FILE, sha256_file, write_manifest
-from ._model import DetectorNet, NetConfig, count_parameters, estimate_flops
+from .._artifact import WEIGHTS_FILE, sha256_file, write_manifest
+from .._model import DetectorNet, NetConfig, count_parameters, estimate_flops
 
 
 def export_artifact(

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ._channel import RATE, _resample
+from .channel import RATE, _resample
 
 #: Debian packages the build installs (training sources, reserved blind-test sources, tools)
 APT_PACKAGES: tuple[str, ...] = (

@@ -23,12 +23,12 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from ._artifact import DEFAULT_NAME, default_artifact_dir
-from ._export import export_artifact
-from ._frontend import FrontEndConfig
-from ._metrics import eer, miss_at_fa
-from ._model import DetectorNet, NetConfig, count_parameters
-from ._windows import cut_windows, repeat_pad
+from .._artifact import DEFAULT_NAME, default_artifact_dir
+from .._frontend import FrontEndConfig
+from .._model import DetectorNet, NetConfig, count_parameters
+from .._windows import cut_windows, repeat_pad
+from .export import export_artifact
+from .metrics import eer, miss_at_fa
 
 WINDOW_SECONDS = 4.0
 MIN_TAIL_SECONDS = 1.0
@@ -63,7 +63,7 @@ class Clip:
 
 
 def load_clips(data: Path, split: str, limit: int | None = None) -> list[Clip]:
-    from ._data import read_manifest
+    from .data import read_manifest
 
     rows = [r for r in read_manifest(data) if r["split"] == split]
     if limit is not None:
@@ -296,7 +296,7 @@ def calibrate(net: DetectorNet, dev_clips: list[Clip]) -> dict[str, Any]:
 
 
 def train_and_export(data: Path, out: Path | None, cfg: TrainConfig) -> Path:
-    from ._data import manifest_sha256
+    from .data import manifest_sha256
 
     if out is None:
         out = Path("data/detector-shuffled-model") if cfg.shuffle_labels else default_artifact_dir()

@@ -18,7 +18,7 @@ variable "tenants" {
     # days an audio object is kept under s3://<bucket>/<tenant>/
     audio_retention_days = optional(number, 30)
     # 0: KEDA stops the tenant's worker (and its GPU) while the stream is idle; 1: always warm.
-    # There is at most one worker per stream (consumers/kinesis.py keeps no lease table).
+    # There is at most one worker per stream (consumers/transports/kinesis.py keeps no lease table).
     min_workers = optional(number, 1)
   }))
 
