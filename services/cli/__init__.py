@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 #: modules that contribute sub-commands, in the order `--help` lists them
 COMMAND_MODULES = [
-    "services.cli.commands",
+    "services.cli.schemas",
+    "services.cli.local",
+    "services.cli.platform",
+    "services.cli.worker",
     "services.cli.detector",
-    "services.tools.chaos",
+    "services.cli.chaos",
     "services.cli.dlq",
-    "services.tools.loadtest",
-    "services.tools.bench",
+    "services.cli.loadtest",
+    "services.cli.bench",
 ]
 
 
@@ -50,5 +52,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     code = args.handler(args)
     return int(code or 0)
-
-

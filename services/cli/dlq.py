@@ -140,7 +140,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from services.cli.commands import settings_from
+    from services.cli.common import settings_from
 
     return settings_from(args)
 

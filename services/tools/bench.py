@@ -18,7 +18,6 @@ torch itself (the detector does).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -31,36 +30,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchConfig", "BenchResult", "add_parser", "run_bench"]
-
-
-def add_parser(subparsers: Any) -> None:
-    bench = subparsers.add_parser(
-        "bench",
-        help="benchmark each stage, the pipeline end to end, a naive consumer and an open-loop curve",
-        description="Stages alone, end to end on the embedded broker at saturation (as a ratio to the "
-        "slowest stage), a naive consumer for comparison, an open-loop latency-throughput curve up to "
-        "the breaking point (table + PNG) and a sizing recommendation. Prints numbers; never asserts.",
-    )
-    bench.add_argument("--smoke", action="store_true", help="a tiny run (well under a minute) for CI")
-    bench.add_argument("--bootstrap-servers", help="use this Kafka instead of starting the embedded broker")
-    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    bench.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the worker's)")
-    bench.add_argument("--clip-seconds", type=float, default=None, help="length of each test upload")
-    bench.add_argument("--events", type=int, default=None, help="backlog size of each saturation run")
-    bench.add_argument("--phase-seconds", type=float, default=None, help="length of each open-loop step")
-    bench.add_argument("--tenants", type=int, default=3, help="tenants sharing the open-loop load")
-    bench.add_argument("--target-rate", type=float, default=100.0, help="sizing: uploads per second")
-    bench.add_argument("--target-p99", type=float, default=2.0, help="sizing: end-to-end p99 in seconds")
-    bench.add_argument("--out", type=Path, default=Path("bench-out"), help="where JSON and PNG go")
-    bench.set_defaults(handler=_bench_cmd)
+__all__ = ["BenchConfig", "BenchResult", "run_bench"]
 
 
 # -- results --------------------------------------------------------------------------------
@@ -315,7 +292,7 @@ class Rig:
 
     def arrival(self, tenant: str, index: int) -> Any:
         from consumers.transport import OutRecord
-        from services.cli.commands import arrival_for
+        from services.platform import arrival_for
 
         uri, data = self.clips[index % len(self.clips)]
         key = f"{tenant}:{index}-{uuid.uuid4().hex[:8]}"
@@ -971,32 +948,3 @@ def run_bench(config: BenchConfig) -> BenchResult:
     return result
 
 
-def _bench_cmd(args: argparse.Namespace) -> int:
-    from services.logs import configure_logging
-
-    configure_logging("WARNING", "text")
-    options: dict[str, Any] = {
-        "bootstrap_servers": args.bootstrap_servers,
-        "device": args.device,
-        "threads": args.threads,
-        "tenants": args.tenants,
-        "target_rate": args.target_rate,
-        "target_p99": args.target_p99,
-        "out": args.out,
-    }
-    for name in ("clip_seconds", "events", "phase_seconds"):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
-    config = BenchConfig.smoke_run(**options) if args.smoke else BenchConfig(**options)
-    started = time.monotonic()
-    result = run_bench(config)
-    report(result)
-    config.out.mkdir(parents=True, exist_ok=True)
-    stamp = "smoke" if config.smoke else datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    png = plot(result, config.out / f"bench-{stamp}.png")
-    data = asdict(result)
-    data["ratios"] = result.ratios()
-    data["forward"] = {str(k): v for k, v in result.forward.items()}
-    (config.out / f"bench-{stamp}.json").write_text(json.dumps(data, indent=2, default=str))
-    print(f"wrote {png} and {config.out / f'bench-{stamp}.json'} in {time.monotonic() - started:.1f}s")
-    return 0

@@ -142,9 +142,9 @@ def run_demo(
     from consumers.transport import OutRecord
     from consumers.transports.registry import open_publisher, provision
     from dlq.envelope import dead_letter_from_record
-    from services.cli.commands import arrival_for
     from services.detector import load_detector
     from services.logs import configure_logging
+    from services.platform import arrival_for
     from services.storage import AudioStorage
 
     console = Console()

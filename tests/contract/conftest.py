@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from consumers.transport import OutRecord
-from services.cli.commands import arrival_for
+from services.platform import arrival_for
 from services.settings import Settings
 from tests.support.audio import encode, speechlike
 

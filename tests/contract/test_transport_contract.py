@@ -33,7 +33,7 @@ import pytest
 
 from consumers.transport import AckToken, Message, OutRecord, Source
 from schemas import SCHEMA_DIR
-from services.cli.commands import arrival_for
+from services.platform import arrival_for
 from tests.contract.conftest import Harness
 from tests.support.audio import encode, speechlike
 

@@ -277,7 +277,7 @@ def test_replay_through_a_real_worker(  # type: ignore[no-untyped-def]
     provision(settings, partitions=1)
     from consumers.transport import OutRecord
     from consumers.transports.kafka import KafkaSink
-    from services.cli.commands import arrival_for
+    from services.platform import arrival_for
 
     clips = {f"up-{i}-{tenant}": encode(speechlike(1.5, seed=40 + i)) for i in range(4)}
     sink = KafkaSink(settings.kafka)

@@ -19,7 +19,7 @@ import numpy as np
 from consumers.transport import OutRecord
 from consumers.transports.kafka import KafkaSink
 from dlq.envelope import dead_letter_from_record
-from services.cli.commands import arrival_for
+from services.platform import arrival_for
 from services.settings import DlqSettings, LimitsSettings, StorageSettings
 from tests.support.audio import encode, speechlike
 from tests.support.pipeline import (

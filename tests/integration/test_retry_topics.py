@@ -23,8 +23,8 @@ from consumers.tenancy import kafka_topic
 from consumers.transport import Message, OutRecord
 from consumers.transports.kafka import KafkaSink, read_topic
 from dlq.envelope import dead_letter_from_record
-from services.cli.commands import arrival_for
 from services.local.emulators import MotoServer, free_port
+from services.platform import arrival_for
 from services.settings import RetrySettings, StorageSettings
 from tests.support.audio import encode, speechlike
 from tests.support.pipeline import (

@@ -15,9 +15,9 @@ from consumers.steps import Work
 from consumers.transport import OutRecord
 from consumers.transports.kafka import KafkaSink, create_topics, tenant_topics
 from dlq.envelope import dead_letter_from_record
-from services.cli.commands import arrival_for
 from services.local.broker import EmbeddedBroker
 from services.local.emulators import MotoServer
+from services.platform import arrival_for
 from services.settings import DlqSettings, KafkaSettings, StorageSettings, TenantSettings
 from tests.support.audio import encode, speechlike
 from tests.support.pipeline import (

@@ -15,8 +15,8 @@ from consumers.transport import Message
 from consumers.transports.kafka import KafkaSink
 from dlq.envelope import build_dead_letter, dead_letter_record
 from services.cli import main
-from services.cli.commands import arrival_for
 from services.errors import FatalError, PoisonMessage, RetryableError
+from services.platform import arrival_for
 from services.settings import Settings
 
 

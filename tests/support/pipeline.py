@@ -13,7 +13,7 @@ from consumers.runner import Worker, build_worker
 from consumers.tenancy import kafka_topic
 from consumers.transport import OutRecord
 from consumers.transports.kafka import KafkaSink, create_topics, read_topic, tenant_topics
-from services.cli.commands import arrival_for
+from services.platform import arrival_for
 from services.settings import BatchSettings, KafkaSettings, Settings, StorageSettings, StoreSettings
 from tests.support.audio import encode, speechlike
 

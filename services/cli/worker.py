@@ -1,0 +1,131 @@
+"""`audioguard worker` and `audioguard verdicts`: run a worker, read what it published."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from typing import Any
+
+from services.cli.common import settings_from, transport_flags
+
+
+def add_parser(subparsers: Any) -> None:
+    worker = subparsers.add_parser(
+        "worker",
+        help="run a worker: consume arrivals, score audio, publish verdicts",
+        description="Consumes arrivals, fetches and decodes the audio, micro-batches and scores it, "
+        "publishes one verdict per upload (or a dead letter with its reason) and only then commits. "
+        "SIGTERM drains in-flight work within drain_seconds.",
+    )
+    transport_flags(worker)
+    worker.add_argument(
+        "--store", help="verdict store URL: memory://, sqlite:///file.db, redis://host:6379/0"
+    )
+    worker.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port")
+    worker.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs")
+    worker.set_defaults(handler=_worker)
+
+    verdicts = subparsers.add_parser("verdicts", help="print a tenant's verdicts (JSON lines)")
+    transport_flags(verdicts)
+    verdicts.add_argument("--follow", action="store_true", help="keep printing new verdicts until Ctrl-C")
+    verdicts.add_argument("--dlq", action="store_true", help="print the dead-letter topic instead")
+    verdicts.set_defaults(handler=_verdicts)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from consumers.runner import build_worker
+    from services.errors import FatalError
+    from services.logs import configure_logging
+
+    extra: dict[str, Any] = {}
+    if args.metrics_port is not None:
+        extra["metrics_port"] = args.metrics_port
+    if args.device:
+        extra["device"] = args.device
+    settings = settings_from(args, **extra)
+    if args.store:
+        settings = settings.model_copy(
+            update={"store": settings.store.model_copy(update={"url": args.store})}
+        )
+    configure_logging(settings.log_level, settings.log_format, secrets_from=settings)
+    from services.health import Heartbeat, Readiness, start_health_server
+
+    heartbeat, readiness = Heartbeat(), Readiness()
+    heartbeat.beat()  # alive while the model loads; /readyz says what is still missing
+    health = None
+    if settings.metrics_port is not None:
+        health = start_health_server(settings.metrics_port, ready=readiness, alive=heartbeat)
+    try:
+        hooks = _worker_hooks(settings, heartbeat, readiness)
+        worker = build_worker(settings, detector=hooks.detector, hooks=hooks)
+    except FatalError as error:
+        print(f"audioguard worker: {error}", file=sys.stderr)
+        return 3
+    stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        readiness.set(draining=True)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    try:
+        code = worker.run(stop)
+        # the final counts, one JSON line on stderr: operators and the contract suite read it
+        stats = dict(vars(worker.pipeline.stats))
+        print(json.dumps({"event": "worker stopped", "stats": stats}), file=sys.stderr, flush=True)
+        return code
+    except FatalError as error:
+        print(f"audioguard worker: stopped on a fatal error: {error}", file=sys.stderr)
+        return 3
+    finally:
+        if health is not None:
+            health.stop()
+
+
+def _worker_hooks(settings: Any, heartbeat: Any, readiness: Any) -> Any:
+    """Load the model, run one warm-up inference, and build the worker's metric hooks."""
+    import numpy as np
+
+    from consumers.instrumentation import PipelineHooks
+    from services.detector import load_detector
+    from services.metrics import set_worker_info
+
+    detector = load_detector(settings.model_path, device=settings.device)
+    readiness.set(model_loaded=True)
+    # the first forward pass pays for allocator and kernel setup; pay it before traffic
+    detector.score_windows(np.zeros((1, detector.meta.window_samples), dtype=np.float32))
+    readiness.set(warmed_up=True)
+    set_worker_info(
+        settings.worker_id, str(detector.meta.version), transport=settings.transport, device=detector.device
+    )
+    return PipelineHooks.for_detector(
+        detector, heartbeat=heartbeat, readiness=readiness, max_windows=settings.batch.max_windows
+    )
+
+
+def _verdicts(args: argparse.Namespace) -> int:
+    from consumers.transports.registry import read_verdicts
+    from dlq.queues import REPLAYED_MARK_HEADER
+
+    settings = settings_from(args)
+    if not settings.tenants or len(settings.tenants) != 1:
+        print("verdicts: name exactly one --tenant", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        records = read_verdicts(
+            settings, settings.tenants[0], dead_letters=args.dlq, follow=args.follow, stop=stop.is_set
+        )
+        for _key, value, headers in records:
+            if any(name == REPLAYED_MARK_HEADER for name, _ in headers):
+                continue  # the DLQ tool's bookkeeping marker, not a dead letter
+            print(value.decode(errors="replace"), flush=True)
+    except ValueError as error:
+        print(f"verdicts: {error}", file=sys.stderr)
+        return 2
+    return 0
