@@ -44,7 +44,7 @@ from consumers.steps import (
 from consumers.tenancy import TenantPolicy
 from consumers.transport import Message, MessageRejected, OutRecord, Sink, Source
 from schemas import AudioArrival, ModelInfo
-from services.audio import decode_audio
+from services.audio import decode_with_limits
 from services.errors import FatalError
 from services.settings import Settings
 
@@ -120,11 +120,7 @@ class Pipeline:
                 settings.retry,
                 describe="fetch audio",
             )
-            audio = decode_audio(
-                data,
-                max_seconds=settings.limits.max_audio_seconds,
-                min_seconds=settings.limits.min_audio_seconds,
-            )
+            audio = decode_with_limits(data, settings.limits)
             return detector.windows(audio.samples, audio.sample_rate), audio.duration_seconds
 
         def store_call(fn: Callable[[], Any]) -> Any:

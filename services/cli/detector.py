@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from services.cli.common import settings_from
     from services.detector.training.eval import evaluate
 
     evaluate(
@@ -125,29 +127,35 @@ def _eval(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         threads=args.threads,
         shuffle_check=args.shuffle_check,
+        limits=settings_from(args).limits,
     )
     return 0
 
 
 def _score(args: argparse.Namespace) -> int:
-    from services.detector._audio import UnreadableAudio, read_mono
-    from services.detector._runtime import load_detector
+    """One line per file; a refused file gets the reason code the worker would dead-letter it
+    with (same decoder, same limits from the same settings) and the command exits 1."""
+    from services.audio import decode_with_limits
+    from services.cli.common import settings_from
+    from services.detector import load_detector
+    from services.errors import PoisonMessage
 
+    settings = settings_from(args)
     detector = load_detector(args.model, device=args.device)
     failures = 0
     for path in args.paths:
         record: dict[str, Any]
         try:
-            samples, rate = read_mono(path)
-            if samples.size == 0:
-                raise UnreadableAudio(f"{path}: no audio frames")
-            decision = detector.score_samples(samples, rate)
-        except UnreadableAudio as exc:
+            audio = decode_with_limits(path, settings.limits, max_bytes=settings.storage.max_bytes)
+            decision = detector.score_samples(audio.samples, audio.sample_rate)
+        except PoisonMessage as exc:
             failures += 1
-            record = {"path": str(path), "error": "unreadable_audio", "message": str(exc)}
-            if args.json:
-                print(json.dumps(record), flush=True)
-            print(f"audioguard score: {exc}", file=sys.stderr)
+            _refused(args, path, exc.reason, exc.message)
+            continue
+        if not math.isfinite(decision.score):
+            # decoding bounds the samples so this cannot happen; if it does, say so, not NaN
+            failures += 1
+            _refused(args, path, "non_finite_score", "the detector returned a score that is not a number")
             continue
         record = {
             "path": str(path),
@@ -157,15 +165,23 @@ def _score(args: argparse.Namespace) -> int:
             "model": detector.meta.name,
             "model_version": detector.meta.version,
             "windows": decision.window_count,
-            "duration_seconds": round(samples.size / rate, 3),
+            "duration_seconds": round(audio.duration_seconds, 3),
         }
         if args.json:
-            print(json.dumps(record))
+            print(json.dumps(record, allow_nan=False), flush=True)
         else:
             print(
                 f"{path}: {decision.label} score={decision.score:.4f} "
                 f"threshold={detector.meta.threshold:.4f} "
-                f"windows={decision.window_count} duration={samples.size / rate:.2f}s "
-                f"model={detector.meta.name}@{detector.meta.version}"
+                f"windows={decision.window_count} duration={audio.duration_seconds:.2f}s "
+                f"model={detector.meta.name}@{detector.meta.version}",
+                flush=True,
             )
     return 1 if failures else 0
+
+
+def _refused(args: argparse.Namespace, path: Path, reason: str, message: str) -> None:
+    if args.json:
+        record = {"path": str(path), "error": reason, "message": message}
+        print(json.dumps(record, allow_nan=False), flush=True)
+    print(f"audioguard score: {path}: refused, {reason}: {message}", file=sys.stderr, flush=True)

@@ -422,14 +422,14 @@ class NaiveThread:
     def _one(self, message: Any) -> None:
         from consumers.steps import parse_arrival
         from consumers.transport import OutRecord
-        from services.audio import decode_audio
+        from services.audio import decode_with_limits
         from services.storage import AudioStorage
 
         storage = getattr(self, "_storage", None) or AudioStorage(self.settings.storage)
         self._storage = storage
         arrival = parse_arrival(message, self.settings.limits.max_event_bytes)
         data = storage.fetch(arrival.audio_uri, message.tenant, expected_sha256=arrival.sha256)
-        audio = decode_audio(data, max_seconds=self.settings.limits.max_audio_seconds)
+        audio = decode_with_limits(data, self.settings.limits)
         detector = self.rig.detector
         decision = detector.decide(detector.score_windows(detector.windows(audio.samples, audio.sample_rate)))
         verdict = json.dumps(
@@ -485,7 +485,7 @@ def _wait(consumer: WorkerThread | NaiveThread, count: int, timeout: float, prog
 
 # -- a. stages alone ------------------------------------------------------------------------
 def bench_stages(rig: Rig, result: BenchResult, progress: Any) -> None:
-    from services.audio import decode_audio
+    from services.audio import decode_with_limits
     from services.storage import AudioStorage
 
     config, detector = rig.config, rig.detector
@@ -494,13 +494,13 @@ def bench_stages(rig: Rig, result: BenchResult, progress: Any) -> None:
     storage = AudioStorage(settings.storage)
     uri, data = rig.clips[0]
     sha = hashlib.sha256(data).hexdigest()
-    limit = settings.limits.max_audio_seconds
+    limits = settings.limits
 
     def fetch_decode() -> int:
-        audio = decode_audio(storage.fetch(uri, tenant, expected_sha256=sha), max_seconds=limit)
+        audio = decode_with_limits(storage.fetch(uri, tenant, expected_sha256=sha), limits)
         return 1 if audio.samples.size else 0
 
-    audio = decode_audio(data, max_seconds=limit)
+    audio = decode_with_limits(data, limits)
 
     def front_end() -> int:
         return 1 if len(detector.windows(audio.samples, audio.sample_rate)) else 0

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from services.settings import LimitsSettings
+
 from .._runtime import Detector, load_detector
 from .metrics import bootstrap_ci, det_points, eer, miss_at_fa
 from .probe import ShortcutProbe, feature_matrix
@@ -159,7 +161,9 @@ def evaluate(
     bootstrap: int = 300,
     threads: int = 2,
     shuffle_check: bool = False,
+    limits: LimitsSettings | None = None,
 ) -> dict[str, Any]:
+    """`limits`: the worker's (settings.limits); clips it would refuse are left out, as it would."""
     from .data import read_manifest
 
     out.mkdir(parents=True, exist_ok=True)
@@ -170,8 +174,8 @@ def evaluate(
     )
     rows = read_manifest(data)
     seen = {r["generator"] for r in rows if r["split"] == "train" and r["label"] == "synthetic"}
-    test = load_clips(data, "test")
-    train = load_clips(data, "train")
+    test = load_clips(data, "test", limits=limits)
+    train = load_clips(data, "train", limits=limits)
     _log(f"test clips: {len(test)}; seen generators: {sorted(seen)}")
     labels = np.array([c.label for c in test])
     report: dict[str, Any] = {

@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio
+
+from services.audio import decode_with_limits
+from services.errors import PoisonMessage
+from services.settings import LimitsSettings
 
 from .._artifact import DEFAULT_NAME, default_artifact_dir
 from .._frontend import FrontEndConfig
@@ -62,7 +65,12 @@ class Clip:
     row: dict[str, str]
 
 
-def load_clips(data: Path, split: str, limit: int | None = None) -> list[Clip]:
+def load_clips(
+    data: Path, split: str, limit: int | None = None, limits: LimitsSettings | None = None
+) -> list[Clip]:
+    """The split's clips, decoded by the worker's own path under the worker's limits, so training
+    and evaluation see what the worker would score. A clip the worker would refuse is left out with
+    a line saying why (a built set has none: the build trims silence and drops short takes)."""
     from .data import read_manifest
 
     rows = [r for r in read_manifest(data) if r["split"] == split]
@@ -70,10 +78,14 @@ def load_clips(data: Path, split: str, limit: int | None = None) -> list[Clip]:
         rows = rows[:: max(1, len(rows) // limit)][:limit]
     clips = []
     for r in rows:
-        x, rate = sf.read(data / r["path"], dtype="float32")
-        if rate != 16000:
-            raise ValueError(f"{r['path']}: expected 16 kHz, got {rate}")
-        clips.append(Clip(np.asarray(x, np.float32), 1 if r["label"] == "synthetic" else 0, r))
+        try:
+            audio = decode_with_limits(data / r["path"], limits or LimitsSettings())
+        except PoisonMessage as exc:
+            print(f"[train] left out {r['path']}: {exc.reason}: {exc.message}", file=sys.stderr, flush=True)
+            continue
+        if audio.sample_rate != 16000:
+            raise ValueError(f"{r['path']}: expected 16 kHz, got {audio.sample_rate}")
+        clips.append(Clip(audio.samples, 1 if r["label"] == "synthetic" else 0, r))
     return clips
 
 
