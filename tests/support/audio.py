@@ -34,3 +34,39 @@ def write_clip(path: Path, seconds: float = 2.0, rate: int = 16000, seed: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode(speechlike(seconds, rate, seed), rate, fmt))
     return path
+
+
+def flac_claiming(seconds: float, rate: int = 16000, keep: int = 200) -> bytes:
+    """A FLAC whose STREAMINFO claims `seconds` of audio but whose body is cut after `keep`
+    bytes: only a decoder that trusts the header calls it too long; one that decodes it finds a
+    truncated stream (so a `too_long` answer proves nothing was decoded)."""
+    data = bytearray(encode(speechlike(1.0, rate), rate, "FLAC"))
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # first metadata block is STREAMINFO
+    # STREAMINFO starts at byte 8; bytes 10..17 of it end with the 36-bit total sample count
+    packed = int.from_bytes(data[18:26], "big")
+    total = int(seconds * rate)
+    packed = (packed & ~((1 << 36) - 1)) | total
+    data[18:26] = packed.to_bytes(8, "big")
+    return bytes(data[:keep])
+
+
+def float_wav(samples: np.ndarray, rate: int = 16000) -> bytes:
+    return encode(samples.astype(np.float32), rate, subtype="FLOAT")
+
+
+def with_nan(seconds: float = 1.0) -> bytes:
+    samples = speechlike(seconds)
+    samples[100:200] = np.nan
+    return float_wav(samples)
+
+
+#: bad uploads a user met, each with the reason the worker dead-letters it with
+#: (under the default limits: 0.1 s .. 600 s)
+BAD_UPLOADS: dict[str, tuple[str, bytes]] = {
+    "claims-3-hours.flac": ("too_long", flac_claiming(3 * 3600)),
+    "silence-3s.flac": ("silent_audio", encode(np.zeros(3 * 16000, dtype=np.float32), fmt="FLAC")),
+    "10ms.wav": ("too_short", encode(speechlike(0.01))),
+    "nan-samples.wav": ("non_finite_samples", with_nan(0.25)),
+    "garbage.wav": ("undecodable_audio", bytes(range(256)) * 8),
+    "empty.wav": ("empty_audio", b""),
+}
