@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,10 +15,13 @@ import pytest
 import soundfile as sf
 
 import services.detector as detector_pkg
+from services.audio import decode_with_limits
 from services.detector import Decision, Detector, ModelMeta, load_detector
 from services.detector._artifact import default_artifact_dir
 from services.detector._windows import cut_windows, repeat_pad
-from services.errors import FatalError, ResourceExhausted, RetryableError
+from services.errors import FatalError, PoisonMessage, ResourceExhausted, RetryableError
+from services.settings import load_settings
+from tests.support.audio import BAD_UPLOADS, encode, speechlike
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +234,23 @@ def test_meta_is_frozen(det: Detector) -> None:
         det.meta.threshold = 0.1  # type: ignore[misc]
 
 
+def _strict_json(line: str) -> dict:  # type: ignore[type-arg]
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(line, parse_constant=refuse)  # type: ignore[no-any-return]
+
+
+def _score(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=None if env is None else {**os.environ, **env},
+    )
+
+
 def test_score_command_json_and_bad_file(tmp_path: Path) -> None:
     rate = 22050
     t = np.arange(int(rate * 2.5)) / rate
@@ -242,21 +263,49 @@ def test_score_command_json_and_bad_file(tmp_path: Path) -> None:
     sf.write(mp3, tone, rate, format="MP3")
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all")
-    proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "score", "--json", str(good), str(bad), str(ogg), str(mp3)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    uploads = []
+    for name, (_, data) in sorted(BAD_UPLOADS.items()):
+        (tmp_path / name).write_bytes(data)
+        uploads.append(tmp_path / name)
+    paths = [good, bad, ogg, *uploads, mp3]
+    proc = _score("score", "--json", *map(str, paths))
     assert proc.returncode == 1, proc.stderr
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [Path(r["path"]).name for r in rows] == ["tone.flac", "bad.wav", "tone.ogg", "tone.mp3"]
+    rows = [_strict_json(line) for line in proc.stdout.splitlines()]  # valid JSON only: no NaN
+    assert [Path(r["path"]).name for r in rows] == [p.name for p in paths]
     ok = [r for r in rows if "error" not in r]
-    assert len(ok) == 3
+    assert [Path(r["path"]).name for r in ok] == ["tone.flac", "tone.ogg", "tone.mp3"]
     for r in ok:
         assert r["label"] in {"synthetic", "bona_fide", "inconclusive"}
         assert 0.0 <= r["score"] <= 1.0 and r["windows"] == 1
         assert abs(r["duration_seconds"] - 2.5) < 0.1
         assert r["model"] and r["model_version"]
-    assert rows[1]["error"] == "unreadable_audio"
+    refused = {Path(r["path"]).name: r for r in rows if "error" in r}
+    assert refused["bad.wav"]["error"] == "undecodable_audio"
+    worker_limits = load_settings().limits
+    for path in uploads:
+        # the worker's own call on the bytes it fetched: the same reason, word for word
+        with pytest.raises(PoisonMessage) as worker:
+            decode_with_limits(path.read_bytes(), worker_limits)
+        row = refused[path.name]
+        assert row["error"] == worker.value.reason == BAD_UPLOADS[path.name][0], path.name
+        assert row["message"] == worker.value.message and str(tmp_path) not in row["message"]
+        assert f"{path.name}: refused, {row['error']}" in proc.stderr
     assert "bad.wav" in proc.stderr
+
+
+def test_score_command_says_the_reason_and_follows_the_settings(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(encode(speechlike(2.5)))
+    silent = tmp_path / "silent.flac"
+    silent.write_bytes(encode(np.zeros(16000, dtype=np.float32), fmt="FLAC"))
+    config = tmp_path / "audioguard.toml"
+    config.write_text("[limits]\nmax_audio_seconds = 2.0\n")
+    human = _score("--config", str(config), "score", str(clip), str(silent))
+    assert human.returncode == 1 and human.stdout == ""
+    assert "clip.wav: refused, too_long" in human.stderr
+    assert "silent.flac: refused, silent_audio" in human.stderr
+    from_env = _score("score", "--json", str(clip), env={"AUDIOGUARD_LIMITS__MIN_AUDIO_SECONDS": "3.0"})
+    assert from_env.returncode == 1
+    assert _strict_json(from_env.stdout)["error"] == "too_short"
+    plain = _score("score", str(clip))
+    assert plain.returncode == 0 and plain.stdout.startswith(f"{clip}: ") and "score=" in plain.stdout
