@@ -21,7 +21,7 @@ from consumers.transports.kafka import KafkaSink
 from dlq.envelope import dead_letter_from_record
 from services.platform import arrival_for
 from services.settings import DlqSettings, LimitsSettings, StorageSettings
-from tests.support.audio import encode, speechlike
+from tests.support.audio import BAD_UPLOADS, encode, flac_claiming, speechlike
 from tests.support.pipeline import (
     RunningWorker,
     make_settings,
@@ -163,10 +163,15 @@ KINDS: list[Kind] = [
         "PNG with .wav extension", "undecodable_audio", _stored(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     ),
     Kind("past the duration limit", "too_long", _stored(encode(speechlike(7.0)))),
+    # refused on the header's word: the body is cut, so decoding would have found it corrupt
+    Kind("header claims 3 hours", "too_long", _stored(flac_claiming(3 * 3600), ".flac")),
     Kind("too short", "too_short", _stored(encode(speechlike(0.04)))),
+    Kind("10 ms", "too_short", _stored(encode(speechlike(0.01)))),
     Kind("all silence", "silent_audio", _stored(encode(np.zeros(16000, dtype=np.float32)))),
+    Kind("3 s digital silence, FLAC", "silent_audio", _stored(BAD_UPLOADS["silence-3s.flac"][1], ".flac")),
     Kind("NaN samples", "non_finite_samples", _stored(_nan())),
     Kind("Inf samples", "non_finite_samples", _stored(_inf())),
+    Kind("samples of 1e20", "out_of_range_samples", _stored(_wav_float(speechlike(1.0) * np.float32(1e20)))),
     Kind("4 kHz sample rate", "unsupported_sample_rate", _stored(encode(speechlike(1.0, rate=4000), 4000))),
     Kind("nine channels", "unsupported_channels", _stored(encode(speechlike(1.0, channels=9)))),
     # -- healthy edge cases in the same stream: each must get a verdict
@@ -243,6 +248,8 @@ def test_poison_corpus_each_kind_dead_lettered_with_its_reason(broker, detector,
     for key, value, headers in read_destination(settings, tenant, "dlq"):
         envelope, payload = dead_letter_from_record(value, headers)
         got[(key or b"").decode()] = (envelope.category, envelope.reason)
+        # the same failure reads the same every time: no object address, no temporary path
+        assert " at 0x" not in envelope.error_message and "BytesIO" not in envelope.error_message
         original = next(r for r in records if r.key == key)
         assert payload == original.value  # the original payload, byte for byte
         assert envelope.source.topic == f"audioguard.arrivals.{tenant}" and envelope.source.offset is not None
