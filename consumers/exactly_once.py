@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from consumers.steps import Step, Work
 from consumers.transport import AckToken, MessageRejected, OutRecord
@@ -34,13 +34,14 @@ if TYPE_CHECKING:
 
     from consumers.admission import InFlight
 
-__all__ = ["TransactionalCommit"]
+__all__ = ["TransactionalCommit", "TransactionalSink", "TransactionalSource"]
 
 log = logging.getLogger("audioguard.exactly_once")
 
 Partition = tuple[str, int]
 
 
+@runtime_checkable
 class TransactionalSource(Protocol):
     def finish(self, tokens: list[AckToken]) -> dict[Partition, int]: ...
     def mark_committed(self, offsets: dict[Partition, int]) -> None: ...
@@ -48,6 +49,7 @@ class TransactionalSource(Protocol):
     def assigned(self) -> frozenset[Partition]: ...
 
 
+@runtime_checkable
 class TransactionalSink(Protocol):
     def publish(self, record: OutRecord) -> Future[None]: ...
     def begin_transaction(self) -> None: ...

@@ -30,6 +30,8 @@ import numpy as np
 
 from consumers.admission import Admit, InFlight
 from consumers.batching import BatchPolicy, BatchSizeTuner, MicroBatcher
+from consumers.exactly_once import TransactionalCommit, TransactionalSink, TransactionalSource
+from consumers.ports import Breaker, DeadLetterFactory, Detector, Hooks, NoHooks, Storage, VerdictStore
 from consumers.steps import (
     BuildVerdict,
     Commit,
@@ -79,19 +81,21 @@ class Pipeline:
         *,
         source: Source,
         sink: Sink,
-        detector: Any,
-        storage: Any,
-        store: Any,
-        breaker: Any | None = None,
+        detector: Detector,
+        storage: Storage,
+        store: VerdictStore,
+        dead_letters: DeadLetterFactory,
+        breaker: Breaker | None = None,
         clock: Callable[[], float] = time.monotonic,
-        hooks: Any | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
         self.sink = sink
         self.detector = detector
         self.stats = WorkerStats()
-        self._hooks = hooks
+        self.hooks: Hooks = hooks if hooks is not None else NoHooks()
+        self._dead_letters = dead_letters
         self._policies: dict[str, TenantPolicy] = {}
         self.in_flight = InFlight(
             max_events=settings.max_in_flight,
@@ -130,17 +134,13 @@ class Pipeline:
 
         self.commit: Step
         self.publish: Step
-        self.exactly_once = settings.transport == "kafka" and settings.kafka.exactly_once
-        if self.exactly_once:
+        self.transactional: TransactionalCommit | None = None
+        if settings.transport == "kafka" and settings.kafka.exactly_once:
             # verdicts and offsets in one Kafka transaction (consumers.exactly_once)
-            from consumers.exactly_once import TransactionalCommit
-
-            self.commit = self.publish = TransactionalCommit(
-                source,  # type: ignore[arg-type]
-                sink,  # type: ignore[arg-type]
-                self.in_flight,
-                on_done=self._done,
-            )
+            if not (isinstance(source, TransactionalSource) and isinstance(sink, TransactionalSink)):
+                raise FatalError("bad_config", "exactly_once needs a transactional Kafka source and sink")
+            self.transactional = TransactionalCommit(source, sink, self.in_flight, on_done=self._done)
+            self.commit = self.publish = self.transactional
         else:
             self.commit = Commit(source, self.in_flight, on_done=self._done)
             self.publish = Publish(self.commit, sink=sink, attempts=settings.retry.attempts + 1, clock=clock)
@@ -235,21 +235,13 @@ class Pipeline:
 
     def _dead_letter_record(self, work: Work) -> OutRecord:
         from consumers.retry_topics import original_message
-        from dlq.envelope import build_dead_letter, dead_letter_record
 
         error = work.error if work.error is not None else RuntimeError("unknown failure")
         # a message from a retry tier is dead-lettered as the arrival the platform published
         message = original_message(work.message)
-        envelope = build_dead_letter(
-            message,
-            error,
-            attempt=work.message.delivery_attempt,
-            first_seen_at=datetime.fromtimestamp(message.received_at, UTC),
-            worker_id=self.settings.worker_id,
-            model_version=self.detector.meta.version,
-            transport=self.settings.transport,
+        return self._dead_letters(
+            message, error, first_seen_at=datetime.fromtimestamp(message.received_at, UTC)
         )
-        return dead_letter_record(message, envelope, with_headers=self.settings.transport != "kinesis")
 
     def _batch_scored(self, batch: list[Work], seconds: float) -> None:
         windows = sum(len(w.windows) for w in batch if w.windows is not None)
@@ -259,8 +251,7 @@ class Pipeline:
             cap = self.tuner.observe(windows, seconds)
             if cap != self.batcher.policy.max_windows:
                 self.batcher.policy = replace(self.batcher.policy, max_windows=cap)
-        if self._hooks is not None:
-            self._hooks.batch_scored(batch, seconds)
+        self.hooks.batch_scored(batch, seconds)
 
     def _done(self, work: Work) -> None:
         self.open_tokens.discard(work.message.token)
@@ -275,21 +266,14 @@ class Pipeline:
             self.stats.dead_letters += 1
         elif work.outcome == "retry":
             self.stats.retried += 1
-        if self._hooks is not None:
-            self._hooks.done(work)
+        self.hooks.done(work)
 
     # -- driving -------------------------------------------------------------------------
     def admit_message(self, message: Message) -> None:
         work = self.admit.admit(message)
         self.open_tokens.add(message.token)
         self.stats.consumed += 1
-        self.hook("consumed", work)
-
-    def hook(self, name: str, *args: Any) -> None:
-        """Call `hooks.<name>(*args)` when the hooks object has it (consumers.instrumentation)."""
-        method = getattr(self._hooks, name, None)
-        if method is not None:
-            method(*args)
+        self.hooks.consumed(work)
 
     def poll(self) -> None:
         for step in self.steps:
@@ -359,7 +343,7 @@ class Worker:
             if tenant not in already:
                 self.pauses[tenant] = self.pauses.get(tenant, 0) + 1
         self.source.pause(tenants)
-        self.pipeline.hook("paused", [t for t in tenants if t not in already])
+        self.pipeline.hooks.paused([t for t in tenants if t not in already])
 
     def _resume_below_low_water(self) -> None:
         ready = [t for t in self.source.paused() if t not in self.held and self.pipeline.admit.may_resume(t)]
@@ -367,7 +351,7 @@ class Worker:
             for tenant in ready:
                 self.resumes[tenant] = self.resumes.get(tenant, 0) + 1
             self.source.resume(ready)
-            self.pipeline.hook("resumed", ready)
+            self.pipeline.hooks.resumed(ready)
 
     def held_counts(self) -> dict[str, int]:
         """Messages held in memory per tenant (refused, waiting for admission; bounded by a poll)."""
@@ -382,7 +366,7 @@ class Worker:
         self._offer(messages)
         self.pipeline.poll()
         self._resume_below_low_water()
-        self.pipeline.hook("turn", self)
+        self.pipeline.hooks.turn(self)
 
     def run(self, stop: threading.Event | None = None, until: Callable[[], bool] | None = None) -> int:
         stop = stop or self.stopping
@@ -453,44 +437,5 @@ class Worker:
             )
             self.pipeline.fetch.abandon(left)
             self.pipeline.open_tokens -= left
-        if self.pipeline.exactly_once:
-            self.pipeline.commit.abandon(partitions)  # type: ignore[attr-defined]
-
-
-def build_worker(settings: Settings, *, detector: Any | None = None, hooks: Any | None = None) -> Worker:
-    """Assemble a worker from settings: transport, storage, verdict store, detector, breaker."""
-    from consumers.transports.registry import open_transport
-    from dlq.breaker import DlqBreaker
-    from services.storage import AudioStorage
-    from services.store import open_store
-
-    if detector is None:
-        from services.detector import load_detector
-
-        detector = load_detector(settings.model_path, device=settings.device)
-    if hooks is None:
-        from consumers.instrumentation import PipelineHooks
-
-        hooks = PipelineHooks.for_detector(detector, max_windows=settings.batch.max_windows)
-    store = open_store(settings.store.url, settings.store.ttl_seconds)
-    revoke_handlers: list[Callable[[list[tuple[str, int]]], None]] = []
-
-    def on_revoke(partitions: list[tuple[str, int]]) -> None:
-        for handler in revoke_handlers:
-            handler(partitions)
-
-    options: dict[str, Any] = {"on_revoke": on_revoke} if settings.transport == "kafka" else {}
-    source, sink = open_transport(settings, **options)
-    pipeline = Pipeline(
-        settings,
-        source=source,
-        sink=sink,
-        detector=detector,
-        storage=AudioStorage(settings.storage),
-        store=store,
-        breaker=DlqBreaker(settings.dlq),
-        hooks=hooks,
-    )
-    worker = Worker(pipeline)
-    revoke_handlers.append(worker.on_revoke)
-    return worker
+        if self.pipeline.transactional is not None:
+            self.pipeline.transactional.abandon(partitions)

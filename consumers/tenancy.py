@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from schemas import TENANT_PATTERN
+from schemas import validate_tenant
 
 __all__ = [
     "KAFKA_ARRIVALS_PATTERN",
@@ -23,18 +23,11 @@ __all__ = [
     "validate_tenant",
 ]
 
-_TENANT_RE = re.compile(TENANT_PATTERN)
 _KAFKA_ARRIVALS_RE = re.compile(r"^audioguard\.arrivals\.([a-z0-9-]{1,40})$")
 
 #: librdkafka treats a subscription starting with "^" as a regex; new matching topics are
 #: picked up on the next metadata refresh (topic.metadata.refresh.interval.ms).
 KAFKA_ARRIVALS_PATTERN = r"^audioguard\.arrivals\.[a-z0-9-]{1,40}$"
-
-
-def validate_tenant(tenant: str) -> str:
-    if not _TENANT_RE.match(tenant):
-        raise ValueError(f"invalid tenant id {tenant!r}: must match {TENANT_PATTERN}")
-    return tenant
 
 
 def kafka_topic(kind: str, tenant: str, tier: int | None = None) -> str:

@@ -30,6 +30,7 @@ import json
 import re
 import traceback
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any, get_args
@@ -42,6 +43,7 @@ from services.errors import AudioguardError, FatalError, PoisonMessage, Retryabl
 
 __all__ = [
     "ENVELOPE_FIELDS",
+    "DeadLetterWriter",
     "HEADER_PREFIX",
     "MAX_HEADER_VALUE_BYTES",
     "PUBSUB_DEAD_LETTER_PREFIX",
@@ -367,3 +369,26 @@ def replay_headers(
     kept.append((REPLAY_COUNT_HEADER, str(dead_letter.replay_count + 1).encode("ascii")))
     kept.append((REPLAY_ID_HEADER, replay_id.encode("utf-8")))
     return tuple(kept)
+
+
+@dataclass(frozen=True)
+class DeadLetterWriter:
+    """The worker's dead-letter factory (consumers.ports.DeadLetterFactory): envelope + record
+    for one failed message, stamped with this worker and model."""
+
+    worker_id: str
+    model_version: str
+    transport: str
+
+    def __call__(self, message: Message, error: BaseException, *, first_seen_at: datetime) -> OutRecord:
+        envelope = build_dead_letter(
+            message,
+            error,
+            attempt=message.delivery_attempt,
+            first_seen_at=first_seen_at,
+            worker_id=self.worker_id,
+            model_version=self.model_version,
+            transport=self.transport,
+        )
+        # Kinesis records carry no headers: the envelope travels in the body there
+        return dead_letter_record(message, envelope, with_headers=self.transport != "kinesis")

@@ -19,6 +19,7 @@ from schemas._contracts import (
     Verdict,
     WindowSummary,
     json_schemas,
+    validate_tenant,
 )
 
 SCHEMA_DIR = Path(__file__).parent
@@ -28,6 +29,7 @@ __all__ = [
     "SCHEMA_MAJOR",
     "SCHEMA_VERSION",
     "TENANT_PATTERN",
+    "validate_tenant",
     "AudioArrival",
     "DeadLetter",
     "ErrorCategory",

@@ -12,6 +12,7 @@ the pipeline the data travels in frozen dataclasses.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,15 @@ SCHEMA_VERSION = f"{SCHEMA_MAJOR}.0"
 
 TENANT_PATTERN = r"^[a-z0-9-]{1,40}$"
 TenantId = Annotated[str, Field(pattern=TENANT_PATTERN, description="lowercase [a-z0-9-]{1,40}")]
+
+
+def validate_tenant(tenant: str) -> str:
+    """`tenant` if it is a valid tenant id, else ValueError (topic names and settings use it)."""
+    if not re.fullmatch(TENANT_PATTERN[1:-1], tenant):
+        raise ValueError(f"invalid tenant id {tenant!r}: must match {TENANT_PATTERN}")
+    return tenant
+
+
 Label = Literal["synthetic", "bona_fide", "inconclusive"]
 ErrorCategory = Literal["poison", "retries_exhausted", "fatal"]
 

@@ -178,7 +178,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        from consumers.tenancy import validate_tenant
+        from schemas import validate_tenant
 
         for tenant in self.tenants:
             validate_tenant(tenant)

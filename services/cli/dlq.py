@@ -148,7 +148,7 @@ def _settings(args: argparse.Namespace) -> Any:
 def _tenant(args: argparse.Namespace) -> str:
     if len(args.tenants) != 1:
         raise SystemExit("audioguard dlq: name exactly one --tenant")
-    from consumers.tenancy import validate_tenant
+    from schemas import validate_tenant
 
     return validate_tenant(args.tenants[0])
 

@@ -36,9 +36,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from consumers.runner import build_worker
     from services.errors import FatalError
     from services.logs import configure_logging
+    from services.tools.worker import build_worker, load_serving_detector
 
     extra: dict[str, Any] = {}
     if args.metrics_port is not None:
@@ -59,7 +59,7 @@ def _worker(args: argparse.Namespace) -> int:
     if settings.metrics_port is not None:
         health = start_health_server(settings.metrics_port, ready=readiness, alive=heartbeat)
     try:
-        hooks = _worker_hooks(settings, heartbeat, readiness)
+        hooks = load_serving_detector(settings, heartbeat, readiness)
         worker = build_worker(settings, detector=hooks.detector, hooks=hooks)
     except FatalError as error:
         print(f"audioguard worker: {error}", file=sys.stderr)
@@ -84,27 +84,6 @@ def _worker(args: argparse.Namespace) -> int:
     finally:
         if health is not None:
             health.stop()
-
-
-def _worker_hooks(settings: Any, heartbeat: Any, readiness: Any) -> Any:
-    """Load the model, run one warm-up inference, and build the worker's metric hooks."""
-    import numpy as np
-
-    from consumers.instrumentation import PipelineHooks
-    from services.detector import load_detector
-    from services.metrics import set_worker_info
-
-    detector = load_detector(settings.model_path, device=settings.device)
-    readiness.set(model_loaded=True)
-    # the first forward pass pays for allocator and kernel setup; pay it before traffic
-    detector.score_windows(np.zeros((1, detector.meta.window_samples), dtype=np.float32))
-    readiness.set(warmed_up=True)
-    set_worker_info(
-        settings.worker_id, str(detector.meta.version), transport=settings.transport, device=detector.device
-    )
-    return PipelineHooks.for_detector(
-        detector, heartbeat=heartbeat, readiness=readiness, max_windows=settings.batch.max_windows
-    )
 
 
 def _verdicts(args: argparse.Namespace) -> int:

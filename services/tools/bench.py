@@ -376,10 +376,10 @@ def _recording_hooks(detector: Any, recorder: Recorder, max_windows: int) -> Any
 
 
 class WorkerThread:
-    """The real worker (consumers.runner.build_worker) on a thread of this process."""
+    """The real worker (services.tools.worker.build_worker) on a thread of this process."""
 
     def __init__(self, rig: Rig, tenants: list[str], batch: Any | None = None) -> None:
-        from consumers.runner import build_worker
+        from services.tools.worker import build_worker
 
         overrides = {"batch": batch} if batch is not None else {}
         settings = rig.settings(tenants, **overrides)

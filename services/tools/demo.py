@@ -138,7 +138,6 @@ def run_demo(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from consumers.runner import build_worker
     from consumers.transport import OutRecord
     from consumers.transports.registry import open_publisher, provision
     from dlq.envelope import dead_letter_from_record
@@ -146,6 +145,7 @@ def run_demo(
     from services.logs import configure_logging
     from services.platform import arrival_for
     from services.storage import AudioStorage
+    from services.tools.worker import build_worker
 
     console = Console()
     configure_logging("ERROR", "text")

@@ -227,7 +227,7 @@ def test_backpressure_bounds_in_flight_and_pauses_then_resumes_the_source(
     harness: Harness, detector: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import consumers.transports.registry
-    from consumers.runner import build_worker
+    from services.tools.worker import build_worker
 
     tenants = harness.tenants(1)
     bound = 2

@@ -10,10 +10,10 @@ import time
 import pytest
 
 from consumers.admission import Admit, InFlight, TokenBucket
-from consumers.runner import build_worker
 from consumers.steps import Step, Work
 from consumers.transport import Message, MessageRejected
 from services.settings import TenantSettings
+from services.tools.worker import build_worker
 from tests.support.pipeline import RunningWorker, make_settings, provision, publish_clips, verdicts_by_key
 
 

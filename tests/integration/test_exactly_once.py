@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 
 from consumers.exactly_once import TransactionalCommit
-from consumers.runner import build_worker
 from consumers.tenancy import kafka_topic
 from consumers.transport import OutRecord
 from consumers.transports.kafka import KafkaSink, committed_offsets
 from services.errors import RetryableError
 from services.settings import KafkaSettings
+from services.tools.worker import build_worker
 from tests.support.pipeline import (
     RunningWorker,
     make_settings,

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from consumers.runner import build_worker
 from services.health import Heartbeat, start_health_server
+from services.tools.worker import build_worker
 from tests.support.pipeline import RunningWorker, make_settings, provision, publish_clips
 
 PROMETHEUS = shutil.which("prometheus")
@@ -62,7 +62,7 @@ def test_prometheus_scrapes_the_worker_and_answers_for_its_verdicts(
     provision(settings, partitions=1)
     worker = build_worker(settings, detector=detector)
     heartbeat = Heartbeat()
-    worker.pipeline._hooks.heartbeat = heartbeat
+    worker.pipeline.hooks.heartbeat = heartbeat
     with start_health_server(0, host="127.0.0.1", ready=lambda: True, alive=heartbeat) as health:
         port = free_port()
         config = tmp_path / "prometheus.yml"

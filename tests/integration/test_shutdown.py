@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from consumers.runner import build_worker
 from consumers.tenancy import kafka_topic
 from consumers.transports.kafka import committed_offsets
 from services.settings import KafkaSettings
+from services.tools.worker import build_worker
 from tests.integration.test_circuit_breaker import worker_env
 from tests.support.pipeline import RunningWorker, make_settings, provision, publish_clips, verdicts_by_key
 

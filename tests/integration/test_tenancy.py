@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from consumers.runner import build_worker
+from consumers.ports import NoHooks
 from consumers.steps import Work
 from consumers.transport import OutRecord
 from consumers.transports.kafka import KafkaSink, create_topics, tenant_topics
@@ -19,6 +19,7 @@ from services.local.broker import EmbeddedBroker
 from services.local.emulators import MotoServer
 from services.platform import arrival_for
 from services.settings import DlqSettings, KafkaSettings, StorageSettings, TenantSettings
+from services.tools.worker import build_worker
 from tests.support.audio import encode, speechlike
 from tests.support.pipeline import (
     RunningWorker,
@@ -31,12 +32,9 @@ from tests.support.pipeline import (
 )
 
 
-class Hooks:
+class Hooks(NoHooks):
     def __init__(self) -> None:
         self.finished: list[Work] = []
-
-    def batch_scored(self, batch: list[Work], seconds: float) -> None:
-        pass
 
     def done(self, work: Work) -> None:
         self.finished.append(work)

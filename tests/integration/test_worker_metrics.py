@@ -17,12 +17,12 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.runner import build_worker
 from consumers.tenancy import kafka_topic
 from consumers.transport import OutRecord
 from consumers.transports.kafka import KafkaSink
 from services.health import Heartbeat, start_health_server
 from services.logs import configure_logging
+from services.tools.worker import build_worker
 from tests.support.pipeline import RunningWorker, make_settings, provision, publish_clips, publish_raw
 
 
@@ -66,9 +66,9 @@ def test_a_worker_counts_every_outcome_and_logs_with_the_uploads_ids(broker, det
     stream = io.StringIO()
     handler = configure_logging("INFO", "json", stream=stream)
     worker = build_worker(settings, detector=detector)  # the default hooks: consumers.instrumentation
-    worker.pipeline._hooks.refresh_s = 0.2
+    worker.pipeline.hooks.refresh_s = 0.2
     heartbeat = Heartbeat()
-    worker.pipeline._hooks.heartbeat = heartbeat
+    worker.pipeline.hooks.heartbeat = heartbeat
     try:
         with (
             start_health_server(0, host="127.0.0.1", ready=lambda: True, alive=heartbeat) as health,
@@ -107,7 +107,7 @@ def test_a_worker_counts_every_outcome_and_logs_with_the_uploads_ids(broker, det
     arrivals = kafka_topic("arrivals", tenant)
     assert value(found, "audioguard_consumer_lag_messages", tenant=tenant, topic=arrivals) == 0
     assert value(found, "audioguard_last_heartbeat_timestamp_seconds") > time.time() - 60
-    assert worker.pipeline._hooks.errors == 0
+    assert worker.pipeline.hooks.errors == 0
 
     lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
     published = [line for line in lines if line.get("message") == "verdict published"]

@@ -9,12 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from consumers.runner import Worker, build_worker
+from consumers.runner import Worker
 from consumers.tenancy import kafka_topic
 from consumers.transport import OutRecord
 from consumers.transports.kafka import KafkaSink, create_topics, read_topic, tenant_topics
 from services.platform import arrival_for
 from services.settings import BatchSettings, KafkaSettings, Settings, StorageSettings, StoreSettings
+from services.tools.worker import build_worker
 from tests.support.audio import encode, speechlike
 
 

@@ -1,0 +1,128 @@
+"""The seams of the worker: what the pipeline needs from the things it is handed.
+
+The pipeline never imports the detector, the storage, the verdict store, the dead-letter
+envelope or the circuit breaker; the wiring (`services.tools.worker.build_worker`) hands it
+objects with these shapes. Tests hand it small ones of their own, and the type checker holds
+every implementation to the same contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import numpy as np
+
+from consumers.transport import Message, OutRecord
+
+if TYPE_CHECKING:
+    from consumers.steps import Work
+    from services.detector import Decision, ModelMeta
+
+__all__ = [
+    "Breaker",
+    "DeadLetterFactory",
+    "Detector",
+    "Hooks",
+    "NoHooks",
+    "Outcome",
+    "Storage",
+    "VerdictStore",
+]
+
+#: how one message left the pipeline ("" while it is still on its way)
+Outcome = Literal["", "verdict", "duplicate", "dead_letter", "retry"]
+
+
+class Detector(Protocol):
+    """The scoring runtime (services.detector.Detector, or the null scorer)."""
+
+    @property
+    def meta(self) -> ModelMeta: ...
+
+    @property
+    def device(self) -> str: ...
+
+    def windows(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Samples at any rate -> (n, window_samples) float32 at the model rate; n >= 1."""
+        ...
+
+    def score_windows(self, windows: np.ndarray) -> np.ndarray:
+        """(n, window_samples) -> (n,) scores in [0, 1]; may raise ResourceExhausted on OOM."""
+        ...
+
+    def decide(self, window_scores: np.ndarray) -> Decision:
+        """One upload's window scores -> its label and score summary."""
+        ...
+
+
+class Storage(Protocol):
+    """Fetches audio objects for a tenant (services.storage.AudioStorage)."""
+
+    def fetch(self, uri: str, tenant: str, *, expected_sha256: str | None = None) -> bytes:
+        """Raises PoisonMessage for a URI the tenant may not read, RetryableError when transient."""
+        ...
+
+
+class VerdictStore(Protocol):
+    """First-writer-wins verdicts by (tenant, idempotency key) (services.store)."""
+
+    def get(self, tenant: str, key: str) -> bytes | None: ...
+
+    def put_if_absent(self, tenant: str, key: str, verdict: bytes) -> bytes:
+        """Store `verdict` unless one is there; return the stored one (the first writer's)."""
+        ...
+
+
+class Breaker(Protocol):
+    """Watches the dead-letter rate; raises FatalError when it trips (dlq.breaker.DlqBreaker)."""
+
+    def record_success(self) -> None: ...
+
+    def record_dead_letter(self, reason: str = "unknown") -> None: ...
+
+
+class DeadLetterFactory(Protocol):
+    """Builds the dead-letter record of a failed message (dlq.envelope.DeadLetterWriter)."""
+
+    def __call__(self, message: Message, error: BaseException, *, first_seen_at: datetime) -> OutRecord: ...
+
+
+class Hooks(Protocol):
+    """What the pipeline reports as it runs (consumers.instrumentation.PipelineHooks). Each call
+    must be cheap and must not raise: metrics never stop a worker."""
+
+    def consumed(self, work: Work) -> None: ...
+
+    def batch_scored(self, batch: list[Work], seconds: float) -> None: ...
+
+    def done(self, work: Work) -> None: ...
+
+    def paused(self, tenants: Iterable[str]) -> None: ...
+
+    def resumed(self, tenants: Iterable[str]) -> None: ...
+
+    def turn(self, worker: object) -> None: ...
+
+
+class NoHooks:
+    """Hooks that report nothing (tests, tools that count for themselves)."""
+
+    def consumed(self, work: Work) -> None:
+        pass
+
+    def batch_scored(self, batch: list[Work], seconds: float) -> None:
+        pass
+
+    def done(self, work: Work) -> None:
+        pass
+
+    def paused(self, tenants: Iterable[str]) -> None:
+        pass
+
+    def resumed(self, tenants: Iterable[str]) -> None:
+        pass
+
+    def turn(self, worker: object) -> None:
+        pass

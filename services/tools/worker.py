@@ -1,0 +1,85 @@
+"""Assemble a worker from settings: the one place that picks each collaborator of the pipeline.
+
+`consumers.runner` is a generic loop over steps and knows only the seams of
+`consumers.ports`; this module chooses the transport, storage, verdict store, detector,
+dead-letter writer and circuit breaker, the way Arroyo's strategy factory builds its chain.
+The CLI, the demo, the bench and the tests build workers here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from consumers.instrumentation import PipelineHooks
+from consumers.ports import Detector, Hooks
+from consumers.runner import Pipeline, Worker
+from dlq.breaker import DlqBreaker
+from dlq.envelope import DeadLetterWriter
+from services.health import Heartbeat, Readiness
+from services.settings import Settings
+
+__all__ = ["build_worker", "load_serving_detector"]
+
+
+def build_worker(
+    settings: Settings, *, detector: Detector | None = None, hooks: Hooks | None = None
+) -> Worker:
+    """A worker on `settings.transport`, ready to `run()`. Loads the shipped (or configured)
+    model when no detector is given; raises FatalError for a bad config or a tampered model."""
+    from consumers.transports.registry import open_transport
+    from services.storage import AudioStorage
+    from services.store import open_store
+
+    if detector is None:
+        from services.detector import load_detector
+
+        detector = load_detector(settings.model_path, device=settings.device)
+    if hooks is None:
+        hooks = PipelineHooks.for_detector(detector, max_windows=settings.batch.max_windows)
+    store = open_store(settings.store.url, settings.store.ttl_seconds)
+    revoke_handlers: list[Callable[[list[tuple[str, int]]], None]] = []
+
+    def on_revoke(partitions: list[tuple[str, int]]) -> None:
+        for handler in revoke_handlers:
+            handler(partitions)
+
+    options: dict[str, Any] = {"on_revoke": on_revoke} if settings.transport == "kafka" else {}
+    source, sink = open_transport(settings, **options)
+    pipeline = Pipeline(
+        settings,
+        source=source,
+        sink=sink,
+        detector=detector,
+        storage=AudioStorage(settings.storage),
+        store=store,
+        dead_letters=DeadLetterWriter(
+            worker_id=settings.worker_id, model_version=detector.meta.version, transport=settings.transport
+        ),
+        breaker=DlqBreaker(settings.dlq),
+        hooks=hooks,
+    )
+    worker = Worker(pipeline)
+    revoke_handlers.append(worker.on_revoke)
+    return worker
+
+
+def load_serving_detector(settings: Settings, heartbeat: Heartbeat, readiness: Readiness) -> PipelineHooks:
+    """Load the model, run one warm-up inference, and build the worker's metric hooks
+    (`hooks.detector` is the loaded model); readiness says how far it got."""
+    import numpy as np
+
+    from services.detector import load_detector
+    from services.metrics import set_worker_info
+
+    detector = load_detector(settings.model_path, device=settings.device)
+    readiness.set(model_loaded=True)
+    # the first forward pass pays for allocator and kernel setup; pay it before traffic
+    detector.score_windows(np.zeros((1, detector.meta.window_samples), dtype=np.float32))
+    readiness.set(warmed_up=True)
+    set_worker_info(
+        settings.worker_id, str(detector.meta.version), transport=settings.transport, device=detector.device
+    )
+    return PipelineHooks.for_detector(
+        detector, heartbeat=heartbeat, readiness=readiness, max_windows=settings.batch.max_windows
+    )
