@@ -29,6 +29,7 @@ demo: setup
 	$(BIN)/audioguard demo
 
 test: setup system-deps
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # The full-size crash test of issue 4 (CI runs a small one inside `make test`).
@@ -42,6 +43,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check schemas consumers services dlq tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 schemas: setup
 	$(BIN)/audioguard schemas export

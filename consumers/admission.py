@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from consumers.steps import Step, Work, _Forwarding
+from consumers.steps import Step, _Forwarding
 from consumers.transport import Message, MessageRejected
+from consumers.work import Work
 
 __all__ = ["Admit", "InFlight", "TenantLoad", "TokenBucket", "TOTAL_REASONS"]
 

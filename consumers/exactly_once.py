@@ -25,14 +25,15 @@ import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
-from consumers.steps import Step, Work
+from consumers.ports import InFlightLedger
+from consumers.steps import Step
 from consumers.transport import AckToken, MessageRejected, OutRecord
+from consumers.work import Work
 from services.errors import FatalError, RetryableError
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-    from consumers.admission import InFlight
 
 __all__ = ["TransactionalCommit", "TransactionalSink", "TransactionalSource"]
 
@@ -69,7 +70,7 @@ class TransactionalCommit(Step):
         self,
         source: TransactionalSource,
         sink: TransactionalSink,
-        in_flight: InFlight,
+        in_flight: InFlightLedger,
         *,
         on_done: Callable[[Work], None] | None = None,
         interval: float = 0.1,

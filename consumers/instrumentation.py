@@ -35,7 +35,7 @@ from services import metrics
 from services.logs import log_context
 
 if TYPE_CHECKING:
-    from consumers.steps import Work
+    from consumers.work import Work
     from services.health import Heartbeat, Readiness
 
 __all__ = ["PipelineHooks", "work_context"]

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from consumers.transport import Message, OutRecord
+from consumers.work import Outcome, Work
 
 if TYPE_CHECKING:
-    from consumers.steps import Work
     from services.detector import Decision, ModelMeta
 
 __all__ = [
@@ -25,15 +25,12 @@ __all__ = [
     "DeadLetterFactory",
     "Detector",
     "Hooks",
+    "InFlightLedger",
     "NoHooks",
     "Outcome",
     "Storage",
     "VerdictStore",
 ]
-
-#: how one message left the pipeline ("" while it is still on its way)
-Outcome = Literal["", "verdict", "duplicate", "dead_letter", "retry"]
-
 
 class Detector(Protocol):
     """The scoring runtime (services.detector.Detector, or the null scorer)."""
@@ -54,6 +51,19 @@ class Detector(Protocol):
 
     def decide(self, window_scores: np.ndarray) -> Decision:
         """One upload's window scores -> its label and score summary."""
+        ...
+
+
+class InFlightLedger(Protocol):
+    """The in-flight accounting that admission charges and later steps settle
+    (consumers.admission.InFlight). Thread-safe: fetch threads adjust it."""
+
+    def adjust(self, tenant: str, delta_seconds: float) -> None:
+        """The audio turned out `delta_seconds` longer (or shorter) than admitted."""
+        ...
+
+    def release(self, tenant: str, seconds: float) -> None:
+        """One event of `tenant` and its `seconds` of audio left the pipeline."""
         ...
 
 

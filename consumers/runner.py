@@ -30,6 +30,7 @@ import numpy as np
 
 from consumers.admission import Admit, InFlight
 from consumers.batching import BatchPolicy, BatchSizeTuner, MicroBatcher
+from consumers.deadline import Deadline
 from consumers.exactly_once import TransactionalCommit, TransactionalSink, TransactionalSource
 from consumers.ports import Breaker, DeadLetterFactory, Detector, Hooks, NoHooks, Storage, VerdictStore
 from consumers.steps import (
@@ -205,7 +206,16 @@ class Pipeline:
         self._first_seen: dict[Any, datetime] = {}
         #: tokens admitted and not yet done (to drain a revoked partition's work)
         self.open_tokens: set[Any] = set()
-        self.steps: list[Step] = [self.parse, self.fetch, self.score, self.verdict, self.publish, self.commit]
+        self.steps: list[Step] = [
+            self.admit,
+            self.parse,
+            self.fetch,
+            self.score,
+            self.verdict,
+            self.dead_letter,
+            self.publish,
+            self.commit,
+        ]
 
     # -- policy --------------------------------------------------------------------------
     def policy(self, tenant: str) -> TenantPolicy:
@@ -288,9 +298,14 @@ class Pipeline:
     def busy(self) -> bool:
         return self.pending() > 0
 
-    def close(self) -> None:
+    def close(self, deadline: Deadline | None = None) -> None:
+        """Stop the fetch and scorer threads; a batch already on the model may finish within
+        `deadline` (its work was not committed and will be redelivered either way)."""
         self._fetch_pool.shutdown(wait=False, cancel_futures=True)
-        self._score_pool.shutdown(wait=True)
+        self._score_pool.shutdown(wait=False, cancel_futures=True)
+        waiter = threading.Thread(target=self._score_pool.shutdown, name="score-stop", daemon=True)
+        waiter.start()
+        waiter.join(None if deadline is None else deadline.remaining())
 
 
 class Worker:
@@ -380,11 +395,15 @@ class Worker:
         self.shutdown()
         return 0
 
-    def shutdown(self, abandon: bool = False) -> None:
-        """Take no new work, finish in-flight work within the drain deadline, commit it."""
-        deadline = time.monotonic() + (0 if abandon else self.pipeline.settings.drain_seconds)
+    def shutdown(self, abandon: bool = False, deadline: Deadline | None = None) -> None:
+        """Take no new work, finish in-flight work, commit it, close: all within one deadline
+        (default drain_seconds + close_seconds; abandoning skips the drain)."""
+        settings = self.pipeline.settings
+        if deadline is None:
+            deadline = Deadline.after(settings.close_seconds + (0 if abandon else settings.drain_seconds))
+        drain = deadline.reserve(settings.close_seconds)
         self.held.clear()
-        while self.pipeline.busy() and time.monotonic() < deadline:
+        while self.pipeline.busy() and not drain.expired():
             self.heartbeat = time.monotonic()
             # keep the consumer alive in its group while draining, but admit nothing new
             self.source.pause(self.source_tenants())
@@ -395,11 +414,11 @@ class Worker:
                 "drain deadline passed; unfinished work will be redelivered",
                 extra={"in_flight": self.pipeline.pending()},
             )
-        self.sink.flush(5)
+        self.sink.flush(deadline.remaining())
         # closing the consumer revokes its partitions: the drain above already decided
         self.closed = True
-        self.pipeline.close()
-        self.source.close(10)
+        self.pipeline.close(deadline)
+        self.source.close(deadline.remaining())
 
     def source_tenants(self) -> list[str]:
         return sorted(self.tenants_seen | set(self.pipeline.in_flight.events) | set(self.source.paused()))
@@ -426,8 +445,9 @@ class Worker:
                 self.held[tenant] = kept
             else:
                 del self.held[tenant]
-        deadline = time.monotonic() + self.pipeline.settings.drain_seconds
-        while any(revoked(t) for t in self.pipeline.open_tokens) and time.monotonic() < deadline:
+        # inside the consumer's poll: the whole callback must stay under max.poll.interval.ms
+        deadline = Deadline.after(self.pipeline.settings.drain_seconds)
+        while any(revoked(t) for t in self.pipeline.open_tokens) and not deadline.expired():
             self.pipeline.poll()
             time.sleep(0.002)
         left = {t for t in self.pipeline.open_tokens if revoked(t)}

@@ -23,20 +23,19 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
 from consumers.batching import MicroBatcher
+from consumers.ports import InFlightLedger
 from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
+from consumers.work import Work
 from schemas import SCHEMA_VERSION, AudioArrival, ModelInfo, Timings, Verdict, WindowSummary
 from services.errors import AudioguardError, FatalError, PoisonMessage, ResourceExhausted, RetryableError
-
-if TYPE_CHECKING:
-    from consumers.admission import InFlight
 
 __all__ = [
     "BuildVerdict",
@@ -53,28 +52,6 @@ __all__ = [
 log = logging.getLogger("audioguard.pipeline")
 
 VERDICT_HEADERS = ("ag-idempotency-key", "ag-model-version", "ag-schema-version")
-
-
-@dataclass(frozen=True)
-class Work:
-    """One arrival on its way through the pipeline. Replaced, never mutated."""
-
-    message: Message
-    admitted_at: float
-    arrival: AudioArrival | None = None
-    windows: np.ndarray | None = None
-    duration_seconds: float = 0.0
-    scoring_started: float | None = None
-    scoring_seconds: float = 0.0
-    scores: np.ndarray | None = None
-    record: OutRecord | None = None
-    outcome: str = ""  # "verdict" | "duplicate" | "dead_letter" | "retry"
-    label: str | None = None
-    error: BaseException | None = field(default=None, compare=False)
-
-    @property
-    def tenant(self) -> str:
-        return self.message.tenant
 
 
 class Step(ABC):
@@ -97,34 +74,17 @@ class Step(ABC):
 
 
 class _Forwarding(Step):
-    """A step with an outbox: if the next step is busy, hold and retry on `poll`."""
+    """A step that hands its finished work to the next step.
+
+    The next step never refuses (only `Admit`, the first step, raises MessageRejected), so
+    there is no outbox to hold work in.
+    """
 
     def __init__(self, next_step: Step) -> None:
         self._next = next_step
-        self._outbox: deque[Work] = deque()
 
     def _forward(self, work: Work) -> None:
-        if self._outbox:
-            self._outbox.append(work)
-            return
-        try:
-            self._next.submit(work)
-        except MessageRejected:
-            self._outbox.append(work)
-
-    def _drain_outbox(self) -> None:
-        while self._outbox:
-            try:
-                self._next.submit(self._outbox[0])
-            except MessageRejected:
-                return
-            self._outbox.popleft()
-
-    def poll(self) -> None:
-        self._drain_outbox()
-
-    def pending(self) -> int:
-        return len(self._outbox)
+        self._next.submit(work)
 
 
 # -- parse --------------------------------------------------------------------------------
@@ -240,7 +200,7 @@ class FetchAudio(_Forwarding):
         dead_letter: Step,
         executor: Executor,
         load: Callable[[AudioArrival, str], tuple[np.ndarray, float]],
-        in_flight: InFlight,
+        in_flight: InFlightLedger,
     ) -> None:
         super().__init__(next_step)
         self._dead_letter = dead_letter
@@ -257,7 +217,6 @@ class FetchAudio(_Forwarding):
         self._owner[future] = work
 
     def poll(self) -> None:
-        self._drain_outbox()
         done = [f for f in self._running if f.done()]
         for future in done:
             self._running.discard(future)
@@ -281,7 +240,7 @@ class FetchAudio(_Forwarding):
             self.poll()
 
     def pending(self) -> int:
-        return len(self._running) + len(self._outbox)
+        return len(self._running)
 
     def abandon(self, tokens: set[AckToken]) -> None:
         for future, work in list(self._owner.items()):
@@ -366,7 +325,6 @@ class ScoreBatches(_Forwarding):
         return results, time.perf_counter() - started
 
     def poll(self) -> None:
-        self._drain_outbox()
         while self._running and self._running[0][0].done():
             future, batch = self._running.popleft()
             results, seconds = future.result()
@@ -400,7 +358,7 @@ class ScoreBatches(_Forwarding):
 
     def pending(self) -> int:
         running = sum(len(batch) for _, batch in self._running)
-        return len(self._batcher) + running + len(self._outbox)
+        return len(self._batcher) + running
 
 
 # -- verdict ------------------------------------------------------------------------------
@@ -571,7 +529,6 @@ class Publish(_Forwarding):
         self._waiting.append((future, work, attempt))
 
     def poll(self) -> None:
-        self._drain_outbox()
         self._sink.poll()
         now = self._clock()
         due = [r for r in self._retry_at if r[0] <= now]
@@ -596,14 +553,14 @@ class Publish(_Forwarding):
 
     def join(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while (self._waiting or self._retry_at or self._outbox) and (
+        while (self._waiting or self._retry_at) and (
             deadline is None or time.monotonic() < deadline
         ):
             self._sink.flush(0.05)
             self.poll()
 
     def pending(self) -> int:
-        return len(self._waiting) + len(self._retry_at) + len(self._outbox)
+        return len(self._waiting) + len(self._retry_at)
 
 
 class Commit(Step):
@@ -612,7 +569,7 @@ class Commit(Step):
     def __init__(
         self,
         source: Source,
-        in_flight: InFlight,
+        in_flight: InFlightLedger,
         *,
         on_done: Callable[[Work], None] | None = None,
     ) -> None:

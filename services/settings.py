@@ -159,7 +159,11 @@ class Settings(BaseSettings):
     fetch_threads: int = 4
     max_in_flight: int = 256
     max_in_flight_audio_seconds: float = 4800.0
+    #: on SIGTERM or a revoke: how long in-flight work may take to finish
     drain_seconds: float = 20.0
+    #: after the drain: the last producer flush, the scorer stop and the consumer close; the
+    #: whole shutdown is one deadline of drain_seconds + close_seconds (consumers.deadline)
+    close_seconds: float = 10.0
     metrics_port: int | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

@@ -363,11 +363,32 @@ class KafkaSource(Source):
         return result
 
     def close(self, timeout: float) -> None:
-        try:
-            if not self._transactional:
-                self._commit()
-        finally:
-            self._consumer.close()
+        """Commit what finished, leave the group; give up waiting after `timeout` seconds.
+
+        librdkafka's commit and close take no timeout, so they run on a thread this call
+        waits for at most `timeout`: past it the process goes on with its shutdown and the
+        group coordinator drops the member after session.timeout.ms (nothing finished is
+        lost: its commit was already sent, and what was not committed is redelivered)."""
+
+        failure: list[BaseException] = []
+
+        def commit_and_close() -> None:
+            try:
+                try:
+                    if not self._transactional:
+                        self._commit()
+                finally:
+                    self._consumer.close()
+            except BaseException as error:  # noqa: BLE001 - handed to the caller below
+                failure.append(error)
+
+        closer = threading.Thread(target=commit_and_close, name="kafka-close", daemon=True)
+        closer.start()
+        closer.join(max(0.0, timeout))
+        if closer.is_alive():
+            log.warning("consumer close did not finish within the deadline", extra={"timeout": timeout})
+        elif failure:
+            raise failure[0]
 
 
 class KafkaSink(Sink):

@@ -10,8 +10,9 @@ import time
 import pytest
 
 from consumers.admission import Admit, InFlight, TokenBucket
-from consumers.steps import Step, Work
+from consumers.steps import Step
 from consumers.transport import Message, MessageRejected
+from consumers.work import Work
 from services.settings import TenantSettings
 from services.tools.worker import build_worker
 from tests.support.pipeline import RunningWorker, make_settings, provision, publish_clips, verdicts_by_key

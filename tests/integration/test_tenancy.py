@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from consumers.ports import NoHooks
-from consumers.steps import Work
 from consumers.transport import OutRecord
 from consumers.transports.kafka import KafkaSink, create_topics, tenant_topics
+from consumers.work import Work
 from dlq.envelope import dead_letter_from_record
 from services.local.broker import EmbeddedBroker
 from services.local.emulators import MotoServer
