@@ -30,11 +30,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
+from consumers.runner import Worker
 from consumers.tenancy import tenant_of_kafka_topic
 from services import metrics
 from services.logs import log_context
 
 if TYPE_CHECKING:
+    from consumers.ports import Detector
     from consumers.work import Work
     from services.health import Heartbeat, Readiness
 
@@ -82,7 +84,7 @@ class PipelineHooks:
         *,
         device: str = "cpu",
         model_version: str = "unknown",
-        detector: Any | None = None,
+        detector: Detector | None = None,
         heartbeat: Heartbeat | None = None,
         readiness: Readiness | None = None,
         refresh_s: float = 2.0,
@@ -105,7 +107,7 @@ class PipelineHooks:
         self.errors = 0  # hook failures swallowed (visible to tests)
 
     @classmethod
-    def for_detector(cls, detector: Any, **options: Any) -> PipelineHooks:
+    def for_detector(cls, detector: Detector, **options: Any) -> PipelineHooks:
         return cls(
             device=str(getattr(detector, "device", "cpu")),
             model_version=str(detector.meta.version),
@@ -204,7 +206,7 @@ class PipelineHooks:
         for tenant in tenants:
             log.info("tenant resumed", extra={"tenant": tenant})
 
-    def turn(self, worker: Any) -> None:
+    def turn(self, worker: object) -> None:
         """Once per loop turn: the heartbeat always, the gauges every `refresh_s` seconds."""
         if self.heartbeat is not None:
             self.heartbeat.beat()
@@ -212,9 +214,10 @@ class PipelineHooks:
         if now < self._next_refresh:
             return
         self._next_refresh = now + self.refresh_s
-        self._safely("turn", lambda: self._refresh(worker))
+        if isinstance(worker, Worker):
+            self._safely("turn", lambda: self._refresh(worker))
 
-    def _refresh(self, worker: Any) -> None:
+    def _refresh(self, worker: Worker) -> None:
         pipeline = worker.pipeline
         source = worker.source
         if self.readiness is not None and not self.readiness.transport_connected and source.ready():

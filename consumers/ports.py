@@ -8,9 +8,9 @@ every implementation to the same contract.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,8 @@ __all__ = [
     "NoHooks",
     "Outcome",
     "Storage",
+    "StoreCall",
+    "call_directly",
     "VerdictStore",
 ]
 
@@ -83,6 +85,20 @@ class VerdictStore(Protocol):
     def put_if_absent(self, tenant: str, key: str, verdict: bytes) -> bytes:
         """Store `verdict` unless one is there; return the stored one (the first writer's)."""
         ...
+
+
+T = TypeVar("T")
+
+
+class StoreCall(Protocol):
+    """Runs one verdict-store call, e.g. with in-place retries of a brief hiccup (services.retry)."""
+
+    def __call__(self, fn: Callable[[], T]) -> T: ...
+
+
+def call_directly(fn: Callable[[], T]) -> T:
+    """A StoreCall without retries (tests, tools)."""
+    return fn()
 
 
 class Breaker(Protocol):

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from consumers.steps import (
     Work,
 )
 from consumers.tenancy import TenantPolicy
-from consumers.transport import Message, MessageRejected, OutRecord, Sink, Source
+from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
 from schemas import AudioArrival, ModelInfo
 from services.audio import decode_with_limits
 from services.errors import FatalError
@@ -54,6 +54,8 @@ from services.settings import Settings
 __all__ = ["Pipeline", "Worker", "WorkerStats"]
 
 log = logging.getLogger("audioguard.worker")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -128,7 +130,7 @@ class Pipeline:
             audio = decode_with_limits(data, settings.limits)
             return detector.windows(audio.samples, audio.sample_rate), audio.duration_seconds
 
-        def store_call(fn: Callable[[], Any]) -> Any:
+        def store_call(fn: Callable[[], T]) -> T:
             from services.retry import retry_call
 
             return retry_call(fn, settings.retry, describe="verdict store")
@@ -203,9 +205,8 @@ class Pipeline:
             weight=lambda tenant: self.policy(tenant).weight,
         )
         self._breaker = breaker
-        self._first_seen: dict[Any, datetime] = {}
         #: tokens admitted and not yet done (to drain a revoked partition's work)
-        self.open_tokens: set[Any] = set()
+        self.open_tokens: set[AckToken] = set()
         self.steps: list[Step] = [
             self.admit,
             self.parse,
@@ -433,7 +434,7 @@ class Worker:
         self.revocations += 1
         gone = set(partitions)
 
-        def revoked(token: Any) -> bool:
+        def revoked(token: AckToken) -> bool:
             return isinstance(token, tuple) and tuple(token[:2]) in gone
 
         for tenant in list(self.held):

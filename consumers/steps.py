@@ -25,15 +25,18 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import ValidationError
 
 from consumers.batching import MicroBatcher
-from consumers.ports import InFlightLedger
+from consumers.ports import Breaker, InFlightLedger, StoreCall, VerdictStore, call_directly
 from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
 from consumers.work import Work
+
+if TYPE_CHECKING:
+    from services.detector import Decision
 from schemas import SCHEMA_VERSION, AudioArrival, ModelInfo, Timings, Verdict, WindowSummary
 from services.errors import AudioguardError, FatalError, PoisonMessage, ResourceExhausted, RetryableError
 
@@ -101,11 +104,11 @@ class ParseArrival(_Forwarding):
         dead_letter: Step,
         publish: Step,
         commit: Step,
-        store: Any,
+        store: VerdictStore,
         max_event_bytes: int,
         on_duplicate: str = "republish",
         on_parsed: Callable[[Work], None] | None = None,
-        store_call: Callable[[Callable[[], Any]], Any] = lambda fn: fn(),
+        store_call: StoreCall = call_directly,
     ) -> None:
         super().__init__(next_step)
         self._dead_letter = dead_letter
@@ -321,7 +324,8 @@ class ScoreBatches(_Forwarding):
 
     def _run(self, batch: list[Work]) -> tuple[list[np.ndarray | Exception], float]:
         started = time.perf_counter()
-        results = score_items(self._score, [w.windows for w in batch])  # type: ignore[misc]
+        # submit() refuses work without windows, so every item of a batch has them
+        results = score_items(self._score, [w.windows for w in batch if w.windows is not None])
         return results, time.perf_counter() - started
 
     def poll(self) -> None:
@@ -373,12 +377,12 @@ class BuildVerdict(_Forwarding):
         self,
         next_step: Step,
         *,
-        decide: Callable[[np.ndarray], Any],
+        decide: Callable[[np.ndarray], Decision],
         model: ModelInfo,
-        store: Any,
+        store: VerdictStore,
         clock: Callable[[], float] = time.monotonic,
         dead_letter: Step | None = None,
-        store_call: Callable[[Callable[[], Any]], Any] = lambda fn: fn(),
+        store_call: StoreCall = call_directly,
     ) -> None:
         super().__init__(next_step)
         self._decide = decide
@@ -449,7 +453,7 @@ class DeadLetter(_Forwarding):
         next_step: Step,
         *,
         build: Callable[[Work], OutRecord],
-        breaker: Any | None = None,
+        breaker: Breaker | None = None,
         on_dead_letter: Callable[[Work], None] | None = None,
         retry: Callable[[Work], OutRecord | None] | None = None,
     ) -> None:

@@ -29,7 +29,8 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from consumers.commits import OffsetTracker
 from consumers.retry_topics import RETRY_PATTERN, RetryGate, is_retry_topic, retry_state

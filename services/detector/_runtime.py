@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from schemas import Label
 from services.errors import FatalError, ResourceExhausted, RetryableError
 
 from ._artifact import WEIGHTS_FILE, ModelMeta, default_artifact_dir, read_manifest
@@ -58,7 +59,7 @@ class Decision:
     """One upload's verdict material."""
 
     score: float  # in [0, 1], higher = more likely synthetic
-    label: str  # "synthetic" | "bona_fide" | "inconclusive"
+    label: Label
     threshold: float
     window_count: int
     mean: float
@@ -73,7 +74,7 @@ def decide(window_scores: np.ndarray, threshold: float, margin: float) -> Decisi
         raise ValueError("decide() needs at least one window score")
     mean = float(scores.mean())
     if abs(mean - threshold) < margin:
-        label = "inconclusive"
+        label: Label = "inconclusive"
     elif mean >= threshold:
         label = "synthetic"
     else:
