@@ -476,14 +476,17 @@ def open_memory(
     *,
     broker: MemoryBroker | None = None,
     on_revoke: Callable[[list[Partition]], None] | None = None,
+    member: str | None = None,
 ) -> tuple[MemorySource, MemorySink]:
-    """The worker's source and sink on the broker named by `settings.memory.broker` (or `broker`)."""
+    """The worker's source and sink on the broker named by `settings.memory.broker` (or `broker`).
+    `member` (default: the worker id and a random suffix) orders the group's members, so
+    it decides which partitions this source gets."""
     broker = broker or memory_broker(settings.memory.broker)
     source = MemorySource(
         broker,
         settings.tenants,
         group=settings.memory.group_id,
-        member=f"{settings.worker_id}-{uuid.uuid4().hex[:6]}",
+        member=member or f"{settings.worker_id}-{uuid.uuid4().hex[:6]}",
         on_revoke=on_revoke,
     )
     return source, MemorySink(broker)
