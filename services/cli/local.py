@@ -27,7 +27,8 @@ def add_parser(subparsers: Any) -> None:
         help="run the whole pipeline on local servers with bundled clips",
         description="Starts the transport's local server (the embedded Tansu broker, Google's Pub/Sub "
         "emulator, or moto for Kinesis and S3; no server at all for memory), creates three tenants, "
-        "publishes the bundled clips (plus two bad events), runs a worker, prints each verdict and a summary table, stops.",
+        "publishes the bundled clips (plus two bad events), runs a worker, prints each verdict and a "
+        "summary table, stops.",
     )
     # the demo runs its worker in this process, so the in-memory broker works too
     demo.add_argument("--transport", choices=transport_names(), default="kafka")
