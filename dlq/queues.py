@@ -1,4 +1,4 @@
-"""The three `DeadLetterQueue`s: Kafka, Pub/Sub and Kinesis, chosen by `settings.transport`.
+"""One `DeadLetterQueue` per transport (Kafka, Pub/Sub, Kinesis, memory), chosen by `settings.transport`.
 
 * Kafka: topic `audioguard.dlq.<tenant>`, read from the tool's own consumer group
   (default `audioguard-dlq-tool`, never the workers'), which is committed past a dead
@@ -9,6 +9,7 @@
   in the verdict store (`settings.store.url`, application `audioguard-dlq-tool`), so use a
   shared store (redis://, sqlite://) for it to persist between runs. Kinesis records have
   no headers, so the replay count the loop guard reads is kept there too, per idempotency key.
+* memory: Kafka's queue on the in-process broker (`consumers.transports.memory`), for tests.
 
 Kafka and Kinesis positions only move forward, so the committed position passes a dead letter
 only together with every dead letter before it in its partition / shard: `_Positions` advances
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, cast
@@ -43,8 +45,10 @@ from services.settings import Settings
 __all__ = [
     "DLQ_TOOL_GROUP",
     "REPLAYED_MARK_HEADER",
+    "DEAD_LETTER_QUEUES",
     "KafkaDeadLetters",
     "KinesisDeadLetters",
+    "MemoryDeadLetters",
     "PubSubDeadLetters",
     "open_dead_letters",
 ]
@@ -133,21 +137,37 @@ class _Publishing:
             self._sink.close(30)
 
 
-class KafkaDeadLetters(DeadLetterQueue):
+class _ToolQueue(DeadLetterQueue):
+    """A queue the DLQ tool opens by transport name (`open_dead_letters`)."""
+
+    @classmethod
+    @abstractmethod
+    def open(cls, settings: Settings, tenant: str, *, group: str, from_beginning: bool) -> DeadLetterQueue:
+        """The tenant's queue, read as `group` (consumer group / application)."""
+
+
+class KafkaDeadLetters(_ToolQueue):
     transport = "kafka"
 
     def __init__(
         self, settings: Settings, tenant: str, *, group: str = DLQ_TOOL_GROUP, from_beginning: bool = False
     ) -> None:
-        from consumers.transports.kafka import GroupReader
-
         super().__init__(tenant)
         self.topic = kafka_topic("dlq", tenant)
         self.group = group
-        self._reader = GroupReader(settings.kafka, self.topic, group, from_beginning=from_beginning)
+        self._reader = self._open_reader(settings, from_beginning)
         self._from_beginning = from_beginning
         self._positions = _Positions()
         self._publishing = _Publishing(settings)
+
+    @classmethod
+    def open(cls, settings: Settings, tenant: str, *, group: str, from_beginning: bool) -> DeadLetterQueue:
+        return cls(settings, tenant, group=group, from_beginning=from_beginning)
+
+    def _open_reader(self, settings: Settings, from_beginning: bool) -> Any:
+        from consumers.transports.kafka import GroupReader
+
+        return GroupReader(settings.kafka, self.topic, self.group, from_beginning=from_beginning)
 
     def describe(self) -> str:
         return f"Kafka topic {self.topic}, consumer group {self.group}"
@@ -231,7 +251,22 @@ class KafkaDeadLetters(DeadLetterQueue):
             self._reader.close()
 
 
-class PubSubDeadLetters(DeadLetterQueue):
+class MemoryDeadLetters(KafkaDeadLetters):
+    """Kafka's queue, on the in-process broker named by `settings.memory.broker`."""
+
+    transport = "memory"
+
+    def _open_reader(self, settings: Settings, from_beginning: bool) -> Any:
+        from consumers.transports.memory import MemoryGroupReader, memory_broker
+
+        broker = memory_broker(settings.memory.broker)
+        return MemoryGroupReader(broker, self.topic, self.group, from_beginning=from_beginning)
+
+    def describe(self) -> str:
+        return f"in-memory topic {self.topic}, consumer group {self.group}"
+
+
+class PubSubDeadLetters(_ToolQueue):
     transport = "pubsub"
     #: how long pulled dead letters stay leased to the tool while it works
     LEASE_SECONDS = 600
@@ -246,6 +281,12 @@ class PubSubDeadLetters(DeadLetterQueue):
         self._idle = idle
         self._timeout = timeout
         self._publishing = _Publishing(settings)
+
+    @classmethod
+    def open(cls, settings: Settings, tenant: str, *, group: str, from_beginning: bool) -> DeadLetterQueue:
+        if from_beginning:
+            raise FatalError("bad_request", "Pub/Sub cannot re-read acked dead letters (no --from-beginning)")
+        return cls(settings, tenant)
 
     def describe(self) -> str:
         return f"Pub/Sub subscription {self.subscription}"
@@ -303,7 +344,7 @@ class PubSubDeadLetters(DeadLetterQueue):
             self._puller.close()
 
 
-class KinesisDeadLetters(DeadLetterQueue):
+class KinesisDeadLetters(_ToolQueue):
     transport = "kinesis"
 
     def __init__(
@@ -326,6 +367,10 @@ class KinesisDeadLetters(DeadLetterQueue):
         self._from_beginning = from_beginning
         self._positions = _Positions()
         self._publishing = _Publishing(settings)
+
+    @classmethod
+    def open(cls, settings: Settings, tenant: str, *, group: str, from_beginning: bool) -> DeadLetterQueue:
+        return cls(settings, tenant, application=group, from_beginning=from_beginning)
 
     def describe(self) -> str:
         return f"Kinesis stream {self.stream}, checkpoints {self.application} in {self._settings.store.url}"
@@ -382,18 +427,25 @@ class KinesisDeadLetters(DeadLetterQueue):
         self._publishing.close()
 
 
+#: the DLQ tool's queue per transport name; the keys are names of consumers.transports.registry
+#: (dlq sits above consumers, so this table cannot live there; a test keeps the two in step)
+DEAD_LETTER_QUEUES: dict[str, type[_ToolQueue]] = {
+    "kafka": KafkaDeadLetters,
+    "pubsub": PubSubDeadLetters,
+    "kinesis": KinesisDeadLetters,
+    "memory": MemoryDeadLetters,
+}
+
+
 def open_dead_letters(
     settings: Settings, tenant: str, *, group: str = DLQ_TOOL_GROUP, from_beginning: bool = False
 ) -> DeadLetterQueue:
     """The tenant's dead letters on `settings.transport`. On Pub/Sub `from_beginning` is not
-    available (an acked message is gone); the other two re-read from the start."""
-    if settings.transport == "kafka":
-        return KafkaDeadLetters(settings, tenant, group=group, from_beginning=from_beginning)
-    if settings.transport == "pubsub":
-        if from_beginning:
-            raise FatalError("bad_request", "Pub/Sub cannot re-read acked dead letters (no --from-beginning)")
-        return PubSubDeadLetters(settings, tenant)
-    return KinesisDeadLetters(settings, tenant, application=group, from_beginning=from_beginning)
+    available (an acked message is gone); the others re-read from the start."""
+    queue = DEAD_LETTER_QUEUES.get(settings.transport)
+    if queue is None:
+        raise FatalError("bad_config", f"no dead-letter queue tool for transport {settings.transport!r}")
+    return queue.open(settings, tenant, group=group, from_beginning=from_beginning)
 
 
 def describe_location(record: DeadLetterRecord) -> str:

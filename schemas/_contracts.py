@@ -124,7 +124,8 @@ class SourceCoordinates(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    transport: Literal["kafka", "pubsub", "kinesis"]
+    #: a transport name of consumers.transports.registry (a test keeps the two equal)
+    transport: Literal["kafka", "pubsub", "kinesis", "memory"]
     topic: str
     partition: int | None = None
     offset: int | None = None

@@ -30,6 +30,7 @@ __all__ = [
     "KafkaSettings",
     "KinesisSettings",
     "LimitsSettings",
+    "MemorySettings",
     "PubSubSettings",
     "RetrySettings",
     "Settings",
@@ -75,6 +76,15 @@ class KinesisSettings(BaseModel):
     endpoint_url: str | None = None
     shard_count: int = 1
     poll_interval_seconds: float = 0.2
+
+
+class MemorySettings(BaseModel):
+    """The in-memory transport (consumers.transports.memory): a broker inside this process."""
+
+    #: which of this process's brokers to use; settings with the same name share one
+    broker: str = "default"
+    #: consumer group of the worker's source
+    group_id: str = "audioguard-workers"
 
 
 class StorageSettings(BaseModel):
@@ -149,7 +159,9 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    transport: Literal["kafka", "pubsub", "kinesis"] = "kafka"
+    #: a name in consumers.transports.registry.TRANSPORTS (a test keeps the two equal);
+    #: "memory" lives inside one process (tests, the demo), never across processes
+    transport: Literal["kafka", "pubsub", "kinesis", "memory"] = "kafka"
     #: tenants to serve; on Kafka, empty means every topic matching the arrivals pattern
     tenants: list[str] = Field(default_factory=list)
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -171,6 +183,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     pubsub: PubSubSettings = Field(default_factory=PubSubSettings)
     kinesis: KinesisSettings = Field(default_factory=KinesisSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)

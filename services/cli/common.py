@@ -7,7 +7,10 @@ import signal
 import threading
 from typing import Any
 
-TRANSPORTS = ("kafka", "pubsub", "kinesis")
+from consumers.transports.registry import transport_names
+
+#: what a command in its own process can talk to: the in-process "memory" broker is left out
+TRANSPORTS = transport_names(shared=True)
 
 
 def transport_flags(parser: argparse.ArgumentParser) -> None:

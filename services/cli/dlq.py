@@ -28,12 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.cli.common import TRANSPORTS
+
 if TYPE_CHECKING:
     from rich.console import Console
 
     from dlq.inspect import DeadLetterFilter, DeadLetterQueue, DeadLetterRecord
 
-TRANSPORTS = ("kafka", "pubsub", "kinesis")
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*s)?\s*$")
 
 

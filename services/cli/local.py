@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.cli.common import TRANSPORTS, wait_for_signal
+from consumers.transports.registry import transport_names
+from services.cli.common import wait_for_signal
 
 
 def add_parser(subparsers: Any) -> None:
@@ -25,10 +26,12 @@ def add_parser(subparsers: Any) -> None:
         "demo",
         help="run the whole pipeline on local servers with bundled clips",
         description="Starts the transport's local server (the embedded Tansu broker, Google's Pub/Sub "
-        "emulator, or moto for Kinesis and S3), creates three tenants, publishes the bundled clips "
-        "(plus two bad events), runs a worker, prints each verdict and a summary table, stops.",
+        "emulator, or moto for Kinesis and S3; no server at all for memory), creates three tenants, "
+        "publishes the bundled clips (plus two bad events), runs a worker, prints each verdict and a "
+        "summary table, stops.",
     )
-    demo.add_argument("--transport", choices=TRANSPORTS, default="kafka")
+    # the demo runs its worker in this process, so the in-memory broker works too
+    demo.add_argument("--transport", choices=transport_names(), default="kafka")
     demo.add_argument("--repeat", type=int, default=1, help="publish the clip set this many times")
     demo.add_argument("--timeout", type=float, default=110.0, help="give up after this many seconds")
     demo.add_argument(

@@ -1,7 +1,8 @@
-"""`audioguard demo [--transport kafka|pubsub|kinesis]`: the whole pipeline on local servers.
+"""`audioguard demo [--transport kafka|pubsub|kinesis|memory]`: the whole pipeline on local servers.
 
 Starts the transport's local stand-in on a free loopback port (Tansu for Kafka, Google's
-Pub/Sub emulator, or moto_server for Kinesis *and* S3), creates three tenants, stores the
+Pub/Sub emulator, or moto_server for Kinesis *and* S3; for memory, a broker inside this
+process), creates three tenants, stores the
 bundled clips (services/demo_clips, with their labels and provenance) in per-tenant
 storage (file:// roots; S3 prefixes on Kinesis), publishes one arrival per clip plus two
 bad events (a malformed payload and a URI into another tenant's storage), runs one worker,
@@ -19,6 +20,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,59 +61,121 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def local_server(transport: str) -> Iterator[tuple[str, str]]:
+def _tansu() -> Iterator[tuple[str, str]]:
+    from services.local.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield "embedded broker (Tansu)", broker.bootstrap_servers
+
+
+@contextlib.contextmanager
+def _pubsub_emulator() -> Iterator[tuple[str, str]]:
+    from services.local.emulators import PubSubEmulator
+
+    with PubSubEmulator() as emulator:
+        yield "Pub/Sub emulator", emulator.host_port
+
+
+@contextlib.contextmanager
+def _moto() -> Iterator[tuple[str, str]]:
+    from services.local.emulators import MotoServer
+
+    # moto accepts any credentials; the S3 and Kinesis clients need some to sign with
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "audioguard-local")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "audioguard-local")
+    with MotoServer() as moto:
+        yield "moto_server (Kinesis + S3)", moto.endpoint_url
+
+
+@contextlib.contextmanager
+def _memory_broker() -> Iterator[tuple[str, str]]:
+    from consumers.transports.memory import forget_broker
+
+    # the "endpoint" is the broker's name in this process; nothing listens anywhere
+    name = f"audioguard-demo-{uuid.uuid4().hex[:8]}"
+    try:
+        yield "in-process memory broker", name
+    finally:
+        forget_broker(name)
+
+
+def _kafka_values(endpoint: str) -> dict[str, Any]:
+    from services.settings import KafkaSettings
+
+    return {"kafka": KafkaSettings(bootstrap_servers=endpoint, group_id="audioguard-demo")}
+
+
+def _pubsub_values(endpoint: str) -> dict[str, Any]:
+    from services.settings import PubSubSettings
+
+    return {"pubsub": PubSubSettings(emulator_host=endpoint, ack_deadline_seconds=10)}
+
+
+def _kinesis_values(endpoint: str) -> dict[str, Any]:
+    from services.settings import KinesisSettings, StorageSettings
+
+    return {
+        "kinesis": KinesisSettings(endpoint_url=endpoint, poll_interval_seconds=0.05),
+        # moto serves S3 too, so the uploads go where a Kinesis platform would put them
+        "storage": StorageSettings(
+            s3_endpoint_url=endpoint, tenant_s3_locations={t: [f"audioguard-demo/{t}/"] for t in DEMO_TENANTS}
+        ),
+    }
+
+
+def _memory_values(endpoint: str) -> dict[str, Any]:
+    from services.settings import MemorySettings
+
+    return {"memory": MemorySettings(broker=endpoint, group_id="audioguard-demo")}
+
+
+@dataclass(frozen=True)
+class DemoTransport:
+    """How the demo differs per transport (the rest is consumers.transports.registry)."""
+
+    #: starts the local stand-in; yields (description, endpoint)
+    server: Callable[[], contextlib.AbstractContextManager[tuple[str, str]]]
+    #: the transport's own settings values for that endpoint
+    values: Callable[[str], dict[str, Any]]
+    #: uploads go to S3 (moto) instead of per-tenant file roots
+    audio_on_s3: bool = False
+    #: dead letters are read from the DLQ tool's replay subscription (Pub/Sub's verdict
+    #: reader cannot read them)
+    dead_letters_by_subscription: bool = False
+
+
+#: one entry per name of consumers.transports.registry.TRANSPORTS (a test keeps them equal)
+DEMO_TRANSPORTS: dict[str, DemoTransport] = {
+    "kafka": DemoTransport(_tansu, _kafka_values),
+    "pubsub": DemoTransport(_pubsub_emulator, _pubsub_values, dead_letters_by_subscription=True),
+    "kinesis": DemoTransport(_moto, _kinesis_values, audio_on_s3=True),
+    "memory": DemoTransport(_memory_broker, _memory_values),
+}
+
+
+def local_server(transport: str) -> contextlib.AbstractContextManager[tuple[str, str]]:
     """Start the transport's local server; yields (description, endpoint)."""
-    if transport == "kafka":
-        from services.local.broker import EmbeddedBroker
-
-        with EmbeddedBroker() as broker:
-            yield "embedded broker (Tansu)", broker.bootstrap_servers
-    elif transport == "pubsub":
-        from services.local.emulators import PubSubEmulator
-
-        with PubSubEmulator() as emulator:
-            yield "Pub/Sub emulator", emulator.host_port
-    else:
-        from services.local.emulators import MotoServer
-
-        # moto accepts any credentials; the S3 and Kinesis clients need some to sign with
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "audioguard-local")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "audioguard-local")
-        with MotoServer() as moto:
-            yield "moto_server (Kinesis + S3)", moto.endpoint_url
+    return DEMO_TRANSPORTS[transport].server()
 
 
 def demo_settings(transport: str, root: Path, endpoint: str) -> Any:
     """Settings of the demo worker for `transport` against a local server at `endpoint`."""
-    from services.settings import (
-        KafkaSettings,
-        KinesisSettings,
-        PubSubSettings,
-        Settings,
-        StorageSettings,
-        StoreSettings,
-    )
+    from services.settings import Settings, StorageSettings, StoreSettings
 
-    common: dict[str, Any] = {
+    values: dict[str, Any] = {
         "transport": transport,
         "tenants": list(DEMO_TENANTS),
         "store": StoreSettings(url=f"sqlite:///{root / 'verdicts.db'}"),
         "drain_seconds": 5.0,
         "storage": StorageSettings(tenant_file_roots={t: [root / t] for t in DEMO_TENANTS}),
     }
-    if transport == "kafka":
-        return Settings(**common, kafka=KafkaSettings(bootstrap_servers=endpoint, group_id="audioguard-demo"))
-    if transport == "pubsub":
-        return Settings(**common, pubsub=PubSubSettings(emulator_host=endpoint, ack_deadline_seconds=10))
-    common["storage"] = StorageSettings(
-        s3_endpoint_url=endpoint, tenant_s3_locations={t: [f"audioguard-demo/{t}/"] for t in DEMO_TENANTS}
-    )
-    return Settings(**common, kinesis=KinesisSettings(endpoint_url=endpoint, poll_interval_seconds=0.05))
+    values.update(DEMO_TRANSPORTS[transport].values(endpoint))
+    return Settings(**values)
 
 
 def storage_uri(transport: str, root: Path, tenant: str, name: str) -> str:
     """Where the demo's platform stores an upload: S3 on Kinesis (moto serves both), else a file."""
-    if transport == "kinesis":
+    if DEMO_TRANSPORTS[transport].audio_on_s3:
         return f"s3://audioguard-demo/{tenant}/{name}"
     return f"file://{root / tenant / name}"
 
@@ -123,7 +187,7 @@ def destination_reader(
     with a stop function. On Pub/Sub the dead letters come from the replay subscription."""
     from consumers.transports.registry import read_verdicts
 
-    if settings.transport == "pubsub" and kind == "dlq":
+    if DEMO_TRANSPORTS[settings.transport].dead_letters_by_subscription and kind == "dlq":
         from consumers.tenancy import pubsub_subscription
         from consumers.transports.pubsub import read_subscription
 

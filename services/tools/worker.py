@@ -44,7 +44,9 @@ def build_worker(
         for handler in revoke_handlers:
             handler(partitions)
 
-    options: dict[str, Any] = {"on_revoke": on_revoke} if settings.transport == "kafka" else {}
+    # the transports with consumer-group rebalances call back when partitions move away
+    rebalances = settings.transport in ("kafka", "memory")
+    options: dict[str, Any] = {"on_revoke": on_revoke} if rebalances else {}
     source, sink = open_transport(settings, **options)
     pipeline = Pipeline(
         settings,

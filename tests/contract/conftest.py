@@ -3,12 +3,19 @@
     kafka    Tansu (services.local.broker.EmbeddedBroker), audio on file://
     pubsub   Google's Pub/Sub emulator (services.local.emulators.PubSubEmulator), audio on file://
     kinesis  moto_server (services.local.emulators.MotoServer) for Kinesis *and* S3: audio on s3://
+    memory   the in-process broker (consumers.transports.memory), audio on file://
 
 Each server is started once per session on a free loopback port and stopped at the end.
 The harness publishes arrivals the way a platform would (through the transport's Sink),
 reads a tenant's verdicts and dead letters back, and runs real `audioguard worker
 --transport X` processes configured through AUDIOGUARD_* variables. Tests see only the
-harness, so every scenario is written once and runs against all three transports.
+harness, so every scenario is written once and runs against every transport of
+`consumers.transports.registry`.
+
+The memory broker cannot be reached from another process, so on memory the worker runs on
+a thread of this process (the same `build_worker` the CLI calls). A scenario that needs a
+worker in a process of its own (one it can SIGKILL) is marked `cross_process` and is not
+applicable there: it is reported as skipped, with that reason, never as passed.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +38,11 @@ from typing import Any
 import pytest
 
 from consumers.transport import OutRecord
+from consumers.transports.registry import TRANSPORTS
 from services.platform import arrival_for
 from services.settings import Settings
 from tests.support.audio import encode, speechlike
 
-TRANSPORTS = ("kafka", "pubsub", "kinesis")
 #: moto accepts any credentials; boto3 needs some to sign with (S3 and Kinesis)
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "audioguard-test", "AWS_SECRET_ACCESS_KEY": "audioguard-test"}
 
@@ -76,6 +84,59 @@ class WorkerProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def failure(self) -> str | None:
+        """Why the worker is gone, if it died on its own (not stopped, not SIGKILLed)."""
+        if self.process.poll() in (None, 0, -signal.SIGKILL):
+            return None
+        return f"a worker exited with {self.process.returncode}:\n{self.output()[-3000:]}"
+
+
+class ThreadWorker:
+    """The same worker (`build_worker`) on a thread of this process, for the in-process broker.
+
+    It answers what a scenario asks of a `WorkerProcess` except `kill`: a thread cannot be
+    SIGKILLed, which is why `cross_process` scenarios do not run on such a transport."""
+
+    def __init__(self, settings: Settings, detector: Any) -> None:
+        from services.tools.worker import build_worker
+
+        self.worker = build_worker(settings, detector=detector)
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="contract-worker")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.worker.run(self._stop)
+        except BaseException as error:  # noqa: BLE001 - reported by failure() and stop()
+            self.error = error
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def kill(self) -> None:
+        raise NotImplementedError("an in-process worker cannot be SIGKILLed")
+
+    def stop(self, timeout: float = 60.0) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"the in-process worker did not stop within {timeout:.0f}s")
+        if self.error is not None:
+            raise self.error
+        return dict(vars(self.worker.pipeline.stats))
+
+    def output(self) -> str:
+        return repr(self.error) if self.error is not None else ""
+
+    def failure(self) -> str | None:
+        return None if self.error is None else f"the in-process worker failed: {self.error!r}"
+
+    def close(self) -> None:
+        if self.alive():
+            self.stop()
+
 
 @dataclass
 class Harness:
@@ -84,7 +145,9 @@ class Harness:
     transport: str
     endpoint: str
     workdir: Path
-    workers: list[WorkerProcess] = field(default_factory=list)
+    #: the shipped detector, for workers on a thread of this process (in-process transports)
+    detector: Callable[[], Any] | None = None
+    workers: list[WorkerProcess | ThreadWorker] = field(default_factory=list)
     _seen: dict[tuple[str, str], list[tuple[bytes, list[tuple[str, bytes]]]]] = field(default_factory=dict)
 
     # -- configuration -----------------------------------------------------------------
@@ -110,6 +173,9 @@ class Harness:
                 "ack_deadline_seconds": 10,
                 "max_delivery_attempts": 50,
             }
+            values["storage"] = {"tenant_file_roots": {t: [str(self.workdir / "audio" / t)] for t in tenants}}
+        elif self.transport == "memory":
+            values["memory"] = {"broker": self.endpoint, "group_id": f"contract-{tenants[0]}"}
             values["storage"] = {"tenant_file_roots": {t: [str(self.workdir / "audio" / t)] for t in tenants}}
         else:
             values["kinesis"] = {"endpoint_url": self.endpoint, "poll_interval_seconds": 0.05}
@@ -213,6 +279,11 @@ class Harness:
 
             rows = read_stream(settings, kinesis_stream(kind, tenant), idle=0.5, timeout=10)
             return [(value, list(headers)) for _key, value, headers in rows]
+        if self.transport == "memory":
+            from consumers.transports.registry import read_verdicts
+
+            rows = read_verdicts(settings, tenant, dead_letters=kind == "dlq")
+            return [(value, list(headers)) for _key, value, headers in rows]
         from consumers.tenancy import pubsub_subscription
         from consumers.transports.pubsub import read_subscription, verdict_subscription
 
@@ -243,10 +314,9 @@ class Harness:
             if all(k in found for k in keys):
                 return found
             for worker in self.workers:
-                if worker.process.poll() not in (None, 0, -signal.SIGKILL):
-                    raise AssertionError(
-                        f"a worker exited with {worker.process.returncode}:\n{worker.output()[-3000:]}"
-                    )
+                failure = worker.failure()
+                if failure is not None:
+                    raise AssertionError(failure)
             time.sleep(0.5)
         missing = [k for k in keys if k not in found]
         raise AssertionError(
@@ -255,7 +325,14 @@ class Harness:
 
     # -- workers -------------------------------------------------------------------------
 
-    def start_worker(self, settings: Settings, **extra_env: str) -> WorkerProcess:
+    def start_worker(self, settings: Settings, **extra_env: str) -> WorkerProcess | ThreadWorker:
+        """A worker for `settings`: an `audioguard worker` process, or, on a transport that lives
+        inside this process, the same worker on a thread (`extra_env` does not apply there)."""
+        if TRANSPORTS[self.transport].in_process:
+            assert self.detector is not None
+            thread_worker = ThreadWorker(settings, self.detector())
+            self.workers.append(thread_worker)
+            return thread_worker
         log = self.workdir / f"worker-{settings.tenants[0]}-{len(self.workers)}.log"
         program = Path(sys.executable).parent / "audioguard"
         command = [str(program)] if program.exists() else [sys.executable, "-m", "services.cli"]
@@ -288,11 +365,28 @@ class Harness:
 
     def close(self) -> None:
         for worker in self.workers:
-            if worker.alive():
+            if isinstance(worker, ThreadWorker):
+                worker.close()
+            elif worker.alive():
                 worker.kill()
 
 
+class _InProcessBroker:
+    """The memory transport's "server": a broker of this process, under a fresh name."""
+
+    def __init__(self) -> None:
+        self.name = f"contract-{uuid.uuid4().hex[:8]}"
+
+    def stop(self) -> None:
+        from consumers.transports.memory import forget_broker
+
+        forget_broker(self.name)
+
+
 def _start_server(transport: str, workdir: Path) -> tuple[Any, str]:
+    if transport == "memory":
+        broker = _InProcessBroker()
+        return broker, broker.name
     if transport == "kafka":
         from services.local.broker import EmbeddedBroker
 
@@ -311,7 +405,7 @@ def _start_server(transport: str, workdir: Path) -> tuple[Any, str]:
     return moto, moto.endpoint_url
 
 
-@pytest.fixture(scope="session", params=TRANSPORTS)
+@pytest.fixture(scope="session", params=list(TRANSPORTS))
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, str, Path]]:
@@ -326,10 +420,29 @@ def server(
         running.stop()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        transport = callspec.params.get("server") if callspec is not None else None
+        in_process = transport in TRANSPORTS and TRANSPORTS[str(transport)].in_process
+        if item.get_closest_marker("cross_process") and in_process:
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"not applicable to {transport}: its broker is in-process only, so a "
+                    "worker in a process of its own (SIGKILLed here) cannot share it"
+                )
+            )
+
+
 @pytest.fixture()
-def harness(server: tuple[str, str, Path]) -> Iterator[Harness]:
+def harness(server: tuple[str, str, Path], request: pytest.FixtureRequest) -> Iterator[Harness]:
     transport, endpoint, workdir = server
-    running = Harness(transport, endpoint, workdir)
+
+    def detector() -> Any:
+        # the session's shipped detector, loaded only when an in-process worker needs it
+        return request.getfixturevalue("detector")
+
+    running = Harness(transport, endpoint, workdir, detector=detector)
     try:
         yield running
     finally:

@@ -1,11 +1,12 @@
 """The transport conformance suite: the same scenarios on Kafka (Tansu), Pub/Sub (Google's
-emulator) and Kinesis (moto_server, with the audio in moto's S3).
+emulator), Kinesis (moto_server, with the audio in moto's S3) and the in-memory broker.
 
 Each scenario is written once against `Harness` (conftest.py) and runs for every
 transport. Workers are real `audioguard worker --transport X` processes, except in the
 backpressure scenario, which must watch `pause` / `resume` calls and the in-flight count
 from inside: there the same worker (`build_worker`) runs on a thread of this process, on
-the same real server.
+the same real server. On memory every worker runs on a thread (its broker is in-process
+only), so scenario 3, which SIGKILLs a worker process, is not applicable there.
 
     1. N arrivals over two tenants -> N verdicts, each on its own tenant's destination and
        valid against schemas/verdict.schema.json; nothing scored twice.
@@ -125,6 +126,7 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_rest_scored(harness: Ha
     assert stats["dead_letters"] >= len(poison) and stats["verdicts"] == len(keys), stats
 
 
+@pytest.mark.cross_process
 def test_a_worker_killed_before_acking_yields_the_same_verdicts_without_scoring_twice(
     harness: Harness,
 ) -> None:
@@ -242,7 +244,7 @@ def test_backpressure_bounds_in_flight_and_pauses_then_resumes_the_source(
     harness.publish(settings, records)
 
     watched: list[_WatchedSource] = []
-    real_open = consumers.transports.open_transport
+    real_open = consumers.transports.registry.open_transport
 
     def open_watched(settings: Any, **options: Any) -> Any:
         source, sink = real_open(settings, **options)
