@@ -23,11 +23,12 @@ How the source works:
   `resume`, never nacked, because a nack counts as a delivery attempt towards the
   dead-letter policy.
 
-Emulator caveat (seen with the gcloud emulator 0.8.x, not with Pub/Sub itself): it does
-not notice a closed streaming pull and keeps pushing to it; whatever it pushed there
-comes back only after the ack deadline, with its delivery attempt counted up. A worker
-that stops or dies therefore delays its successor by up to `pubsub.ack_deadline_seconds`
-(tests use the 10 s minimum) and spends delivery attempts of the dead-letter policy.
+Emulator caveat (gcloud emulator 0.8.20, not Pub/Sub itself): it never notices that a
+streaming pull ended (a NoSuchMethodError inside its gRPC server loses the cancellation),
+so the dead stream keeps taking messages whose lease lapsed; each comes back only after
+another ack deadline, with its delivery attempt counted up, and some lose that race for
+minutes (docs/guarantees.md, "Time to redelivery after a crash"). Tests end the dead
+streams after a kill (tests/contract/conftest.py, `forget_dead_connections`).
 
 The sink publishes with message ordering (ordering key = content id, from
 `OutRecord.ordering_key`) and maps record headers to attributes, so the idempotency key
@@ -76,6 +77,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: one DEBUG line per lease event (leased, extended, acked, nacked, stream started / ended),
+#: with message ids and delivery attempts, to trace where a message waited after a crash
+lease_log = logging.getLogger(f"{__name__}.leases")
 
 #: Pub/Sub limits that bite: attribute values, and ids per Acknowledge / ModifyAckDeadline
 _MAX_ATTRIBUTE_VALUE_BYTES = 1024
@@ -330,11 +334,13 @@ class PubSubSource(Source):
                 scheduler=ThreadScheduler(executor=executor),
             )
         stream_box.append(stream)
+        lease_log.debug("stream started tenant=%s stream=%x", tenant, id(stream))
         stream.add_done_callback(lambda fut, t=tenant: self._on_stream_done(t, fut))
         self._streams[tenant] = stream
         self._executors[tenant] = executor
 
     def _on_stream_done(self, tenant: str, future: Any) -> None:
+        lease_log.debug("stream ended tenant=%s stream=%x", tenant, id(future))
         if future.cancelled() or self._closed:
             return
         exc = future.exception()
@@ -369,6 +375,13 @@ class PubSubSource(Source):
                 message.nack()  # closing: hand it straight back
                 return
             self._held[message.ack_id] = _Held(tenant, self._subscriptions[tenant], message, stream)
+            lease_log.debug(
+                "leased tenant=%s message_id=%s attempt=%s stream=%x",
+                tenant,
+                message.message_id,
+                message.delivery_attempt,
+                id(stream),
+            )
             self._queues[tenant].append(message.ack_id)
             self._cond.notify_all()
 
@@ -453,6 +466,7 @@ class PubSubSource(Source):
         try:
             for subscription, items in groups.items():
                 ids = [h.message.ack_id for h in items]
+                lease_log.debug("acking %s", " ".join(h.message.message_id for h in items))
                 for i in range(0, len(ids), _ACK_CHUNK):
                     with _sdk_errors("acknowledge"):
                         self._subscriber.acknowledge(
@@ -482,6 +496,7 @@ class PubSubSource(Source):
                 else:
                     delay = delay_seconds
                 seconds = min(max(round(delay), 0), _MAX_DEADLINE_SECONDS)
+                lease_log.debug("nacked message_id=%s redeliver_after=%ss", held.message.message_id, seconds)
                 if held.stream is not None:
                     # Through the stream's own dispatcher, which orders the deadline change
                     # before releasing the lease; a unary call could race its lease manager
@@ -580,9 +595,17 @@ class PubSubSource(Source):
         while not self._stop.wait(period):
             with self._cond:
                 orphans: dict[str, list[str]] = {}
+                message_ids: dict[str, list[str]] = {}
                 for ack_id, held in self._held.items():
                     orphans.setdefault(held.subscription, []).append(ack_id)
+                    message_ids.setdefault(held.subscription, []).append(held.message.message_id)
             for subscription, ids in orphans.items():
+                lease_log.debug(
+                    "extending by %ss %s: %s",
+                    self._deadline,
+                    subscription,
+                    " ".join(message_ids[subscription]),
+                )
                 for i in range(0, len(ids), _ACK_CHUNK):
                     try:
                         with _sdk_errors("modify_ack_deadline"):

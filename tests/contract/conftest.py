@@ -206,7 +206,8 @@ class Harness:
                 "AUDIOGUARD_DEVICE": "cpu",
                 "AUDIOGUARD_FETCH_THREADS": "2",
                 "AUDIOGUARD_DRAIN_SECONDS": "5",
-                "AUDIOGUARD_LOG_LEVEL": "WARNING",
+                # CONTRACT_WORKER_LOG_LEVEL=DEBUG traces every lease event into the worker logs
+                "AUDIOGUARD_LOG_LEVEL": os.environ.get("CONTRACT_WORKER_LOG_LEVEL", "WARNING"),
                 "AUDIOGUARD_BATCH__MAX_WAIT_MS": "20",
                 "AUDIOGUARD_STORAGE": settings.storage.model_dump_json(),
                 "OMP_NUM_THREADS": "1",
@@ -348,6 +349,44 @@ class Harness:
         worker = WorkerProcess(process, log)
         self.workers.append(worker)
         return worker
+
+    def forget_dead_connections(self, settings: Settings) -> None:
+        """Make the server drop a killed worker's streams, as the real service does.
+
+        Pub/Sub emulator 0.8.20 only; nothing to do for Tansu or moto. The emulator never
+        learns that a streaming pull ended (its gRPC server fails with a NoSuchMethodError
+        while delivering the cancellation), so the dead stream's pusher thread keeps taking
+        messages from the backlog every 50 ms. Each message it takes is lost for another
+        ack deadline, and since a lease expires a fixed time after the pusher took it, the
+        same dead pusher tends to win the next race too: arrivals of one tenant went ten
+        deadlines and more without reaching the live successor (docs/guarantees.md,
+        "Time to redelivery"). Real Pub/Sub closes the stream with its connection. The
+        pusher ends when it finds its subscription turned into a push subscription, so the
+        subscription is switched to push and back; no message is touched (every unacked
+        one is still leased to the dead stream and returns at its deadline)."""
+        if self.transport != "pubsub":
+            return
+        from google.cloud import pubsub_v1
+
+        from consumers.tenancy import pubsub_subscription
+
+        os.environ["PUBSUB_EMULATOR_HOST"] = self.endpoint
+        subscriber = pubsub_v1.SubscriberClient()
+        paths = [
+            subscriber.subscription_path(settings.pubsub.project_id, pubsub_subscription(t, "arrivals"))
+            for t in settings.tenants
+        ]
+        try:
+            # port 9 (discard) on loopback: nothing listens, so a push could never succeed
+            for path in paths:
+                subscriber.modify_push_config(
+                    request={"subscription": path, "push_config": {"push_endpoint": "http://127.0.0.1:9/"}}
+                )
+            time.sleep(0.5)  # each pusher checks its subscription between two 50 ms polls
+            for path in paths:
+                subscriber.modify_push_config(request={"subscription": path, "push_config": {}})
+        finally:
+            subscriber.close()
 
     def stored_keys(self, settings: Settings) -> set[str]:
         """Idempotency keys in the worker's SQLite verdict store (read-only)."""
