@@ -86,7 +86,11 @@ class Detector:
             return np.zeros(0, dtype=np.float32)
         try:
             with self._lock, torch.inference_mode():
-                batch = torch.from_numpy(arr).to(self.device)
+                batch = torch.from_numpy(arr)
+                if self.device.startswith("cuda"):
+                    # page-locked host memory lets the copy run by DMA, asynchronously; the
+                    # .cpu() below is the one synchronisation point
+                    batch = batch.pin_memory().to(self.device, non_blocking=True)
                 out = self._forward(batch).float().cpu().numpy()
         except Exception as exc:
             if _is_oom(exc):
