@@ -339,10 +339,16 @@ class ScoreBatches(_Forwarding):
                     self._dead_letter.submit(replace(work, error=result))
                 else:
                     self._forward(replace(work, scores=result, scoring_seconds=seconds))
-        # queue behind a running batch only a full one; a partial batch keeps filling instead
-        while self._batcher.ready() and (
+        # continuous batching: an idle scorer takes whatever is queued at once (waiting for the
+        # deadline there only adds latency); behind a running batch only a full one queues, so a
+        # partial batch keeps filling while the scorer is busy
+        while len(self._batcher) and (
             not self._running
-            or (len(self._running) == 1 and self._batcher.queued_windows >= self._batcher.policy.max_windows)
+            or (
+                len(self._running) == 1
+                and self._batcher.ready()
+                and self._batcher.queued_windows >= self._batcher.policy.max_windows
+            )
         ):
             batch = self._batcher.take()
             now = self._clock()

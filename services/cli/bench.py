@@ -24,6 +24,12 @@ def add_parser(subparsers: Any) -> None:
     bench.add_argument("--smoke", action="store_true", help="a tiny run (well under a minute) for CI")
     bench.add_argument("--bootstrap-servers", help="use this Kafka instead of starting the embedded broker")
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    bench.add_argument(
+        "--scorer",
+        choices=("model", "null"),
+        default="model",
+        help="null: constant scores at no cost, to measure the framework's own ceiling",
+    )
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the worker's)")
     bench.add_argument("--clip-seconds", type=float, default=None, help="length of each test upload")
     bench.add_argument("--events", type=int, default=None, help="backlog size of each saturation run")
@@ -42,6 +48,7 @@ def _bench_cmd(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "bootstrap_servers": args.bootstrap_servers,
         "device": args.device,
+        "scorer": args.scorer,
         "threads": args.threads,
         "tenants": args.tenants,
         "target_rate": args.target_rate,

@@ -26,6 +26,12 @@ def add_parser(subparsers: Any) -> None:
     )
     worker.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port")
     worker.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs")
+    worker.add_argument(
+        "--scorer",
+        choices=("model", "null"),
+        default="model",
+        help="null: constant scores at no cost, verdicts with model name 'null' (measuring only)",
+    )
     worker.set_defaults(handler=_worker)
 
     verdicts = subparsers.add_parser("verdicts", help="print a tenant's verdicts (JSON lines)")
@@ -59,7 +65,7 @@ def _worker(args: argparse.Namespace) -> int:
     if settings.metrics_port is not None:
         health = start_health_server(settings.metrics_port, ready=readiness, alive=heartbeat)
     try:
-        hooks = load_serving_detector(settings, heartbeat, readiness)
+        hooks = load_serving_detector(settings, heartbeat, readiness, scorer=args.scorer)
         worker = build_worker(settings, detector=hooks.detector, hooks=hooks)
     except FatalError as error:
         print(f"audioguard worker: {error}", file=sys.stderr)

@@ -14,11 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._artifact import ModelMeta, default_artifact_dir
+from ._decision import Decision
 
 if TYPE_CHECKING:
-    from ._runtime import Decision, Detector, configure_torch_threads, load_detector
+    from ._runtime import Detector, configure_torch_threads, load_detector
 
-_RUNTIME = frozenset({"Decision", "Detector", "configure_torch_threads", "load_detector"})
+_RUNTIME = frozenset({"Detector", "configure_torch_threads", "load_detector"})
 
 
 def __getattr__(name: str) -> Any:

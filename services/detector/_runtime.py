@@ -17,17 +17,16 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from schemas import Label
 from services.errors import FatalError, ResourceExhausted, RetryableError
 
 from ._artifact import WEIGHTS_FILE, ModelMeta, default_artifact_dir, read_manifest
+from ._decision import Decision, decide
 from ._frontend import FrontEndConfig
 from ._model import DetectorNet, NetConfig
 from ._windows import cut_windows, resample
@@ -52,43 +51,6 @@ def configure_torch_threads(threads: int | None = None) -> int:
                 torch.set_num_interop_threads(1)
             _threads_configured = True
     return n
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One upload's verdict material."""
-
-    score: float  # in [0, 1], higher = more likely synthetic
-    label: Label
-    threshold: float
-    window_count: int
-    mean: float
-    minimum: float
-    maximum: float
-    fraction_over_threshold: float
-
-
-def decide(window_scores: np.ndarray, threshold: float, margin: float) -> Decision:
-    scores = np.asarray(window_scores, dtype=np.float64).reshape(-1)
-    if scores.size == 0:
-        raise ValueError("decide() needs at least one window score")
-    mean = float(scores.mean())
-    if abs(mean - threshold) < margin:
-        label: Label = "inconclusive"
-    elif mean >= threshold:
-        label = "synthetic"
-    else:
-        label = "bona_fide"
-    return Decision(
-        score=mean,
-        label=label,
-        threshold=float(threshold),
-        window_count=int(scores.size),
-        mean=mean,
-        minimum=float(scores.min()),
-        maximum=float(scores.max()),
-        fraction_over_threshold=float((scores >= threshold).mean()),
-    )
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -124,7 +86,11 @@ class Detector:
             return np.zeros(0, dtype=np.float32)
         try:
             with self._lock, torch.inference_mode():
-                batch = torch.from_numpy(arr).to(self.device)
+                batch = torch.from_numpy(arr)
+                if self.device.startswith("cuda"):
+                    # page-locked host memory lets the copy run by DMA, asynchronously; the
+                    # .cpu() below is the one synchronisation point
+                    batch = batch.pin_memory().to(self.device, non_blocking=True)
                 out = self._forward(batch).float().cpu().numpy()
         except Exception as exc:
             if _is_oom(exc):

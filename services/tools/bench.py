@@ -122,6 +122,8 @@ class BenchConfig:
     bootstrap_servers: str | None = None
     device: str = "auto"
     threads: int | None = None
+    # "null": constant scores at no cost (services.detector.null), to see the framework's own ceiling
+    scorer: str = "model"
     clip_seconds: float = 12.0
     events: int = 400
     phase_seconds: float = 12.0
@@ -713,7 +715,8 @@ def cold_start(rig: Rig, runs: int) -> list[dict[str, float]]:
         )
         started = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "worker", "--metrics-port", str(port)],
+            [sys.executable, "-m", "services.cli", "worker", "--metrics-port", str(port)]
+            + ["--scorer", rig.config.scorer],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -903,7 +906,13 @@ def run_bench(config: BenchConfig) -> BenchResult:
         if bootstrap is None:
             bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audioguard-bench-")))
-        detector = load_detector(device=config.device, threads=config.threads)
+        detector: Any
+        if config.scorer == "null":
+            from services.detector.null import load_null_scorer
+
+            detector = load_null_scorer()
+        else:
+            detector = load_detector(device=config.device, threads=config.threads)
         threads = configure_torch_threads(config.threads)
         rig = Rig(config, bootstrap, workdir, detector)
         result = BenchResult(

@@ -66,15 +66,23 @@ def build_worker(
     return worker
 
 
-def load_serving_detector(settings: Settings, heartbeat: Heartbeat, readiness: Readiness) -> PipelineHooks:
-    """Load the model, run one warm-up inference, and build the worker's metric hooks
-    (`hooks.detector` is the loaded model); readiness says how far it got."""
+def load_serving_detector(
+    settings: Settings, heartbeat: Heartbeat, readiness: Readiness, *, scorer: str = "model"
+) -> PipelineHooks:
+    """Load the model (or, for scorer "null", the null scorer), run one warm-up inference, and
+    build the worker's metric hooks (`hooks.detector` is the loaded model); readiness says how
+    far it got."""
     import numpy as np
 
     from services.detector import load_detector
+    from services.detector.null import load_null_scorer
     from services.metrics import set_worker_info
 
-    detector = load_detector(settings.model_path, device=settings.device)
+    detector: Detector
+    if scorer == "null":
+        detector = load_null_scorer(settings.model_path)
+    else:
+        detector = load_detector(settings.model_path, device=settings.device)
     readiness.set(model_loaded=True)
     # the first forward pass pays for allocator and kernel setup; pay it before traffic
     detector.score_windows(np.zeros((1, detector.meta.window_samples), dtype=np.float32))
