@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -122,11 +123,21 @@ class ParseArrival(_Forwarding):
         self._on_parsed = on_parsed
 
     def submit(self, work: Work) -> None:
+        # Whatever a message contains, its failure is its own outcome, never the worker's.
+        # Only the routing decision is guarded: a later step's failure is not this message's.
+        try:
+            step, work = self._route(work)
+        except FatalError:
+            raise
+        except Exception as error:  # noqa: BLE001 - internal_error dead letter, with its digest
+            step, work = self._dead_letter, replace(work, error=error)
+        step.submit(work)
+
+    def _route(self, work: Work) -> tuple[Step, Work]:
         try:
             arrival = parse_arrival(work.message, self._max_event_bytes)
-        except AudioguardError as error:
-            self._dead_letter.submit(replace(work, error=error))
-            return
+        except PoisonMessage as error:
+            return self._dead_letter, replace(work, error=error)
         work = replace(work, arrival=arrival)
         if self._on_parsed is not None:
             self._on_parsed(work)
@@ -134,28 +145,77 @@ class ParseArrival(_Forwarding):
             stored = self._store_call(lambda: self._store.get(work.tenant, arrival.idempotency_key))
         except RetryableError as error:
             # the store is down past the in-place retries: a retry tier (Kafka) or the DLQ
-            self._dead_letter.submit(replace(work, error=error))
-            return
+            return self._dead_letter, replace(work, error=error)
         if stored is not None:
             if self._on_duplicate == "republish":
-                self._publish.submit(
-                    replace(work, record=verdict_record(work.tenant, stored), outcome="duplicate")
-                )
-            else:
-                self._commit.submit(replace(work, outcome="duplicate"))
-            return
-        self._forward(work)
+                record = verdict_record(work.tenant, stored)
+                return self._publish, replace(work, record=record, outcome="duplicate")
+            return self._commit, replace(work, outcome="duplicate")
+        return self._next, work
 
 
-def parse_arrival(message: Message, max_event_bytes: int) -> AudioArrival:
+# Deep enough for any honest arrival (attributes are free-form but shallow), far below the
+# interpreter's recursion limit, so json.loads never recurses into a hostile document.
+MAX_EVENT_DEPTH = 32
+_JSON_SPECIAL = re.compile(rb'["\\\[\]{}]')
+_OPENERS = frozenset(b"[{")
+
+
+def nesting_depth(raw: bytes, stop_above: int | None = None) -> int:
+    """The deepest bracket nesting of `raw`, brackets inside JSON strings not counted.
+
+    One linear pass over the bytes that matter (quotes, backslashes, brackets), no
+    recursion, so it is safe on any input; it stops once the depth passes `stop_above`.
+    """
+    depth = deepest = 0
+    in_string = False
+    escaped_at = -1
+    for match in _JSON_SPECIAL.finditer(raw):
+        at = match.start()
+        char = raw[at]
+        if in_string:
+            if at == escaped_at:
+                continue
+            if char == 0x5C:  # backslash: the next byte is escaped, whatever it is
+                escaped_at = at + 1
+            elif char == 0x22:
+                in_string = False
+            continue
+        if char == 0x22:
+            in_string = True
+        elif char in _OPENERS:
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if stop_above is not None and deepest > stop_above:
+                    break
+        elif char != 0x5C:
+            depth -= 1
+    return deepest
+
+
+def parse_arrival(
+    message: Message, max_event_bytes: int, max_depth: int = MAX_EVENT_DEPTH
+) -> AudioArrival:
+    """Bytes -> AudioArrival, or a PoisonMessage with a stable reason; never another error.
+
+    Size and nesting are bounded before json.loads does any (recursive) work.
+    """
     if len(message.value) > max_event_bytes:
         raise PoisonMessage(
             "oversize_event", f"event of {len(message.value)} bytes exceeds {max_event_bytes}"
         )
+    depth = nesting_depth(message.value, stop_above=max_depth)
+    if depth > max_depth:
+        raise PoisonMessage("too_deep", f"event nests more than {max_depth} levels deep")
     try:
         document = json.loads(message.value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PoisonMessage("malformed_json", f"event is not JSON: {exc}") from exc
+    except RecursionError as exc:  # the depth scan should make this unreachable
+        raise PoisonMessage("too_deep", "event nests too deep to parse") from exc
+    except ValueError as exc:  # e.g. an integer literal past Python's digit limit
+        raise PoisonMessage("malformed_json", f"event is not parseable JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise PoisonMessage("schema", "event must be a JSON object")
     try:
@@ -399,6 +459,18 @@ class BuildVerdict(_Forwarding):
         self._store_call = store_call
 
     def submit(self, work: Work) -> None:
+        try:
+            step, work = self._route(work)
+        except FatalError:
+            raise
+        except Exception as error:
+            if self._dead_letter is None:
+                raise
+            # a verdict that cannot be built is this message's dead letter, not the worker's exit
+            step, work = self._dead_letter, replace(work, error=error)
+        step.submit(work)
+
+    def _route(self, work: Work) -> tuple[Step, Work]:
         assert work.arrival is not None and work.scores is not None
         decision = self._decide(work.scores)
         now = datetime.now(UTC)
@@ -437,11 +509,9 @@ class BuildVerdict(_Forwarding):
         except RetryableError as error:
             if self._dead_letter is None:
                 raise
-            self._dead_letter.submit(replace(work, error=error))
-            return
-        self._forward(
-            replace(work, record=verdict_record(work.tenant, stored), outcome="verdict", label=decision.label)
-        )
+            return self._dead_letter, replace(work, error=error)
+        record = verdict_record(work.tenant, stored)
+        return self._next, replace(work, record=record, outcome="verdict", label=decision.label)
 
 
 # -- dead letters -------------------------------------------------------------------------
@@ -536,6 +606,11 @@ class Publish(_Forwarding):
         except MessageRejected:
             self._retry_at.append((self._clock() + 0.01, work, attempt))
             return
+        except RetryableError as error:
+            # refused before it left (e.g. a record over the producer's size limit): the same
+            # bounded backoff as a failed delivery, then a clean FatalError, never an escape
+            self._retry_or_stop(work, attempt, error, self._clock())
+            return
         self._waiting.append((future, work, attempt))
 
     def poll(self) -> None:
@@ -553,13 +628,17 @@ class Publish(_Forwarding):
             error = future.exception()
             if error is None:
                 self._forward(work)
-            elif isinstance(error, RetryableError) and attempt < self._attempts:
-                delay = self._backoff * (2 ** (attempt - 1))
-                log.warning("publish failed; retrying", extra={"error": str(error), "attempt": attempt})
-                self._retry_at.append((now + delay, work, attempt + 1))
             else:
-                raise FatalError("publish_failed", f"could not publish after {attempt} attempt(s): {error}")
+                self._retry_or_stop(work, attempt, error, now)
         self._waiting = still
+
+    def _retry_or_stop(self, work: Work, attempt: int, error: BaseException, now: float) -> None:
+        if isinstance(error, RetryableError) and attempt < self._attempts:
+            delay = self._backoff * (2 ** (attempt - 1))
+            log.warning("publish failed; retrying", extra={"error": str(error), "attempt": attempt})
+            self._retry_at.append((now + delay, work, attempt + 1))
+            return
+        raise FatalError("publish_failed", f"could not publish after {attempt} attempt(s): {error}")
 
     def join(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout

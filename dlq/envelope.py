@@ -113,14 +113,15 @@ def stack_digest(error: BaseException) -> str:
 
 def error_category(error: BaseException) -> tuple[ErrorCategory, str]:
     """(category, reason) of an error: PoisonMessage -> poison, RetryableError ->
-    retries_exhausted, FatalError -> fatal, anything else -> poison / "unexpected_error"."""
+    retries_exhausted, FatalError -> fatal, anything else -> poison / "internal_error" (the worker's own bug,
+    grouped by the error class and stack digest the envelope carries)."""
     if isinstance(error, PoisonMessage):
         return "poison", error.reason
     if isinstance(error, RetryableError):
         return "retries_exhausted", error.reason
     if isinstance(error, FatalError):
         return "fatal", error.reason
-    return "poison", "unexpected_error"
+    return "poison", "internal_error"
 
 
 def _error_class(error: BaseException) -> str:

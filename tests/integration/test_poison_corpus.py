@@ -117,6 +117,20 @@ def _corrupt_header() -> bytes:
 
 CLIP = encode(speechlike(1.0, seed=1))
 
+
+def _spliced(raw_field: bytes) -> Callable[[str, str, Path, Path], bytes]:
+    """A valid event with `raw_field` (JSON text too deep for json.dumps) as an extra field."""
+    valid = _changed()
+
+    def build(tenant: str, key: str, root: Path, other: Path) -> bytes:
+        return valid(tenant, key, root, other).replace(b"{", b'{"deep": ' + raw_field + b", ", 1)
+
+    return build
+
+
+def _deep(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
 KINDS: list[Kind] = [
     # -- the event itself
     Kind("malformed JSON", "malformed_json", _raw(b'{"event_id": "e1", "tenant_id": ')),
@@ -135,8 +149,13 @@ KINDS: list[Kind] = [
     Kind("unknown major schema version", "unknown_schema_version", _changed(schema_version="2.0")),
     Kind("garbled schema_version", "schema", _changed(schema_version="one")),
     Kind("invalid tenant id", "schema", _changed(tenant_id="ACME Corp!")),
-    Kind("oversize event", "oversize_event", _changed(attributes={"pad": "x" * 8000})),
+    Kind("oversize event", "oversize_event", _changed(attributes={"pad": "x" * 70_000})),
     Kind("tenant mismatch", "tenant_mismatch", _changed(tenant_id="someone-else")),
+    # issue 15's crashers: a RecursionError out of json.loads used to stop the worker for good
+    Kind("1,000-deep nesting in an extra field", "too_deep", _spliced(_deep(1_000))),
+    Kind("20,000-deep nesting (40 KB)", "too_deep", _spliced(_deep(20_000))),
+    Kind("33-deep nesting, one past the limit", "too_deep", _spliced(_deep(33))),
+    Kind("huge integer literal", "malformed_json", _raw(b'{"priority": ' + b"9" * 5000 + b"}")),
     # -- where the audio is
     Kind("unknown URI scheme", "unsupported_scheme", _uri(lambda r, o: "ftp://example.org/a.wav")),
     Kind("http URI", "unsupported_scheme", _uri(lambda r, o: "https://example.org/a.wav")),
@@ -198,7 +217,7 @@ def test_poison_corpus_each_kind_dead_lettered_with_its_reason(broker, detector,
             tenant_s3_locations={tenant: ["audio-ours"]},
             max_bytes=600_000,
         ),
-        limits=LimitsSettings(max_event_bytes=4096, max_audio_seconds=5.0, min_audio_seconds=0.1),
+        limits=LimitsSettings(max_event_bytes=65_536, max_audio_seconds=5.0, min_audio_seconds=0.1),
         # a corpus that is mostly poison must not trip the breaker: that is another test
         dlq=DlqSettings(max_invalid_ratio=1.0, max_consecutive=10_000),
     )

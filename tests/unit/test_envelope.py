@@ -85,8 +85,8 @@ def envelope(
         ),
         (ResourceExhausted("cuda_oom"), "retries_exhausted", "cuda_oom", "services.errors.ResourceExhausted"),
         (FatalError("auth"), "fatal", "auth", "services.errors.FatalError"),
-        (KeyError("x"), "poison", "unexpected_error", "KeyError"),
-        (ZeroDivisionError(), "poison", "unexpected_error", "ZeroDivisionError"),
+        (KeyError("x"), "poison", "internal_error", "KeyError"),
+        (ZeroDivisionError(), "poison", "internal_error", "ZeroDivisionError"),
     ],
 )
 def test_category_reason_and_class(error: Exception, category: str, reason: str, error_class: str) -> None:
