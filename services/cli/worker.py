@@ -61,6 +61,16 @@ def _worker(args: argparse.Namespace) -> int:
 
     heartbeat, readiness = Heartbeat(), Readiness()
     heartbeat.beat()  # alive while the model loads; /readyz says what is still missing
+    # installed before the model loads: a SIGTERM during start-up still ends in a clean
+    # stop with the final counts, not a bare exit -15
+    stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        readiness.set(draining=True)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     health = None
     if settings.metrics_port is not None:
         health = start_health_server(settings.metrics_port, ready=readiness, alive=heartbeat)
@@ -70,14 +80,6 @@ def _worker(args: argparse.Namespace) -> int:
     except FatalError as error:
         print(f"audioguard worker: {error}", file=sys.stderr)
         return 3
-    stop = threading.Event()
-
-    def on_signal(*_: object) -> None:
-        readiness.set(draining=True)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
     try:
         code = worker.run(stop)
         # the final counts, one JSON line on stderr: operators and the contract suite read it
