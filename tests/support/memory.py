@@ -20,6 +20,7 @@ from consumers.runner import Pipeline, Worker
 from consumers.tenancy import kafka_topic
 from consumers.transports.memory import MemoryBroker, MemorySink, open_memory, read_memory_topic
 from dlq.envelope import DeadLetterWriter
+from services.detector._decision import Decision, decide
 from services.platform import arrival_for
 from services.settings import Settings
 from services.storage import AudioStorage
@@ -35,18 +36,6 @@ class ConstantMeta:
     sample_rate: int = 16000
     window_seconds: float = 1.0
     threshold: float = 0.5
-
-
-@dataclass(frozen=True)
-class ConstantDecision:
-    score: float
-    label: str
-    threshold: float
-    window_count: int
-    mean: float
-    minimum: float
-    maximum: float
-    fraction_over_threshold: float
 
 
 @dataclass
@@ -70,19 +59,9 @@ class ConstantDetector:
         self.windows_scored += len(windows)
         return np.full(len(windows), self.score, dtype=np.float32)
 
-    def decide(self, scores: np.ndarray) -> ConstantDecision:
-        mean = float(np.mean(scores))
-        threshold = self.meta.threshold
-        return ConstantDecision(
-            score=mean,
-            label="synthetic" if mean >= threshold else "bona_fide",
-            threshold=threshold,
-            window_count=len(scores),
-            mean=mean,
-            minimum=float(np.min(scores)),
-            maximum=float(np.max(scores)),
-            fraction_over_threshold=float(np.mean(scores >= threshold)),
-        )
+    def decide(self, scores: np.ndarray) -> Decision:
+        # the production rule, with no inconclusive band: every upload gets a firm label
+        return decide(scores, self.meta.threshold, 0.0)
 
 
 def memory_settings(broker_name: str, tenants: list[str], audio_root: Path, **overrides: Any) -> Settings:
