@@ -310,23 +310,8 @@ class MemorySource(Source):
                 record = records[0]
                 self._positions[(topic, partition)] = offset + 1
                 self._tracker.add((topic, partition), offset)
-                messages.append(
-                    Message(
-                        token=(topic, partition, offset),
-                        tenant=cast(str, tenant_of_kafka_topic(topic)),
-                        topic=topic,
-                        value=record.value,
-                        key=record.key,
-                        headers=record.headers,
-                        timestamp=record.timestamp,
-                        coordinates={
-                            "partition": partition,
-                            "offset": offset,
-                            "timestamp_ms": int(record.timestamp * 1000),
-                        },
-                        received_at=now,
-                    )
-                )
+                tenant = cast(str, tenant_of_kafka_topic(topic))
+                messages.append(_message(topic, partition, offset, record, tenant, received_at=now))
                 progressed = True
             if not progressed:
                 break
@@ -387,6 +372,28 @@ class MemorySource(Source):
 
 
 # -- sink ---------------------------------------------------------------------------------
+def _message(
+    topic: str,
+    partition: int,
+    offset: int,
+    record: StoredRecord,
+    tenant: str,
+    received_at: float | None = None,
+) -> Message:
+    """The Kafka-shaped Message of one stored record (the same token and coordinates as Kafka's)."""
+    return Message(
+        token=(topic, partition, offset),
+        tenant=tenant,
+        topic=topic,
+        value=record.value,
+        key=record.key,
+        headers=record.headers,
+        timestamp=record.timestamp,
+        coordinates={"partition": partition, "offset": offset, "timestamp_ms": int(record.timestamp * 1000)},
+        received_at=time.time() if received_at is None else received_at,
+    )
+
+
 @dataclass
 class _Failure:
     error: BaseException
@@ -543,20 +550,7 @@ class MemoryGroupReader:
             for offset, record in enumerate(
                 self._broker.read(self._topic, partition, start, end - start), start=start
             ):
-                yield Message(
-                    token=(self._topic, partition, offset),
-                    tenant=tenant,
-                    topic=self._topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=record.headers,
-                    timestamp=record.timestamp,
-                    coordinates={
-                        "partition": partition,
-                        "offset": offset,
-                        "timestamp_ms": int(record.timestamp * 1000),
-                    },
-                )
+                yield _message(self._topic, partition, offset, record, tenant)
 
     def commit(self, offsets: dict[int, int]) -> None:
         """Commit partition -> next offset to read."""
