@@ -47,6 +47,8 @@ class Transport:
     dead_letters: bool = True
     #: the broker lives inside this process: no other process (a worker, a tool) can reach it
     in_process: bool = False
+    #: consumer-group rebalances move partitions away: `open` takes an `on_revoke` callback
+    rebalances: bool = False
 
 
 # -- kafka --------------------------------------------------------------------------------
@@ -168,7 +170,7 @@ def _memory_read(
 TRANSPORTS: dict[str, Transport] = {
     t.name: t
     for t in (
-        Transport("kafka", _kafka_open, _kafka_publisher, _kafka_provision, _kafka_read),
+        Transport("kafka", _kafka_open, _kafka_publisher, _kafka_provision, _kafka_read, rebalances=True),
         Transport("pubsub", _pubsub_open, _pubsub_publisher, _pubsub_provision, _pubsub_read),
         Transport("kinesis", _kinesis_open, _kinesis_publisher, _kinesis_provision, _kinesis_read),
         Transport(
@@ -178,6 +180,7 @@ TRANSPORTS: dict[str, Transport] = {
             _memory_provision,
             _memory_read,
             in_process=True,
+            rebalances=True,
         ),
     )
 }

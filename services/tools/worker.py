@@ -27,7 +27,7 @@ def build_worker(
 ) -> Worker:
     """A worker on `settings.transport`, ready to `run()`. Loads the shipped (or configured)
     model when no detector is given; raises FatalError for a bad config or a tampered model."""
-    from consumers.transports.registry import open_transport
+    from consumers.transports.registry import open_transport, transport
     from services.storage import AudioStorage
     from services.store import open_store
 
@@ -44,8 +44,7 @@ def build_worker(
         for handler in revoke_handlers:
             handler(partitions)
 
-    # the transports with consumer-group rebalances call back when partitions move away
-    rebalances = settings.transport in ("kafka", "memory")
+    rebalances = transport(settings.transport).rebalances
     options: dict[str, Any] = {"on_revoke": on_revoke} if rebalances else {}
     source, sink = open_transport(settings, **options)
     pipeline = Pipeline(

@@ -161,3 +161,19 @@ def test_dead_letters_on_memory_are_listed_replayed_and_removed(tmp_path: Path) 
         again.close()
     finally:
         forget_broker(name)
+
+
+def test_only_the_transports_that_rebalance_take_a_revoke_callback() -> None:
+    # build_worker passes on_revoke exactly where the registry says partitions can move away
+    import inspect
+
+    from consumers.transports.kafka import KafkaSource
+    from consumers.transports.kinesis import KinesisSource
+    from consumers.transports.memory import MemorySource
+    from consumers.transports.pubsub import PubSubSource
+
+    sources = {"kafka": KafkaSource, "pubsub": PubSubSource, "kinesis": KinesisSource, "memory": MemorySource}
+    assert set(sources) == set(TRANSPORTS)
+    for name, source in sources.items():
+        takes = "on_revoke" in inspect.signature(source.__init__).parameters
+        assert takes == TRANSPORTS[name].rebalances, name
