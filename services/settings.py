@@ -104,6 +104,9 @@ class LimitsSettings(BaseModel):
     max_event_bytes: int = 64 * 1024
     max_audio_seconds: float = 600.0
     min_audio_seconds: float = 0.1
+    #: an arrival whose submitted_at is further in the future than this is refused
+    #: (`submitted_in_future`): producers' clocks drift by seconds, not by years
+    max_clock_skew_seconds: float = Field(default=300.0, ge=0)
 
 
 class BatchSettings(BaseModel):
