@@ -52,6 +52,7 @@ class AudioStorage:
         self.settings = settings
         self._s3_client: Any = None
         self._lock = threading.Lock()
+        self._lexical: dict[str, list[str]] = {}
 
     # -- resolve: what a URI names, checked without touching the object -----------------
     def resolve(self, uri: str, tenant: str) -> Location:
@@ -90,23 +91,36 @@ class AudioStorage:
         if "\x00" in path or any(segment == ".." for segment in path.split("/")):
             raise PoisonMessage("path_traversal", "file:// path contains '..' or NUL")
         try:
-            os.fsencode(path)
+            encoded = os.fsencode(path)
         except UnicodeEncodeError as exc:  # a lone surrogate: no file system can name it
             raise PoisonMessage("malformed_uri", "file:// path is not encodable as a file name") from exc
         if not path.startswith("/"):
             raise PoisonMessage("uri_outside_roots", "file:// path is not absolute")
-        if len(os.fsencode(path)) >= _PATH_MAX:
+        if len(encoded) >= _PATH_MAX:
             # no system call could open it; resolving it anyway costs quadratic time in realpath
             raise PoisonMessage("malformed_uri", "file:// path is longer than the system's path limit")
-        configured = self.settings.tenant_file_roots.get(tenant, self.settings.file_roots)
-        if not configured:
+        roots = self._lexical_roots(tenant)
+        if not roots:
             raise PoisonMessage("uri_outside_roots", f"no file:// roots are configured for tenant {tenant}")
-        # a root as written and as its real path: either spelling of a path inside it is fine
-        roots = [Path(os.path.abspath(root)) for root in configured] + self._roots(tenant)
-        normal = Path(os.path.normpath(path))
-        if not any(_inside(normal, root) for root in roots):
+        normal = os.path.normpath(path)
+        # string prefixes (each root ends in "/"): the loop thread runs this for every arrival
+        if not any(normal == root[:-1] or normal.startswith(root) for root in roots):
             raise PoisonMessage("uri_outside_roots", "file:// path is outside the tenant's storage roots")
-        return str(normal)
+        return normal
+
+    def _lexical_roots(self, tenant: str) -> list[str]:
+        """Each root as written and as its real path: a path inside either spelling is inside.
+
+        Cached per tenant (resolve runs on the worker's loop thread for every arrival, and
+        realpath costs a system call per component); fetch() checks the real path afresh.
+        """
+        roots = self._lexical.get(tenant)
+        if roots is None:
+            configured = self.settings.tenant_file_roots.get(tenant, self.settings.file_roots)
+            spellings = [Path(os.path.abspath(root)) for root in configured] + self._roots(tenant)
+            roots = [str(root).rstrip("/") + "/" for root in spellings]
+            self._lexical[tenant] = roots
+        return roots
 
     def _resolve_s3(self, bucket: str, key: str, tenant: str) -> None:
         if not bucket or not key or any(segment == ".." for segment in key.split("/")):
