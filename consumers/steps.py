@@ -150,11 +150,11 @@ class ParseArrival(_Forwarding):
         except PoisonMessage as error:
             return self._dead_letter, replace(work, error=error)
         work = replace(work, arrival=arrival)
-        try:
-            if self._check_uri is not None:
+        if self._check_uri is not None:
+            try:
                 self._check_uri(arrival.audio_uri, work.tenant)
-        except PoisonMessage as error:
-            return self._dead_letter, replace(work, error=error)
+            except PoisonMessage as error:
+                return self._dead_letter, replace(work, error=error)
         if self._on_parsed is not None:
             self._on_parsed(work)
         try:
@@ -289,7 +289,7 @@ def idempotency_conflict(arrival: AudioArrival, stored_json: bytes) -> PoisonMes
         return None
     return PoisonMessage(
         "idempotency_conflict",
-        f"idempotency key was first used for other content: {', '.join(differ)} differ(s)",
+        f"the idempotency key was first used for other content (differs: {', '.join(differ)})",
     )
 
 
