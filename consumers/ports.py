@@ -72,8 +72,20 @@ class InFlightLedger(Protocol):
 class Storage(Protocol):
     """Fetches audio objects for a tenant (services.storage.AudioStorage)."""
 
-    def fetch(self, uri: str, tenant: str, *, expected_sha256: str | None = None) -> bytes:
-        """Raises PoisonMessage for a URI the tenant may not read, RetryableError when transient."""
+    def resolve(self, uri: str, tenant: str) -> object:
+        """Checks `uri` without fetching: raises PoisonMessage for a URI the tenant may not read."""
+        ...
+
+    def fetch(
+        self,
+        uri: str,
+        tenant: str,
+        *,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+    ) -> bytes:
+        """Raises PoisonMessage for a URI the tenant may not read or an object that is not the
+        one the event describes (size, sha256), RetryableError when transient."""
         ...
 
 

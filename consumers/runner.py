@@ -123,7 +123,9 @@ class Pipeline:
             from services.retry import retry_call
 
             data = retry_call(
-                lambda: storage.fetch(arrival.audio_uri, tenant, expected_sha256=arrival.sha256),
+                lambda: storage.fetch(
+                    arrival.audio_uri, tenant, expected_sha256=arrival.sha256, expected_size=arrival.byte_size
+                ),
                 settings.retry,
                 describe="fetch audio",
             )
@@ -196,6 +198,8 @@ class Pipeline:
             max_event_bytes=settings.limits.max_event_bytes,
             on_duplicate=settings.store.on_duplicate,
             store_call=store_call,
+            check_uri=storage.resolve,
+            max_clock_skew_seconds=settings.limits.max_clock_skew_seconds,
         )
         self.admit = Admit(
             self.parse,

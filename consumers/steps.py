@@ -93,9 +93,12 @@ class _Forwarding(Step):
 
 # -- parse --------------------------------------------------------------------------------
 class ParseArrival(_Forwarding):
-    """Bytes -> AudioArrival; enforces size, schema, major version and the topic's tenant.
+    """Bytes -> AudioArrival; enforces size, schema, major version, the topic's tenant, the
+    clock skew of submitted_at and (`check_uri`) that the audio URI is the tenant's.
 
-    A known idempotency key is answered from the verdict store, never scored again.
+    All of that before the verdict store is asked, so a repeated key skips no check. A known
+    key is answered from the store, never scored again, unless the arrival's content differs
+    from what the key was first used for: that is an `idempotency_conflict` dead letter.
     """
 
     def __init__(
@@ -110,8 +113,14 @@ class ParseArrival(_Forwarding):
         on_duplicate: str = "republish",
         on_parsed: Callable[[Work], None] | None = None,
         store_call: StoreCall = call_directly,
+        check_uri: Callable[[str, str], object] | None = None,
+        max_clock_skew_seconds: float | None = None,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         super().__init__(next_step)
+        self._check_uri = check_uri
+        self._max_skew = max_clock_skew_seconds
+        self._wall_clock = wall_clock
         self._dead_letter = dead_letter
         self._publish = publish
         self._commit = commit
@@ -135,10 +144,17 @@ class ParseArrival(_Forwarding):
 
     def _route(self, work: Work) -> tuple[Step, Work]:
         try:
-            arrival = parse_arrival(work.message, self._max_event_bytes)
+            arrival = parse_arrival(
+                work.message, self._max_event_bytes, max_skew_seconds=self._max_skew, now=self._wall_clock()
+            )
         except PoisonMessage as error:
             return self._dead_letter, replace(work, error=error)
         work = replace(work, arrival=arrival)
+        if self._check_uri is not None:
+            try:
+                self._check_uri(arrival.audio_uri, work.tenant)
+            except PoisonMessage as error:
+                return self._dead_letter, replace(work, error=error)
         if self._on_parsed is not None:
             self._on_parsed(work)
         try:
@@ -147,6 +163,9 @@ class ParseArrival(_Forwarding):
             # the store is down past the in-place retries: a retry tier (Kafka) or the DLQ
             return self._dead_letter, replace(work, error=error)
         if stored is not None:
+            conflict = idempotency_conflict(arrival, stored)
+            if conflict is not None:
+                return self._dead_letter, replace(work, error=conflict)
             if self._on_duplicate == "republish":
                 record = verdict_record(work.tenant, stored)
                 return self._publish, replace(work, record=record, outcome="duplicate")
@@ -195,11 +214,17 @@ def nesting_depth(raw: bytes, stop_above: int | None = None) -> int:
 
 
 def parse_arrival(
-    message: Message, max_event_bytes: int, max_depth: int = MAX_EVENT_DEPTH
+    message: Message,
+    max_event_bytes: int,
+    max_depth: int = MAX_EVENT_DEPTH,
+    *,
+    max_skew_seconds: float | None = None,
+    now: datetime | None = None,
 ) -> AudioArrival:
     """Bytes -> AudioArrival, or a PoisonMessage with a stable reason; never another error.
 
-    Size and nesting are bounded before json.loads does any (recursive) work.
+    Size and nesting are bounded before json.loads does any (recursive) work. With
+    `max_skew_seconds`, a submitted_at further than that ahead of `now` is refused.
     """
     if len(message.value) > max_event_bytes:
         raise PoisonMessage(
@@ -232,7 +257,40 @@ def parse_arrival(
             "tenant_mismatch",
             f"event claims tenant {arrival.tenant_id!r} but arrived on {message.tenant!r}'s topic",
         )
+    if max_skew_seconds is not None:
+        ahead = (arrival.submitted_at - (now or datetime.now(UTC))).total_seconds()
+        if ahead > max_skew_seconds:
+            raise PoisonMessage(
+                "submitted_in_future",
+                f"submitted_at is {ahead:.0f} s ahead of the worker's clock (at most {max_skew_seconds:g} s)",
+            )
     return arrival
+
+
+#: the arrival fields a stored verdict remembers (schemas.Verdict) and a repeat must match
+CONFLICT_FIELDS = ("content_id", "audio_uri", "sha256")
+
+
+def idempotency_conflict(arrival: AudioArrival, stored_json: bytes) -> PoisonMessage | None:
+    """The dead letter for an arrival that reuses a stored verdict's key for other content.
+
+    A field counts when both sides have it: an arrival without a sha256, or a verdict stored
+    before verdicts recorded audio_uri and sha256, is not a conflict on that field.
+    """
+    stored = json.loads(stored_json)
+    differ = [
+        name
+        for name in CONFLICT_FIELDS
+        if getattr(arrival, name) is not None
+        and stored.get(name) is not None
+        and stored[name] != getattr(arrival, name)
+    ]
+    if not differ:
+        return None
+    return PoisonMessage(
+        "idempotency_conflict",
+        f"the idempotency key was first used for other content (differs: {', '.join(differ)})",
+    )
 
 
 def verdict_record(tenant: str, verdict_json: bytes) -> OutRecord:
@@ -480,6 +538,8 @@ class BuildVerdict(_Forwarding):
             tenant_id=work.tenant,
             content_id=arrival.content_id,
             event_id=arrival.event_id,
+            audio_uri=arrival.audio_uri,
+            sha256=arrival.sha256,
             label=decision.label,
             score=float(decision.score),
             threshold=float(decision.threshold),
@@ -510,6 +570,11 @@ class BuildVerdict(_Forwarding):
             if self._dead_letter is None:
                 raise
             return self._dead_letter, replace(work, error=error)
+        # another worker stored first for the same key (both missed in ParseArrival): fine for
+        # the same content, a conflict for other content
+        conflict = idempotency_conflict(arrival, stored)
+        if conflict is not None and self._dead_letter is not None:
+            return self._dead_letter, replace(work, error=conflict)
         record = verdict_record(work.tenant, stored)
         return self._next, replace(work, record=record, outcome="verdict", label=decision.label)
 

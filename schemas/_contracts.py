@@ -67,12 +67,20 @@ class AudioArrival(_Contract):
     content_id: str = Field(min_length=1, max_length=200)
     audio_uri: str = Field(min_length=1, max_length=2048, description="file://, s3:// or gs://")
     content_type: str | None = Field(default=None, max_length=100)
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="hex; upper case is read as lower case"
+    )
     byte_size: int | None = Field(default=None, ge=0)
     duration_seconds: float | None = Field(default=None, ge=0)
     submitted_at: AwareDatetime
     priority: int = Field(default=0, ge=0, le=9, description="0 (default) .. 9 (first within the tenant)")
     attributes: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _lower_hex(cls, value: Any) -> Any:
+        # the same digest in upper case is the same digest: harmless, so normalised, not refused
+        return value.lower() if isinstance(value, str) else value
 
 
 class WindowSummary(BaseModel):
@@ -108,6 +116,10 @@ class Verdict(_Contract):
     tenant_id: TenantId
     content_id: str
     event_id: str
+    # what the key was first used for: a later arrival with the same key and other content is
+    # an idempotency conflict (docs/idempotency.md); absent from verdicts stored before these fields existed
+    audio_uri: str | None = Field(default=None, description="the arrival's audio_uri")
+    sha256: str | None = Field(default=None, description="the arrival's sha256, when it gave one")
     label: Label
     score: float = Field(ge=0, le=1, description="probability-like; higher = more likely synthetic")
     threshold: float = Field(ge=0, le=1, description="calibrated decision threshold the label used")

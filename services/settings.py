@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import socket
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +27,7 @@ from pydantic_settings import (
 
 __all__ = [
     "BatchSettings",
+    "ConfigError",
     "DlqSettings",
     "KafkaSettings",
     "KinesisSettings",
@@ -39,6 +41,13 @@ __all__ = [
     "TenantSettings",
     "load_settings",
 ]
+
+
+class ConfigError(ValueError):
+    """The settings cannot be read: a missing, unreadable or invalid file, or an invalid value.
+
+    Its message is one line for a person (the CLI prints it and exits 2), never a traceback.
+    """
 
 
 class KafkaSettings(BaseModel):
@@ -104,6 +113,9 @@ class LimitsSettings(BaseModel):
     max_event_bytes: int = 64 * 1024
     max_audio_seconds: float = 600.0
     min_audio_seconds: float = 0.1
+    #: an arrival whose submitted_at is further in the future than this is refused
+    #: (`submitted_in_future`): producers' clocks drift by seconds, not by years
+    max_clock_skew_seconds: float = Field(default=300.0, ge=0)
 
 
 class BatchSettings(BaseModel):
@@ -217,18 +229,46 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def check_config_file(config: Path) -> None:
+    """ConfigError unless `config` is a readable TOML file."""
+    try:
+        with open(config, "rb") as handle:
+            tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {config} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {config} is a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {config} cannot be read: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {config} is not valid TOML: {exc}") from None
+
+
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from `config` (TOML; else $AUDIOGUARD_CONFIG), the environment, then `overrides`."""
-    if config is not None:
-        if not config.is_file():
-            raise FileNotFoundError(f"config file {config} does not exist")
-        previous = os.environ.get("AUDIOGUARD_CONFIG")
-        os.environ["AUDIOGUARD_CONFIG"] = str(config)
-        try:
-            return Settings(**overrides)
-        finally:
-            if previous is None:
-                os.environ.pop("AUDIOGUARD_CONFIG", None)
-            else:
-                os.environ["AUDIOGUARD_CONFIG"] = previous
-    return Settings(**overrides)
+    """Settings from `config` (TOML; else $AUDIOGUARD_CONFIG), the environment, then `overrides`.
+
+    Raises ConfigError for a file that is missing, unreadable or not TOML, and for invalid values.
+    """
+    previous = os.environ.get("AUDIOGUARD_CONFIG")
+    if config is None and previous:
+        config = Path(previous)
+    if config is None:
+        return _settings(overrides)
+    check_config_file(config)
+    os.environ["AUDIOGUARD_CONFIG"] = str(config)
+    try:
+        return _settings(overrides)
+    finally:
+        if previous is None:
+            os.environ.pop("AUDIOGUARD_CONFIG", None)
+        else:
+            os.environ["AUDIOGUARD_CONFIG"] = previous
+
+
+def _settings(overrides: dict[str, Any]) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        raise ConfigError(f"invalid setting {where}: {first['msg']} ({exc.error_count()} error(s))") from None

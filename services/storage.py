@@ -15,17 +15,34 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from services.errors import PoisonMessage, RetryableError
 from services.settings import StorageSettings
 
-__all__ = ["AudioStorage"]
+__all__ = ["AudioStorage", "Location"]
 
 _SCHEMES = ("file", "s3", "gs")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: far above any real URI (the arrival contract allows 2,048 characters), so parsing stays cheap
+MAX_URI_CHARS = 16_384
+_PATH_MAX = 4096  # Linux's PATH_MAX, bytes including the final NUL
+
+
+class Location(NamedTuple):
+    """A resolved audio URI: ("file", "", absolute path) or ("s3", bucket, key)."""
+
+    scheme: str
+    bucket: str
+    path: str
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 class AudioStorage:
@@ -35,18 +52,102 @@ class AudioStorage:
         self.settings = settings
         self._s3_client: Any = None
         self._lock = threading.Lock()
+        self._lexical: dict[str, list[str]] = {}
+
+    # -- resolve: what a URI names, checked without touching the object -----------------
+    def resolve(self, uri: str, tenant: str) -> Location:
+        """Where `uri` points for `tenant`, or the PoisonMessage that refuses it.
+
+        Lexical checks only (scheme, host, traversal, the tenant's roots or buckets), so the
+        worker runs them on every arrival before the verdict store is asked: an event that
+        repeats a known idempotency key is held to the same rules as a new one. `fetch`
+        resolves again and then follows symlinks. Never raises anything but PoisonMessage.
+        """
+        if len(uri) > MAX_URI_CHARS:
+            raise PoisonMessage("malformed_uri", f"audio_uri is longer than {MAX_URI_CHARS} characters")
+        if _CONTROL.search(uri):
+            # urlsplit would quietly drop tabs and newlines: read no URI other than the one written
+            raise PoisonMessage("malformed_uri", "audio_uri contains control characters")
+        try:
+            parts = urlsplit(uri)
+        except ValueError as exc:  # e.g. "file://[::1/a.wav": an unbalanced IPv6 host
+            raise PoisonMessage("malformed_uri", "audio_uri is not a parseable URI") from exc
+        if parts.scheme not in _SCHEMES:
+            raise PoisonMessage(
+                "unsupported_scheme", f"URI scheme {parts.scheme[:20]!r} is not one of {_SCHEMES}"
+            )
+        if parts.scheme == "file":
+            return Location("file", "", self._resolve_file(parts.netloc, parts.path, tenant))
+        if parts.scheme == "s3":
+            key = parts.path.lstrip("/")
+            self._resolve_s3(parts.netloc, key, tenant)
+            return Location("s3", parts.netloc, key)
+        raise PoisonMessage("unsupported_scheme", "gs:// storage is not configured on this worker")
+
+    def _resolve_file(self, host: str, raw_path: str, tenant: str) -> str:
+        if host not in ("", "localhost"):
+            raise PoisonMessage("uri_outside_roots", "file:// URI names a remote host")
+        path = unquote(raw_path)
+        if "\x00" in path or any(segment == ".." for segment in path.split("/")):
+            raise PoisonMessage("path_traversal", "file:// path contains '..' or NUL")
+        try:
+            encoded = os.fsencode(path)
+        except UnicodeEncodeError as exc:  # a lone surrogate: no file system can name it
+            raise PoisonMessage("malformed_uri", "file:// path is not encodable as a file name") from exc
+        if not path.startswith("/"):
+            raise PoisonMessage("uri_outside_roots", "file:// path is not absolute")
+        if len(encoded) >= _PATH_MAX:
+            # no system call could open it; resolving it anyway costs quadratic time in realpath
+            raise PoisonMessage("malformed_uri", "file:// path is longer than the system's path limit")
+        roots = self._lexical_roots(tenant)
+        if not roots:
+            raise PoisonMessage("uri_outside_roots", f"no file:// roots are configured for tenant {tenant}")
+        normal = os.path.normpath(path)
+        # string prefixes (each root ends in "/"): the loop thread runs this for every arrival
+        if not any(normal == root[:-1] or normal.startswith(root) for root in roots):
+            raise PoisonMessage("uri_outside_roots", "file:// path is outside the tenant's storage roots")
+        return normal
+
+    def _lexical_roots(self, tenant: str) -> list[str]:
+        """Each root as written and as its real path: a path inside either spelling is inside.
+
+        Cached per tenant (resolve runs on the worker's loop thread for every arrival, and
+        realpath costs a system call per component); fetch() checks the real path afresh.
+        """
+        roots = self._lexical.get(tenant)
+        if roots is None:
+            configured = self.settings.tenant_file_roots.get(tenant, self.settings.file_roots)
+            spellings = [Path(os.path.abspath(root)) for root in configured] + self._roots(tenant)
+            roots = [str(root).rstrip("/") + "/" for root in spellings]
+            self._lexical[tenant] = roots
+        return roots
+
+    def _resolve_s3(self, bucket: str, key: str, tenant: str) -> None:
+        if not bucket or not key or any(segment == ".." for segment in key.split("/")):
+            raise PoisonMessage("path_traversal", "s3:// URI needs a bucket and a key without '..'")
+        if not self._allowed_s3(bucket, key, tenant):
+            raise PoisonMessage("uri_outside_roots", f"the s3:// bucket is not a location of tenant {tenant}")
 
     # -- fetch -------------------------------------------------------------------------
-    def fetch(self, uri: str, tenant: str, *, expected_sha256: str | None = None) -> bytes:
-        parts = urlsplit(uri)
-        if parts.scheme not in _SCHEMES:
-            raise PoisonMessage("unsupported_scheme", f"URI scheme {parts.scheme!r} is not one of {_SCHEMES}")
-        if parts.scheme == "file":
-            data = self._fetch_file(parts.netloc, parts.path, tenant)
-        elif parts.scheme == "s3":
-            data = self._fetch_s3(parts.netloc, parts.path.lstrip("/"), tenant)
+    def fetch(
+        self,
+        uri: str,
+        tenant: str,
+        *,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+    ) -> bytes:
+        location = self.resolve(uri, tenant)
+        if location.scheme == "file":
+            data = self._fetch_file(location.path, tenant)
         else:
-            raise PoisonMessage("unsupported_scheme", "gs:// storage is not configured on this worker")
+            data = self._fetch_s3(location.bucket, location.path)
+        # the size first: a wrong size is the clearer message, and the digest would differ too
+        if expected_size is not None and len(data) != expected_size:
+            raise PoisonMessage(
+                "byte_size_mismatch",
+                f"object has {len(data)} bytes, the event's byte_size says {expected_size}",
+            )
         if expected_sha256 is not None:
             digest = hashlib.sha256(data).hexdigest()
             if digest != expected_sha256:
@@ -57,29 +158,24 @@ class AudioStorage:
         roots = self.settings.tenant_file_roots.get(tenant, self.settings.file_roots)
         return [Path(os.path.realpath(root)) for root in roots]
 
-    def _fetch_file(self, host: str, raw_path: str, tenant: str) -> bytes:
-        if host not in ("", "localhost"):
-            raise PoisonMessage("uri_outside_roots", f"file:// URI names a remote host {host!r}")
-        path = unquote(raw_path)
-        if "\x00" in path or any(segment == ".." for segment in path.split("/")):
-            raise PoisonMessage("path_traversal", "file:// path contains '..' or NUL")
-        roots = self._roots(tenant)
-        if not roots:
-            raise PoisonMessage("uri_outside_roots", f"no file:// roots are configured for tenant {tenant}")
+    def _fetch_file(self, path: str, tenant: str) -> bytes:
+        # resolve() checked the path as written; a symlink must not lead out of the roots either
         real = Path(os.path.realpath(path))
-        if not any(real == root or root in real.parents for root in roots):
+        if not any(_inside(real, root) for root in self._roots(tenant)):
             raise PoisonMessage("uri_outside_roots", "file:// path is outside the tenant's storage roots")
         try:
             size = real.stat().st_size
             if not real.is_file():
                 raise PoisonMessage("missing_object", "file:// path is not a regular file")
+            self._check_size(size)
+            with open(real, "rb") as handle:
+                data = handle.read(self.settings.max_bytes + 1)
         except FileNotFoundError as exc:
             raise PoisonMessage("missing_object", "no such file") from exc
         except PermissionError as exc:
             raise PoisonMessage("missing_object", "file is not readable") from exc
-        self._check_size(size)
-        with open(real, "rb") as handle:
-            data = handle.read(self.settings.max_bytes + 1)
+        except OSError as exc:  # a name too long, a loop of links, not a directory on the way
+            raise PoisonMessage("missing_object", f"file cannot be opened ({exc.strerror})") from exc
         self._check_size(len(data))
         return data
 
@@ -115,13 +211,9 @@ class AudioStorage:
                 )
             return self._s3_client
 
-    def _fetch_s3(self, bucket: str, key: str, tenant: str) -> bytes:
+    def _fetch_s3(self, bucket: str, key: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if not bucket or not key or any(segment == ".." for segment in key.split("/")):
-            raise PoisonMessage("path_traversal", "s3:// URI needs a bucket and a key without '..'")
-        if not self._allowed_s3(bucket, key, tenant):
-            raise PoisonMessage("uri_outside_roots", f"s3://{bucket} is not a location of tenant {tenant}")
         try:
             head = self._s3().head_object(Bucket=bucket, Key=key)
             self._check_size(int(head["ContentLength"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,5 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code = args.handler(args)
+    from services.settings import ConfigError
+
+    try:
+        code = args.handler(args)
+    except ConfigError as exc:
+        # a settings mistake is the operator's, and one line says it; a traceback would bury it
+        print(f"audioguard: error: {exc}", file=sys.stderr)
+        return 2
     return int(code or 0)

@@ -2,7 +2,9 @@
 category and reason, while the healthy arrivals of the same stream (odd rates and channel
 counts included) all get verdicts. Real broker, real worker, real files.
 
-Run with -s to see the table (kind -> category, reason).
+The kinds are this module's KINDS (built in code) and the file corpus tests/fuzz/events/
+(tests.support.corpus; `scripts/hostile_table.py` prints its table from an in-memory
+worker). Run with -s to see the table (kind -> category, reason).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dlq.envelope import dead_letter_from_record
 from services.platform import arrival_for
 from services.settings import DlqSettings, LimitsSettings, StorageSettings
 from tests.support.audio import BAD_UPLOADS, encode, flac_claiming, speechlike
+from tests.support.corpus import ANSWERS, LIMITS, MAX_BYTES, load_corpus, render
 from tests.support.pipeline import (
     RunningWorker,
     make_settings,
@@ -215,9 +218,9 @@ def test_poison_corpus_each_kind_dead_lettered_with_its_reason(broker, detector,
         storage=StorageSettings(
             tenant_file_roots={tenant: [audio_root / tenant], other: [audio_root / other]},
             tenant_s3_locations={tenant: ["audio-ours"]},
-            max_bytes=600_000,
+            max_bytes=MAX_BYTES,
         ),
-        limits=LimitsSettings(max_event_bytes=65_536, max_audio_seconds=5.0, min_audio_seconds=0.1),
+        limits=LimitsSettings(**LIMITS),
         # a corpus that is mostly poison must not trip the breaker: that is another test
         dlq=DlqSettings(max_invalid_ratio=1.0, max_consecutive=10_000),
     )
@@ -254,14 +257,38 @@ def test_poison_corpus_each_kind_dead_lettered_with_its_reason(broker, detector,
             )
         )
         healthy_keys.append(plain)
-    publish_raw(KafkaSink(settings.kafka), records)
+    # the file corpus: a kind with `prime` repeats the key of a healthy event published (and
+    # finished) before it, so the hostile one meets a stored verdict
+    primers, corpus_records = [], []
+    corpus_answers: dict[str, int] = {}  # idempotency key -> verdicts expected on the topic
+    for i, item in enumerate(load_corpus()):
+        key = f"{tenant}:c{i:02d}"
+        primer, event = render(item, tenant, key, root, other_root)
+        if primer is not None:
+            primers.append(OutRecord(tenant=tenant, destination="arrivals", key=key.encode(), value=primer))
+            corpus_answers[key] = 1
+        corpus_records.append(OutRecord(tenant=tenant, destination="arrivals", key=key.encode(), value=event))
+        if item.expect in ANSWERS:
+            answered = json.loads(event)["idempotency_key"]  # json.loads reads UTF-16 too
+            corpus_answers[answered] = corpus_answers.get(answered, 0) + 1
+        else:
+            expected[key] = Kind(item.name, item.expect, _raw(event))
+    sink = KafkaSink(settings.kafka)
+    publish_raw(sink, records + primers)
     poison = [k for k, kind in expected.items() if kind.reason is not None]
     assert len({expected[k].name for k in poison}) >= 30
 
     with RunningWorker(settings, detector) as running:
-        assert running.wait_for(lambda: running.worker.pipeline.stats.acked >= len(records), timeout=120), (
+        first = len(records) + len(primers)
+        assert running.wait_for(lambda: running.worker.pipeline.stats.acked >= first, timeout=120), (
             running.worker.pipeline.stats
         )
+        publish_raw(sink, corpus_records)
+        total = first + len(corpus_records)
+        assert running.wait_for(lambda: running.worker.pipeline.stats.acked >= total, timeout=120), (
+            running.worker.pipeline.stats
+        )
+    payload_of = {r.key: r.value for r in records + primers + corpus_records}  # the last one per key
 
     got: dict[str, tuple[str, str]] = {}
     for key, value, headers in read_destination(settings, tenant, "dlq"):
@@ -269,8 +296,7 @@ def test_poison_corpus_each_kind_dead_lettered_with_its_reason(broker, detector,
         got[(key or b"").decode()] = (envelope.category, envelope.reason)
         # the same failure reads the same every time: no object address, no temporary path
         assert " at 0x" not in envelope.error_message and "BytesIO" not in envelope.error_message
-        original = next(r for r in records if r.key == key)
-        assert payload == original.value  # the original payload, byte for byte
+        assert payload == payload_of[key]  # the original payload, byte for byte
         assert envelope.source.topic == f"audioguard.arrivals.{tenant}" and envelope.source.offset is not None
 
     rows = []
@@ -285,5 +311,6 @@ def test_poison_corpus_each_kind_dead_lettered_with_its_reason(broker, detector,
     assert set(got) == set(poison)  # nothing healthy was dead-lettered
 
     verdicts = verdicts_by_key(settings, tenant)
-    assert set(verdicts) == set(healthy_keys)
-    assert all(len(v) == 1 for v in verdicts.values())
+    assert set(verdicts) == set(healthy_keys) | set(corpus_answers)
+    # a duplicate kind republishes the primer's verdict: two on the topic, one answer
+    assert {k: len(v) for k, v in verdicts.items()} == {**dict.fromkeys(healthy_keys, 1), **corpus_answers}

@@ -4,6 +4,7 @@ with a known reason, never another exception (the crashers of issue 15 included)
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -116,3 +117,45 @@ def test_structured_changes_end_in_an_arrival_or_a_known_reason(changes: dict[st
 def test_any_depth_of_any_opener_is_refused_cleanly(depth: int, opener: bytes) -> None:
     expected = {"ok"} if depth == 0 else {"too_deep"} if depth > MAX_EVENT_DEPTH else KNOWN_REASONS | {"ok"}
     assert outcome(with_extra(opener * depth + b"1")) in expected
+
+
+# -- issue 15's small gaps: the clock and the digest's case -----------------------------------
+def skewed(value: bytes, now: datetime) -> str:
+    try:
+        parse_arrival(message(value), LIMIT, max_skew_seconds=300, now=now)
+    except PoisonMessage as error:
+        return error.reason
+    return "ok"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(timezones=st.timezones() | st.just(timezone(timedelta(hours=-14)))),
+    st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)),
+)
+def test_any_submitted_at_is_accepted_or_refused_by_the_skew(submitted: datetime, now: datetime) -> None:
+    now = now.replace(tzinfo=UTC)
+    reason = skewed(valid_event(submitted_at=submitted.isoformat()), now)
+    if reason == "ok":
+        assert (submitted - now).total_seconds() <= 300
+    else:
+        # in the future past the skew, or a date pydantic cannot represent (a year past 9999 in UTC)
+        assert reason in {"submitted_in_future", "schema"}, reason
+
+
+def test_the_year_9999_is_refused_and_a_few_seconds_of_drift_is_not() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert skewed(valid_event(submitted_at="9999-01-01T00:00:00Z"), now) == "submitted_in_future"
+    assert skewed(valid_event(submitted_at=(now + timedelta(seconds=299)).isoformat()), now) == "ok"
+    assert (
+        skewed(valid_event(submitted_at=(now + timedelta(seconds=301)).isoformat()), now)
+        == "submitted_in_future"
+    )
+    assert skewed(valid_event(submitted_at="0001-01-01T00:00:00Z"), now) == "ok"  # old: a replay, fine
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet="0123456789abcdefABCDEF", min_size=64, max_size=64))
+def test_a_sha256_in_any_case_is_read_as_lower_case(digest: str) -> None:
+    arrival = parse_arrival(message(valid_event(sha256=digest)), LIMIT)
+    assert arrival.sha256 == digest.lower()
