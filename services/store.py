@@ -10,6 +10,12 @@ never see each other's verdicts. Entries expire after `ttl_seconds`.
 A second, tiny key-value side keeps transport checkpoints (Kinesis shard -> sequence
 number) in the same backend, without expiry.
 
+A third side counts attempts *in progress* per (tenant, idempotency key), with the same TTL:
+the crash-loop quarantine (`consumers.quarantine`) records an attempt before the risky work
+(fetch, decode, score) and forgets it once the message is done, so a counter that survives
+is an attempt that died with its worker. Only a durable store (SQLite, Redis) remembers a
+crash; the memory store forgets it with the process.
+
     memory://                     this process only; gone when it exits (tests, demos)
     sqlite:///relative/file.db    one host, any number of processes (WAL); the embedded default
     sqlite:////absolute/file.db   (SQLAlchemy's convention: the path follows the third slash)
@@ -33,7 +39,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -98,6 +104,21 @@ class VerdictStore(ABC):
         """Overwrite the checkpoint `name`; durable when this returns."""
 
     @abstractmethod
+    def begin_attempt(self, tenant: str, key: str) -> int:
+        """Count one more attempt in progress for (tenant, key) and restart its TTL, atomically
+        (INCR + EXPIRE on Redis); durable when this returns. Returns the count, this one included."""
+
+    @abstractmethod
+    def undo_attempt(self, tenant: str, key: str) -> None:
+        """Take back one `begin_attempt` (an attempt that ended without crashing and without an
+        outcome: a graceful stop, a revoke). The counter never goes below zero."""
+
+    @abstractmethod
+    def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        """Forget the attempt counters of these (tenant, key) pairs (their messages are done),
+        in one round trip. Clearing a pair without a counter is fine."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release connections. Idempotent; the store is unusable afterwards."""
 
@@ -122,6 +143,7 @@ class MemoryStore(VerdictStore):
         self._lock = threading.Lock()
         self._verdicts: dict[tuple[str, str], tuple[bytes, float]] = {}
         self._checkpoints: dict[str, str] = {}
+        self._attempts: dict[tuple[str, str], tuple[int, float]] = {}
 
     def get(self, tenant: str, key: str) -> bytes | None:
         _check_tenant_key(tenant, key)
@@ -156,6 +178,33 @@ class MemoryStore(VerdictStore):
         with self._lock:
             self._checkpoints[name] = value
 
+    def begin_attempt(self, tenant: str, key: str) -> int:
+        _check_tenant_key(tenant, key)
+        with self._lock:
+            now = self._clock()
+            count, expires_at = self._attempts.get((tenant, key), (0, now))
+            count = count + 1 if expires_at > now else 1
+            self._attempts[(tenant, key)] = (count, now + self.ttl_seconds)
+            if len(self._attempts) % 1024 == 0:
+                for item, (_, until) in list(self._attempts.items()):
+                    if until <= now:
+                        del self._attempts[item]
+            return count
+
+    def undo_attempt(self, tenant: str, key: str) -> None:
+        _check_tenant_key(tenant, key)
+        with self._lock:
+            count, expires_at = self._attempts.get((tenant, key), (0, 0.0))
+            if count <= 1 or expires_at <= self._clock():
+                self._attempts.pop((tenant, key), None)
+            else:
+                self._attempts[(tenant, key)] = (count - 1, expires_at)
+
+    def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        with self._lock:
+            for tenant, key in items:
+                self._attempts.pop((tenant, key), None)
+
     def close(self) -> None:
         pass
 
@@ -175,6 +224,9 @@ class SqliteStore(VerdictStore):
         " PRIMARY KEY (tenant, key))",
         "CREATE INDEX IF NOT EXISTS verdicts_expires_at ON verdicts (expires_at)",
         "CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS attempts ("
+        " tenant TEXT NOT NULL, key TEXT NOT NULL, count INTEGER NOT NULL, expires_at REAL NOT NULL,"
+        " PRIMARY KEY (tenant, key))",
     )
     #: rows deleted per prune, so one prune never holds the write lock for long
     PRUNE_BATCH = 1000
@@ -211,6 +263,7 @@ class SqliteStore(VerdictStore):
             for statement in self._SCHEMA:
                 self._db.execute(statement)
         self._last_prune = float("-inf")
+        self._last_attempts_prune = float("-inf")
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -284,21 +337,75 @@ class SqliteStore(VerdictStore):
                 (name, value),
             )
 
+    def begin_attempt(self, tenant: str, key: str) -> int:
+        _check_tenant_key(tenant, key)
+        with self._lock, self._errors():
+            now = self._clock()
+            # one statement, so atomic across processes; an expired counter starts again at 1
+            row = self._db.execute(
+                "INSERT INTO attempts (tenant, key, count, expires_at) VALUES (?, ?, 1, ?)"
+                " ON CONFLICT (tenant, key) DO UPDATE SET"
+                " count = CASE WHEN attempts.expires_at <= ? THEN 1 ELSE attempts.count + 1 END,"
+                " expires_at = excluded.expires_at"
+                " RETURNING count",
+                (tenant, key, now + self.ttl_seconds, now),
+            ).fetchone()
+            if now - self._last_attempts_prune >= self._prune_interval:
+                self._db.execute(
+                    "DELETE FROM attempts WHERE rowid IN"
+                    " (SELECT rowid FROM attempts WHERE expires_at <= ? LIMIT ?)",
+                    (now, self.PRUNE_BATCH),
+                )
+                self._last_attempts_prune = now
+        return int(row[0])
+
+    def undo_attempt(self, tenant: str, key: str) -> None:
+        _check_tenant_key(tenant, key)
+        with self._lock, self._errors():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "UPDATE attempts SET count = count - 1 WHERE tenant = ? AND key = ?", (tenant, key)
+                )
+                self._db.execute(
+                    "DELETE FROM attempts WHERE tenant = ? AND key = ? AND count <= 0", (tenant, key)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        if not items:
+            return
+        with self._lock, self._errors():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("DELETE FROM attempts WHERE tenant = ? AND key = ?", list(items))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
-def redis_key(prefix: str, tenant: str, key: str) -> str:
-    """`<prefix>:verdict:<tenant>:<key>`; the prefix is ``audioguard`` unless configured."""
-    return f"{prefix}:verdict:{tenant}:{key}"
+def redis_key(prefix: str, tenant: str, key: str, kind: str = "verdict") -> str:
+    """`<prefix>:<kind>:<tenant>:<key>` (kind ``verdict`` or ``attempts``); the prefix is
+    ``audioguard`` unless configured."""
+    return f"{prefix}:{kind}:{tenant}:{key}"
 
 
 class RedisStore(VerdictStore):
     """Redis (or Valkey, ElastiCache, Memorystore): one store shared by workers on many hosts.
 
     `put_if_absent` is ``SET key value NX EX ttl``: Redis decides the winner atomically; a
-    loser reads the winner's value back. Checkpoints live under ``<prefix>:checkpoint:<name>``.
+    loser reads the winner's value back. Checkpoints live under ``<prefix>:checkpoint:<name>``,
+    attempt counters under ``<prefix>:attempts:<tenant>:<key>`` (INCR + EXPIRE in one MULTI).
     """
 
     def __init__(
@@ -379,6 +486,32 @@ class RedisStore(VerdictStore):
     def set_checkpoint(self, name: str, value: str) -> None:
         with self._errors():
             self._client.set(f"{self.key_prefix}:checkpoint:{name}", value.encode("utf-8"))
+
+    def _attempts_key(self, tenant: str, key: str) -> str:
+        _check_tenant_key(tenant, key)
+        return redis_key(self.key_prefix, tenant, key, kind="attempts")
+
+    def begin_attempt(self, tenant: str, key: str) -> int:
+        name = self._attempts_key(tenant, key)
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.incr(name)
+            pipe.expire(name, self.ttl_seconds)
+            count, _ = pipe.execute()
+        return int(count)
+
+    def undo_attempt(self, tenant: str, key: str) -> None:
+        name = self._attempts_key(tenant, key)
+        with self._errors():
+            # DECR of a missing key would create it at -1: only take back what is there
+            if self._client.decr(name) <= 0:
+                self._client.delete(name)
+
+    def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        names = [self._attempts_key(tenant, key) for tenant, key in items]
+        if names:
+            with self._errors():
+                self._client.delete(*names)
 
     def check(self) -> None:
         with self._errors():
