@@ -9,6 +9,7 @@ worker processes with a decoder that segfaults.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -224,4 +225,28 @@ def test_after_two_crashes_the_worker_dead_letters_it_and_answers_everyone_else(
     assert (envelope.reason, envelope.category, envelope.attempt) == (CRASHED_WORKER, "poison", 3)
     assert worker.pipeline.quarantine.isolated == 2  # the suspect and keys[5], each alone
     with SqliteStore(tmp_path / "v.db") as store:  # every counter cleared once its message was done
+        assert {store.begin_attempt(TENANT, k) for k in keys} == {1}
+
+
+class SlowDetector(ConstantDetector):
+    def score_windows(self, windows: Any) -> Any:
+        time.sleep(0.3)
+        return super().score_windows(windows)
+
+
+def test_a_sigterm_drain_that_abandons_work_leaves_no_attempt_counted(
+    broker: tuple[str, MemoryBroker], tmp_path: Path
+) -> None:
+    name, memory = broker
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    uploads = Uploads(memory, tmp_path)
+    keys = [uploads.arrival(TENANT, f"c{i}", seed=i) for i in range(8)]
+    settings = memory_settings(
+        name, [TENANT], tmp_path, store={"url": url}, drain_seconds=0.05, close_seconds=2.0
+    )
+    worker = build_memory_worker(settings, memory, SlowDetector())
+    drive(worker, lambda: worker.pipeline.stats.consumed == 8 and worker.pipeline.score.pending() > 0)
+    worker.shutdown()  # what SIGTERM does: the drain deadline passes with work in flight
+    assert worker.pipeline.stats.acked < 8
+    with SqliteStore(tmp_path / "v.db") as store:
         assert {store.begin_attempt(TENANT, k) for k in keys} == {1}
