@@ -19,15 +19,15 @@ CRASH_MAGIC = b"AUDIOGUARD-TEST-SEGFAULT\n"
 
 def install() -> None:
     import consumers.runner
-
-    real = consumers.runner.decode_with_limits
+    from services.audio import decode_with_limits as real
 
     def decode_or_crash(source: Any, limits: Any, **options: Any) -> Any:
         if isinstance(source, bytes) and source.startswith(CRASH_MAGIC):
             ctypes.string_at(0)  # SIGSEGV, in a fetch thread: the whole process dies
         return real(source, limits, **options)
 
-    consumers.runner.decode_with_limits = decode_or_crash  # type: ignore[assignment]
+    # the name the pipeline's fetch threads call (consumers.runner imported it from services.audio)
+    consumers.runner.decode_with_limits = decode_or_crash  # type: ignore[attr-defined]
 
 
 def main() -> int:
