@@ -10,7 +10,8 @@ met it, into one of three families. The runner decides what to do by family alon
      │    └── ResourceExhausted  the accelerator ran out of memory: split the batch first
      ├── PoisonMessage         this message can never succeed; dead-letter it at once
      │                         (schema violation, tenant mismatch, hostile or unknown URI,
-     │                          missing object, oversize, undecodable or silent audio)
+     │                          missing object, oversize, undecodable or silent audio, in
+     │                          progress each time workers died: crashed_worker)
      └── FatalError            the worker cannot go on; stop and let the orchestrator restart
                                (auth, missing topic, bad config, model checksum mismatch,
                                 dead-letter circuit breaker tripped)
