@@ -91,14 +91,19 @@ class VerdictStore(Protocol):
 
 class AttemptCounter(Protocol):
     """Durable counts of attempts in progress by (tenant, idempotency key) (services.store):
-    what the crash-loop quarantine (consumers.quarantine) remembers across a worker's death."""
+    what the crash-loop quarantine (consumers.quarantine) remembers across a worker's death.
+    Each call is one round trip for all its items."""
 
-    def begin_attempt(self, tenant: str, key: str) -> int:
-        """One more attempt in progress, durable on return; returns the count, this one included."""
+    def claim_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        """The counts already there; where none is, this attempt is counted now."""
         ...
 
-    def undo_attempt(self, tenant: str, key: str) -> None:
-        """Take back one attempt that ended without a crash (a graceful stop, a revoke)."""
+    def begin_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        """One more attempt in progress for each; returns the new counts."""
+        ...
+
+    def undo_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        """Take back one attempt of each that ended without a crash (a graceful stop, a revoke)."""
         ...
 
     def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:

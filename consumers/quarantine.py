@@ -6,10 +6,12 @@ delivered again, and it kills the next worker too. `Quarantine` stands between `
 and `FetchAudio` and keeps, in the verdict store, a durable count of attempts *in progress* per
 (tenant, idempotency key):
 
-* before the risky work (fetch, decode, score) it records the attempt (`begin_attempt`);
+* before the risky work (fetch, decode, score) it records the attempt: `claim_attempts` for
+  everything that arrived in one loop turn, in one round trip (a message without earlier
+  attempts is counted by it; a suspect is counted by `begin_attempts` when its turn comes);
 * once the message is done (its verdict, dead letter or retry record acknowledged) the
   counter is cleared, and a graceful stop (the SIGTERM drain deadline, a revoke, a fatal
-  error) takes back the attempts it abandons (`undo_attempt`): only a crash leaves a count.
+  error) takes back the attempts it abandons (`undo_attempts`): only a crash leaves a count.
 
 So a count found when a message comes in is the number of crashes it was part of. A crash kills
 every message in flight, guilty or not, so one crash blames nobody: a message with earlier
@@ -21,7 +23,8 @@ is dead-lettered as ``crashed_worker`` (category poison, with the attempt count)
 processed again, and the worker goes on.
 
 This step must never let a suspect run beside other work, and never count an attempt that did
-not start: a message waiting behind a suspect has no attempt recorded.
+not start: a message waiting behind a suspect has no attempt recorded (one claimed in the same
+turn as the suspect was found is taken back before anything new starts).
 """
 
 from __future__ import annotations
@@ -52,9 +55,12 @@ Pair = tuple[str, str]
 class Quarantine(Step):
     """Counts attempts in progress, isolates suspects, dead-letters crash loops (module docstring).
 
-    Work leaves in arrival order; everything behind a suspect waits until the suspect is done.
-    The wait is bounded by the admission limits like every queue behind `Admit`. The pipeline
-    reports each finished message with `finished` and each abandoned one with `abandon`.
+    Work is taken in `submit` and released in `poll`, once per loop turn, with one store round
+    trip for everything that arrived in that turn (`claim_attempts`) and one for everything that
+    finished (`clear_attempts`). Work leaves in arrival order; everything behind a suspect waits
+    until the suspect is done, bounded by the admission limits like every queue behind `Admit`.
+    The pipeline reports each finished message with `finished` and each abandoned one with
+    `abandon`.
     """
 
     def __init__(
@@ -74,12 +80,12 @@ class Quarantine(Step):
         self._after = after
         self._store_call = store_call
         self._queue: deque[Work] = deque()
-        #: attempts begun and not yet done, by ack token
+        #: earlier attempts of queued work, once the store was asked (0: this one is counted)
+        self._earlier: dict[AckToken, int] = {}
+        #: attempts counted and not yet done, by ack token
         self._active: dict[AckToken, Pair] = {}
         #: the suspect running alone, if any
         self._isolated: AckToken | None = None
-        #: the head of the queue is a suspect waiting for the active work to finish
-        self._head_waits = False
         #: done messages whose counters are still to be cleared (an ordered set)
         self._uncleared: dict[Pair, None] = {}
         self.isolated = 0
@@ -94,74 +100,105 @@ class Quarantine(Step):
         if not self.enabled:
             self._next.submit(work)
             return
+        assert work.arrival is not None
         self._queue.append(work)
-        self._release()
 
     def poll(self) -> None:
-        self._clear()
-        self._release()
+        if self.enabled:
+            self._clear()
+            self._release()
 
     def pending(self) -> int:
         return len(self._queue)
 
     def _release(self) -> None:
-        while self._queue and self._isolated is None:
-            if self._head_waits and self._active:
-                return
-            if not self._start(self._queue[0]):
-                return
-
-    def _start(self, work: Work) -> bool:
-        """Start the head of the queue, quarantine it, or (False) leave it waiting."""
         counter = self._counter
-        assert work.arrival is not None and counter is not None
-        pair = (work.tenant, work.arrival.idempotency_key)
-        if pair in self._uncleared:
-            self._clear()  # a done message's counter must not swallow this new attempt
+        if not self._queue or self._isolated is not None or counter is None:
+            return
+        asked: list[Work] = []
+        for work in self._queue:
+            earlier = self._earlier.get(work.message.token)
+            if earlier is None:
+                asked.append(work)
+            elif 0 < earlier < self._after:
+                break  # a known suspect: what is behind it waits, and is not asked yet
+        if asked:
+            try:
+                counts = self._store_call(lambda: counter.claim_attempts([_pair(w) for w in asked]))
+            except RetryableError as error:
+                # the store is down past the in-place retries: a retry tier (Kafka) or the DLQ
+                for work in asked:
+                    self._queue.remove(work)
+                    self._dead_letter.submit(replace(work, error=error))
+                return
+            for work, count in zip(asked, counts, strict=True):
+                self._earlier[work.message.token] = count
+        starting: list[Work] = []
+        while self._queue and self._queue[0].message.token in self._earlier:
+            earlier = self._earlier[self._queue[0].message.token]
+            if earlier == 0:  # counted by the claim: it starts now, beside the others
+                work = self._take()
+                self._active[work.message.token] = _pair(work)
+                starting.append(work)
+            elif earlier >= self._after:
+                self._quarantine(self._take(), earlier)
+            elif self._active or starting:
+                break  # a suspect waits until nothing else is in flight
+            elif self._run_alone(self._take(), earlier, starting):
+                break  # and nothing behind it starts until it is done
+        # claimed this turn but stuck behind a suspect: not started, so not counted
+        waiting = [w for w in self._queue if self._earlier.get(w.message.token) == 0]
+        for work in waiting:
+            del self._earlier[work.message.token]
+        self._take_back([_pair(w) for w in waiting])
+        for work in starting:
+            self._next.submit(work)
+
+    def _take(self) -> Work:
+        work = self._queue.popleft()
+        del self._earlier[work.message.token]
+        return work
+
+    def _run_alone(self, work: Work, earlier: int, starting: list[Work]) -> bool:
+        """Count the suspect's attempt and start it alone; False if it did not start."""
+        counter = self._counter
+        assert counter is not None
         try:
-            count = self._store_call(lambda: counter.begin_attempt(*pair))
+            [count] = self._store_call(lambda: counter.begin_attempts([_pair(work)]))
         except RetryableError as error:
-            # the store is down past the in-place retries: a retry tier (Kafka) or the DLQ
-            self._pop()
             self._dead_letter.submit(replace(work, error=error))
-            return True
-        crashed = count - 1
-        if crashed >= self._after:
-            self._pop()
-            self._active[work.message.token] = pair
-            self.quarantined += 1
-            log.error(
-                "quarantined: this message was in progress each time a worker died",
-                extra={"tenant": work.tenant, "idempotency_key": pair[1], "crashed_attempts": crashed},
-            )
-            poison = PoisonMessage(
-                CRASHED_WORKER,
-                f"in progress when a worker died {crashed} time(s) (a crash, an OOM kill, a SIGKILL); "
-                "not processed again",
-            )
-            message = replace(work.message, delivery_attempt=max(work.message.delivery_attempt, count))
-            self._dead_letter.submit(replace(work, message=message, error=poison))
-            return True
-        if crashed and self._active:
-            # a suspect, but other work is in flight: not started after all, so not counted
-            self._take_back(pair)
-            self._head_waits = True
             return False
-        self._pop()
-        self._active[work.message.token] = pair
-        if crashed:
-            self._isolated = work.message.token
-            self.isolated += 1
-            log.warning(
-                "running a suspect alone: it was in progress when a worker died",
-                extra={"tenant": work.tenant, "idempotency_key": pair[1], "crashed_attempts": crashed},
-            )
-        self._next.submit(work)
+        if count - 1 >= self._after:  # another worker's attempts came in meanwhile
+            self._quarantine(work, count - 1)
+            return False
+        self._active[work.message.token] = _pair(work)
+        self._isolated = work.message.token
+        self.isolated += 1
+        log.warning(
+            "running a suspect alone: it was in progress when a worker died",
+            extra={"tenant": work.tenant, "idempotency_key": _pair(work)[1], "crashed_attempts": earlier},
+        )
+        starting.append(work)
         return True
 
-    def _pop(self) -> None:
-        self._queue.popleft()
-        self._head_waits = False
+    def _quarantine(self, work: Work, crashed: int) -> None:
+        # tracked like started work, so its counter is cleared once the dead letter is acked
+        self._active[work.message.token] = _pair(work)
+        self.quarantined += 1
+        log.error(
+            "quarantined: this message was in progress each time a worker died",
+            extra={"tenant": work.tenant, "idempotency_key": _pair(work)[1], "crashed_attempts": crashed},
+        )
+        poison = PoisonMessage(
+            CRASHED_WORKER,
+            f"in progress when a worker died {crashed} time(s) (a crash, an OOM kill, a SIGKILL); "
+            "not processed again",
+        )
+        # the envelope's attempt is this delivery: the crashed ones, plus this one
+        attempt = max(work.message.delivery_attempt, crashed + 1)
+        self._dead_letter.submit(
+            replace(work, message=replace(work.message, delivery_attempt=attempt), error=poison)
+        )
 
     def finished(self, work: Work) -> None:
         """`work` left the pipeline (committed): its counter goes, and what waited on it may run."""
@@ -192,33 +229,37 @@ class Quarantine(Step):
         admission is released) and take back the attempts of the started ones."""
         for work in [w for w in self._queue if w.message.token in tokens]:
             self._queue.remove(work)
+            if self._earlier.pop(work.message.token, None) == 0:
+                self._take_back([_pair(work)])
             self._in_flight.release(work.tenant, 0.0)
-        if not self._queue:
-            self._head_waits = False
         self._undo([token for token in self._active if token in tokens])
 
     def close(self) -> None:
         """A graceful stop: what is still in progress was abandoned, not crashed."""
-        self._undo(list(self._active))
+        claimed = [_pair(w) for w in self._queue if self._earlier.get(w.message.token) == 0]
         self._queue.clear()
-        self._head_waits = False
+        self._earlier.clear()
+        self._take_back(claimed)
+        self._undo(list(self._active))
         self._clear()
 
     def _undo(self, tokens: list[AckToken]) -> None:
-        for token in tokens:
-            pair = self._active.pop(token)
-            if token == self._isolated:
-                self._isolated = None
-            self._take_back(pair)
+        pairs = [self._active.pop(token) for token in tokens]
+        if self._isolated in tokens:
+            self._isolated = None
+        self._take_back(pairs)
 
-    def _take_back(self, pair: Pair) -> None:
+    def _take_back(self, pairs: list[Pair]) -> None:
         counter = self._counter
-        if counter is None:
+        if not pairs or counter is None:
             return
         try:
-            self._store_call(lambda: counter.undo_attempt(*pair))
+            self._store_call(lambda: counter.undo_attempts(pairs))
         except RetryableError as error:
-            # left counted: at worst the message runs alone next time, or is quarantined one crash early
-            log.warning(
-                "could not take back an attempt", extra={"error": str(error), "idempotency_key": pair[1]}
-            )
+            # left counted: at worst a message runs alone next time, or is quarantined a crash early
+            log.warning("could not take back attempts", extra={"error": str(error), "count": len(pairs)})
+
+
+def _pair(work: Work) -> Pair:
+    assert work.arrival is not None
+    return (work.tenant, work.arrival.idempotency_key)

@@ -104,14 +104,20 @@ class VerdictStore(ABC):
         """Overwrite the checkpoint `name`; durable when this returns."""
 
     @abstractmethod
-    def begin_attempt(self, tenant: str, key: str) -> int:
-        """Count one more attempt in progress for (tenant, key) and restart its TTL, atomically
-        (INCR + EXPIRE on Redis); durable when this returns. Returns the count, this one included."""
+    def claim_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        """For each (tenant, key): how many attempts are counted in progress already; where none
+        is, count this one now (the counter starts at 1 with the TTL; SET NX EX on Redis). One
+        round trip for all, atomic per key, durable when this returns."""
 
     @abstractmethod
-    def undo_attempt(self, tenant: str, key: str) -> None:
-        """Take back one `begin_attempt` (an attempt that ended without crashing and without an
-        outcome: a graceful stop, a revoke). The counter never goes below zero."""
+    def begin_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        """Count one more attempt in progress for each (tenant, key) and restart its TTL (INCR +
+        EXPIRE on Redis), atomically, durable when this returns; returns the new counts."""
+
+    @abstractmethod
+    def undo_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        """Take back one counted attempt of each (an attempt that ended without crashing and
+        without an outcome: a graceful stop, a revoke). A counter never goes below zero."""
 
     @abstractmethod
     def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:
@@ -178,27 +184,52 @@ class MemoryStore(VerdictStore):
         with self._lock:
             self._checkpoints[name] = value
 
-    def begin_attempt(self, tenant: str, key: str) -> int:
-        _check_tenant_key(tenant, key)
+    def _live_attempts(self, item: tuple[str, str], now: float) -> int:
+        count, expires_at = self._attempts.get(item, (0, now))
+        return count if expires_at > now else 0
+
+    def claim_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        for tenant, key in items:
+            _check_tenant_key(tenant, key)
         with self._lock:
             now = self._clock()
-            count, expires_at = self._attempts.get((tenant, key), (0, now))
-            count = count + 1 if expires_at > now else 1
-            self._attempts[(tenant, key)] = (count, now + self.ttl_seconds)
-            if len(self._attempts) % 1024 == 0:
-                for item, (_, until) in list(self._attempts.items()):
-                    if until <= now:
-                        del self._attempts[item]
-            return count
+            counts = []
+            for item in items:
+                count = self._live_attempts(item, now)
+                if count <= 0:
+                    self._attempts[item] = (1, now + self.ttl_seconds)
+                counts.append(max(0, count))
+            self._prune_attempts(now)
+            return counts
 
-    def undo_attempt(self, tenant: str, key: str) -> None:
-        _check_tenant_key(tenant, key)
+    def begin_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        for tenant, key in items:
+            _check_tenant_key(tenant, key)
         with self._lock:
-            count, expires_at = self._attempts.get((tenant, key), (0, 0.0))
-            if count <= 1 or expires_at <= self._clock():
-                self._attempts.pop((tenant, key), None)
-            else:
-                self._attempts[(tenant, key)] = (count - 1, expires_at)
+            now = self._clock()
+            counts = []
+            for item in items:
+                count = self._live_attempts(item, now) + 1
+                self._attempts[item] = (count, now + self.ttl_seconds)
+                counts.append(count)
+            self._prune_attempts(now)
+            return counts
+
+    def undo_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        with self._lock:
+            now = self._clock()
+            for item in items:
+                count = self._live_attempts(item, now)
+                if count <= 1:
+                    self._attempts.pop(item, None)
+                else:
+                    self._attempts[item] = (count - 1, self._attempts[item][1])
+
+    def _prune_attempts(self, now: float) -> None:
+        if len(self._attempts) % 1024 == 0:
+            for item, (_, until) in list(self._attempts.items()):
+                if until <= now:
+                    del self._attempts[item]
 
     def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:
         with self._lock:
@@ -337,57 +368,84 @@ class SqliteStore(VerdictStore):
                 (name, value),
             )
 
-    def begin_attempt(self, tenant: str, key: str) -> int:
-        _check_tenant_key(tenant, key)
-        with self._lock, self._errors():
-            now = self._clock()
-            # one statement, so atomic across processes; an expired counter starts again at 1
-            row = self._db.execute(
-                "INSERT INTO attempts (tenant, key, count, expires_at) VALUES (?, ?, 1, ?)"
-                " ON CONFLICT (tenant, key) DO UPDATE SET"
-                " count = CASE WHEN attempts.expires_at <= ? THEN 1 ELSE attempts.count + 1 END,"
-                " expires_at = excluded.expires_at"
-                " RETURNING count",
-                (tenant, key, now + self.ttl_seconds, now),
-            ).fetchone()
-            if now - self._last_attempts_prune >= self._prune_interval:
-                self._db.execute(
-                    "DELETE FROM attempts WHERE rowid IN"
-                    " (SELECT rowid FROM attempts WHERE expires_at <= ? LIMIT ?)",
-                    (now, self.PRUNE_BATCH),
-                )
-                self._last_attempts_prune = now
-        return int(row[0])
-
-    def undo_attempt(self, tenant: str, key: str) -> None:
-        _check_tenant_key(tenant, key)
+    @contextmanager
+    def _write(self) -> Iterator[float]:
+        """One write transaction (a round trip's worth of statements) under the lock; yields now."""
         with self._lock, self._errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(
-                    "UPDATE attempts SET count = count - 1 WHERE tenant = ? AND key = ?", (tenant, key)
-                )
-                self._db.execute(
-                    "DELETE FROM attempts WHERE tenant = ? AND key = ? AND count <= 0", (tenant, key)
-                )
+                yield self._clock()
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+    def claim_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        for tenant, key in items:
+            _check_tenant_key(tenant, key)
+        counts = []
+        with self._write() as now:
+            for tenant, key in items:
+                self._db.execute(
+                    "DELETE FROM attempts WHERE tenant = ? AND key = ? AND (expires_at <= ? OR count <= 0)",
+                    (tenant, key, now),
+                )
+                inserted = self._db.execute(
+                    "INSERT OR IGNORE INTO attempts (tenant, key, count, expires_at) VALUES (?, ?, 1, ?)",
+                    (tenant, key, now + self.ttl_seconds),
+                ).rowcount
+                if inserted:
+                    counts.append(0)
+                    continue
+                row = self._db.execute(
+                    "SELECT count FROM attempts WHERE tenant = ? AND key = ?", (tenant, key)
+                ).fetchone()
+                counts.append(int(row[0]))
+            self._prune_attempts(now)
+        return counts
+
+    def begin_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        for tenant, key in items:
+            _check_tenant_key(tenant, key)
+        counts = []
+        with self._write() as now:
+            for tenant, key in items:
+                # an expired counter starts again at 1
+                row = self._db.execute(
+                    "INSERT INTO attempts (tenant, key, count, expires_at) VALUES (?, ?, 1, ?)"
+                    " ON CONFLICT (tenant, key) DO UPDATE SET"
+                    " count = CASE WHEN attempts.expires_at <= ? THEN 1 ELSE attempts.count + 1 END,"
+                    " expires_at = excluded.expires_at"
+                    " RETURNING count",
+                    (tenant, key, now + self.ttl_seconds, now),
+                ).fetchone()
+                counts.append(int(row[0]))
+            self._prune_attempts(now)
+        return counts
+
+    def _prune_attempts(self, now: float) -> None:
+        if now - self._last_attempts_prune >= self._prune_interval:
+            self._db.execute(
+                "DELETE FROM attempts WHERE rowid IN"
+                " (SELECT rowid FROM attempts WHERE expires_at <= ? LIMIT ?)",
+                (now, self.PRUNE_BATCH),
+            )
+            self._last_attempts_prune = now
+
+    def undo_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        with self._write():
+            self._db.executemany(
+                "UPDATE attempts SET count = count - 1 WHERE tenant = ? AND key = ?", list(items)
+            )
+            self._db.executemany(
+                "DELETE FROM attempts WHERE tenant = ? AND key = ? AND count <= 0", list(items)
+            )
 
     def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:
-        if not items:
-            return
-        with self._lock, self._errors():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+        if items:
+            with self._write():
                 self._db.executemany("DELETE FROM attempts WHERE tenant = ? AND key = ?", list(items))
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
 
     def close(self) -> None:
         with self._lock:
@@ -491,21 +549,45 @@ class RedisStore(VerdictStore):
         _check_tenant_key(tenant, key)
         return redis_key(self.key_prefix, tenant, key, kind="attempts")
 
-    def begin_attempt(self, tenant: str, key: str) -> int:
-        name = self._attempts_key(tenant, key)
+    def claim_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        names = [self._attempts_key(tenant, key) for tenant, key in items]
+        if not names:
+            return []
         with self._errors():
             pipe = self._client.pipeline(transaction=True)
-            pipe.incr(name)
-            pipe.expire(name, self.ttl_seconds)
-            count, _ = pipe.execute()
-        return int(count)
+            for name in names:
+                pipe.set(name, 1, nx=True, ex=self.ttl_seconds)
+                pipe.get(name)
+            replies = pipe.execute()
+        # SET NX succeeded: nothing was counted, this attempt is now; else the GET says how many
+        pairs = zip(replies[::2], replies[1::2], strict=True)
+        return [0 if created else max(0, int(value)) for created, value in pairs]
 
-    def undo_attempt(self, tenant: str, key: str) -> None:
-        name = self._attempts_key(tenant, key)
+    def begin_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        names = [self._attempts_key(tenant, key) for tenant, key in items]
+        if not names:
+            return []
         with self._errors():
-            # DECR of a missing key would create it at -1: only take back what is there
-            if self._client.decr(name) <= 0:
-                self._client.delete(name)
+            pipe = self._client.pipeline(transaction=True)
+            for name in names:
+                pipe.incr(name)
+                pipe.expire(name, self.ttl_seconds)
+            replies = pipe.execute()
+        return [int(count) for count in replies[::2]]
+
+    def undo_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        names = [self._attempts_key(tenant, key) for tenant, key in items]
+        if not names:
+            return
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            for name in names:
+                pipe.decr(name)
+            counts = pipe.execute()
+            # DECR keeps the TTL, but of a missing key it makes -1 without one: drop what hit 0
+            gone = [name for name, count in zip(names, counts, strict=True) if int(count) <= 0]
+            if gone:
+                self._client.delete(*gone)
 
     def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:
         names = [self._attempts_key(tenant, key) for tenant, key in items]

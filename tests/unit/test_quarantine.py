@@ -86,29 +86,59 @@ class Guard:
             self.next, dead_letter=self.dead, counter=store, in_flight=self.ledger, after=after
         )
 
+    def submit(self, *works: Work) -> None:
+        """What one loop turn does: the works come in, then the step is polled."""
+        for w in works:
+            self.step.submit(w)
+        self.step.poll()
+
     def done(self, *works: Work) -> None:
         for w in works:
             self.step.finished(w)
         self.step.poll()
 
 
-def test_first_attempts_run_together_and_are_cleared_when_done() -> None:
-    guard = Guard(MemoryStore())
-    works = [work(f"k{i}", i) for i in range(3)]
-    for w in works:
-        guard.step.submit(w)
-    assert guard.next.keys() == ["k0", "k1", "k2"]  # no suspect: nothing waits
+def crashed(store: Any, key: str, times: int = 1) -> None:
+    """What `times` workers that died with `key` in flight left in the store."""
+    store.begin_attempts([(TENANT, key)] * times)
+
+
+def counted(store: Any, *keys: str) -> list[int]:
+    """The attempts counted for `keys` now (claiming them, so ask last)."""
+    return store.claim_attempts([(TENANT, k) for k in keys])  # type: ignore[no-any-return]
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+
+    def claim_attempts(self, items: Any) -> list[int]:
+        self.calls.append(("claim", len(items)))
+        return super().claim_attempts(items)
+
+    def clear_attempts(self, items: Any) -> None:
+        self.calls.append(("clear", len(items)))
+        super().clear_attempts(items)
+
+
+def test_first_attempts_run_together_counted_in_one_round_trip_and_cleared_when_done() -> None:
+    store = CountingStore()
+    guard = Guard(store)
+    works = [work(f"k{i}", i) for i in range(5)]
+    guard.submit(*works)
+    assert guard.next.keys() == [f"k{i}" for i in range(5)]  # no suspect: nothing waits
     guard.done(*works)
-    assert [guard.store.begin_attempt(TENANT, f"k{i}") for i in range(3)] == [1, 1, 1]
+    assert store.calls == [("claim", 5), ("clear", 5)]  # one round trip per turn, not per message
+    assert counted(store, *[f"k{i}" for i in range(5)]) == [0] * 5
 
 
 def test_a_suspect_waits_for_the_work_in_flight_then_runs_alone() -> None:
     store = MemoryStore()
-    store.begin_attempt(TENANT, "suspect")  # left by a worker that died with it in flight
+    crashed(store, "suspect")
     guard = Guard(store)
     before, suspect, behind = work("before", 0), work("suspect", 1), work("behind", 2)
-    for w in (before, suspect, behind):
-        guard.step.submit(w)
+    guard.submit(before, suspect, behind)
     assert guard.next.keys() == ["before"]
     guard.step.poll()
     assert guard.next.keys() == ["before"]  # still waiting: "before" is not done
@@ -121,28 +151,27 @@ def test_a_suspect_waits_for_the_work_in_flight_then_runs_alone() -> None:
     assert guard.step.isolated == 1 and guard.dead.got == []
 
 
-def test_a_waiting_suspect_is_not_counted_so_a_crash_meanwhile_does_not_blame_it(tmp_path: Path) -> None:
+def test_what_waits_behind_a_suspect_is_not_counted_so_a_crash_meanwhile_blames_nobody(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "v.db"
     with SqliteStore(path) as store:
-        store.begin_attempt(TENANT, "suspect")
+        crashed(store, "suspect")
         guard = Guard(store)
-        guard.step.submit(work("busy", 0))
-        guard.step.submit(work("suspect", 1))
+        guard.submit(work("busy", 0), work("suspect", 1), work("behind", 2))
         assert guard.next.keys() == ["busy"]
+        guard.submit(work("later", 3))
         # the worker dies here ("busy" crashed it): no close(), the store keeps what it had
     with SqliteStore(path) as store:
-        assert store.begin_attempt(TENANT, "suspect") == 2  # its one earlier crash, plus this one
-        assert store.begin_attempt(TENANT, "busy") == 2
+        assert counted(store, "busy", "suspect", "behind", "later") == [1, 1, 0, 0]
 
 
 def test_in_progress_after_times_is_dead_lettered_as_crashed_worker_and_the_rest_goes_on() -> None:
     store = MemoryStore()
-    store.begin_attempt(TENANT, "poison")
-    store.begin_attempt(TENANT, "poison")
+    crashed(store, "poison", times=2)
     guard = Guard(store, after=2)
     poison, good = work("poison", 0), work("good", 1)
-    guard.step.submit(poison)
-    guard.step.submit(good)
+    guard.submit(poison, good)
     assert guard.next.keys() == ["good"]  # never processed again, and nothing waits for it
     [dead] = guard.dead.got
     assert dead.error is not None and getattr(dead.error, "reason", None) == CRASHED_WORKER
@@ -150,44 +179,50 @@ def test_in_progress_after_times_is_dead_lettered_as_crashed_worker_and_the_rest
     assert dead.message.delivery_attempt == 3  # the envelope's attempt: the third delivery
     assert guard.step.quarantined == 1
     guard.done(dead, guard.next.got[0])
-    assert store.begin_attempt(TENANT, "poison") == 1  # a replay after a fix starts afresh
+    assert counted(store, "poison") == [0]  # a replay after a fix starts afresh
 
 
-def test_a_graceful_stop_takes_back_what_was_in_progress() -> None:
+def test_a_suspect_that_crashes_alone_is_counted_once_more() -> None:
     store = MemoryStore()
-    store.begin_attempt(TENANT, "suspect")
+    crashed(store, "suspect")
     guard = Guard(store)
-    running, suspect = work("running", 0), work("suspect", 1)
-    guard.step.submit(running)
-    guard.step.submit(suspect)
+    guard.submit(work("suspect", 0))
+    assert guard.next.keys() == ["suspect"]
+    # it crashes the worker: nothing is closed
+    assert counted(store, "suspect") == [2]
+
+
+def test_a_graceful_stop_takes_back_what_was_in_progress_or_claimed() -> None:
+    store = MemoryStore()
+    crashed(store, "suspect")
+    guard = Guard(store)
+    guard.submit(work("running", 0), work("suspect", 1), work("behind", 2))
     guard.step.close()
-    assert store.begin_attempt(TENANT, "running") == 1
-    assert store.begin_attempt(TENANT, "suspect") == 2  # its crash is remembered, the stop is not
+    # its crash is remembered, the stop is not
+    assert counted(store, "running", "suspect", "behind") == [0, 1, 0]
 
 
 def test_a_revoke_drops_the_waiting_and_takes_back_the_started() -> None:
     store = MemoryStore()
-    store.begin_attempt(TENANT, "suspect")
+    crashed(store, "suspect")
     guard = Guard(store)
     running, suspect, behind = work("running", 0), work("suspect", 1), work("behind", 2)
-    for w in (running, suspect, behind):
-        guard.step.submit(w)
+    guard.submit(running, suspect, behind)
     guard.step.abandon({running.message.token, behind.message.token})
     assert guard.ledger.released == [TENANT]  # "behind" never started: its admission goes back
-    assert store.begin_attempt(TENANT, "running") == 1
     guard.step.poll()
     assert guard.next.keys() == ["running", "suspect"]  # nothing in flight any more: the suspect runs
     assert guard.step.pending() == 0
+    assert counted(store, "running", "behind") == [0, 0]
 
 
 def test_off_with_zero_or_without_a_counter() -> None:
     store = MemoryStore()
-    for _ in range(5):
-        store.begin_attempt(TENANT, "k")
+    crashed(store, "k", times=5)
     for guard in (Guard(store, after=0), Guard(None)):
-        guard.step.submit(work("k", 0))
+        guard.submit(work("k", 0))
         assert guard.next.keys() == ["k"] and guard.dead.got == []
-    assert store.begin_attempt(TENANT, "k") == 6
+    assert counted(store, "k") == [5]
 
 
 # -- the production chain on the in-memory transport --------------------------------------
@@ -210,8 +245,7 @@ def test_after_two_crashes_the_worker_dead_letters_it_and_answers_everyone_else(
     keys = [uploads.arrival(TENANT, f"c{i}", seed=i) for i in range(6)]
     poison, suspect = keys[2], keys[4]
     with SqliteStore(tmp_path / "v.db") as store:  # what two crashed workers left behind
-        for key in (poison, poison, suspect, keys[5]):
-            store.begin_attempt(TENANT, key)
+        store.begin_attempts([(TENANT, k) for k in (poison, poison, suspect, keys[5])])
     settings = memory_settings(name, [TENANT], tmp_path, store={"url": url})
     worker = build_memory_worker(settings, memory, ConstantDetector())
     try:
@@ -225,7 +259,7 @@ def test_after_two_crashes_the_worker_dead_letters_it_and_answers_everyone_else(
     assert (envelope.reason, envelope.category, envelope.attempt) == (CRASHED_WORKER, "poison", 3)
     assert worker.pipeline.quarantine.isolated == 2  # the suspect and keys[5], each alone
     with SqliteStore(tmp_path / "v.db") as store:  # every counter cleared once its message was done
-        assert {store.begin_attempt(TENANT, k) for k in keys} == {1}
+        assert store.claim_attempts([(TENANT, k) for k in keys]) == [0] * len(keys)
 
 
 class SlowDetector(ConstantDetector):
@@ -249,4 +283,4 @@ def test_a_sigterm_drain_that_abandons_work_leaves_no_attempt_counted(
     worker.shutdown()  # what SIGTERM does: the drain deadline passes with work in flight
     assert worker.pipeline.stats.acked < 8
     with SqliteStore(tmp_path / "v.db") as store:
-        assert {store.begin_attempt(TENANT, k) for k in keys} == {1}
+        assert store.claim_attempts([(TENANT, k) for k in keys]) == [0] * len(keys)
