@@ -38,7 +38,7 @@ from consumers.ports import AttemptCounter, InFlightLedger, StoreCall, call_dire
 from consumers.steps import Step
 from consumers.transport import AckToken
 from consumers.work import Work
-from services.errors import PoisonMessage, RetryableError
+from services.errors import AudioguardError, PoisonMessage, RetryableError
 
 __all__ = ["CRASHED_WORKER", "Quarantine"]
 
@@ -235,13 +235,17 @@ class Quarantine(Step):
         self._undo([token for token in self._active if token in tokens])
 
     def close(self) -> None:
-        """A graceful stop: what is still in progress was abandoned, not crashed."""
+        """A graceful stop: what is still in progress was abandoned, not crashed. Never raises:
+        a store that fails now (it may be why the worker stops) leaves the counts as they are."""
         claimed = [_pair(w) for w in self._queue if self._earlier.get(w.message.token) == 0]
         self._queue.clear()
         self._earlier.clear()
-        self._take_back(claimed)
-        self._undo(list(self._active))
-        self._clear()
+        try:
+            self._take_back(claimed)
+            self._undo(list(self._active))
+            self._clear()
+        except AudioguardError as error:
+            log.warning("could not take back attempts on stop", extra={"error": str(error)})
 
     def _undo(self, tokens: list[AckToken]) -> None:
         pairs = [self._active.pop(token) for token in tokens]

@@ -26,6 +26,7 @@ from consumers.transports.memory import MemoryBroker, forget_broker, register_br
 from consumers.work import Work
 from dlq.envelope import dead_letter_from_record
 from schemas import AudioArrival
+from services.errors import FatalError
 from services.store import MemoryStore, SqliteStore
 from tests.support.memory import (
     ConstantDetector,
@@ -200,6 +201,17 @@ def test_a_graceful_stop_takes_back_what_was_in_progress_or_claimed() -> None:
     guard.step.close()
     # its crash is remembered, the stop is not
     assert counted(store, "running", "suspect", "behind") == [0, 1, 0]
+
+
+class BrokenStore(MemoryStore):
+    def undo_attempts(self, items: Any) -> None:
+        raise FatalError("store_error", "corrupt file")
+
+
+def test_a_stop_on_a_broken_store_still_closes() -> None:
+    guard = Guard(BrokenStore())
+    guard.submit(work("running", 0))
+    guard.step.close()  # the FatalError that stops the worker must not escape its shutdown
 
 
 def test_a_revoke_drops_the_waiting_and_takes_back_the_started() -> None:
