@@ -8,7 +8,7 @@ every implementation to the same contract.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from services.detector import Decision, ModelMeta
 
 __all__ = [
+    "AttemptCounter",
     "Breaker",
     "DeadLetterFactory",
     "Detector",
@@ -33,6 +34,7 @@ __all__ = [
     "call_directly",
     "VerdictStore",
 ]
+
 
 class Detector(Protocol):
     """The scoring runtime (services.detector.Detector, or the null scorer)."""
@@ -96,6 +98,28 @@ class VerdictStore(Protocol):
 
     def put_if_absent(self, tenant: str, key: str, verdict: bytes) -> bytes:
         """Store `verdict` unless one is there; return the stored one (the first writer's)."""
+        ...
+
+
+class AttemptCounter(Protocol):
+    """Durable counts of attempts in progress by (tenant, idempotency key) (services.store):
+    what the crash-loop quarantine (consumers.quarantine) remembers across a worker's death.
+    Each call is one round trip for all its items."""
+
+    def claim_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        """The counts already there; where none is, this attempt is counted now."""
+        ...
+
+    def begin_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        """One more attempt in progress for each; returns the new counts."""
+        ...
+
+    def undo_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        """Take back one attempt of each that ended without a crash (a graceful stop, a revoke)."""
+        ...
+
+    def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        """Forget the counters of messages that are done."""
         ...
 
 

@@ -32,7 +32,17 @@ from consumers.admission import Admit, InFlight
 from consumers.batching import BatchPolicy, BatchSizeTuner, MicroBatcher
 from consumers.deadline import Deadline
 from consumers.exactly_once import TransactionalCommit, TransactionalSink, TransactionalSource
-from consumers.ports import Breaker, DeadLetterFactory, Detector, Hooks, NoHooks, Storage, VerdictStore
+from consumers.ports import (
+    AttemptCounter,
+    Breaker,
+    DeadLetterFactory,
+    Detector,
+    Hooks,
+    NoHooks,
+    Storage,
+    VerdictStore,
+)
+from consumers.quarantine import Quarantine
 from consumers.steps import (
     BuildVerdict,
     Commit,
@@ -88,6 +98,7 @@ class Pipeline:
         storage: Storage,
         store: VerdictStore,
         dead_letters: DeadLetterFactory,
+        attempts: AttemptCounter | None = None,
         breaker: Breaker | None = None,
         clock: Callable[[], float] = time.monotonic,
         hooks: Hooks | None = None,
@@ -189,8 +200,18 @@ class Pipeline:
             load=load,
             in_flight=self.in_flight,
         )
-        self.parse = ParseArrival(
+        # between parse and fetch: an attempt is counted before the risky work starts
+        # (consumers.quarantine); `attempts` is the verdict store in build_worker, None turns it off
+        self.quarantine = Quarantine(
             self.fetch,
+            dead_letter=self.dead_letter,
+            counter=attempts,
+            in_flight=self.in_flight,
+            after=settings.store.quarantine_after,
+            store_call=store_call,
+        )
+        self.parse = ParseArrival(
+            self.quarantine,
             dead_letter=self.dead_letter,
             publish=self.publish,
             commit=self.commit,
@@ -214,6 +235,7 @@ class Pipeline:
         self.steps: list[Step] = [
             self.admit,
             self.parse,
+            self.quarantine,
             self.fetch,
             self.score,
             self.verdict,
@@ -270,6 +292,7 @@ class Pipeline:
 
     def _done(self, work: Work) -> None:
         self.open_tokens.discard(work.message.token)
+        self.quarantine.finished(work)
         self.stats.acked += 1
         if work.outcome == "verdict":
             self.stats.verdicts += 1
@@ -311,6 +334,8 @@ class Pipeline:
         waiter = threading.Thread(target=self._score_pool.shutdown, name="score-stop", daemon=True)
         waiter.start()
         waiter.join(None if deadline is None else deadline.remaining())
+        # a graceful stop: the attempts still in progress were abandoned, not crashed
+        self.quarantine.close()
 
 
 class Worker:
@@ -461,6 +486,7 @@ class Worker:
                 "revoke drain deadline passed; abandoning in-flight work", extra={"in_flight": len(left)}
             )
             self.pipeline.fetch.abandon(left)
+            self.pipeline.quarantine.abandon(left)
             self.pipeline.open_tokens -= left
         if self.pipeline.transactional is not None:
             self.pipeline.transactional.abandon(partitions)

@@ -1,8 +1,10 @@
 """The pipeline steps, each a small object with `submit / poll / join / close` (Arroyo's shape).
 
-    Admit ─► ParseArrival ─► FetchAudio ─► ScoreBatches ─► BuildVerdict ─► Publish ─► Commit
-               │   └─ duplicate: stored verdict ───────────────────────────►┘  (or straight to Commit)
-               └──────────┴──────────────┴───────────────┴──► DeadLetter ─► Publish
+    Admit ─► ParseArrival ─► Quarantine ─► FetchAudio ─► ScoreBatches ─► BuildVerdict ─► Publish ─► Commit
+               │   └─ duplicate: stored verdict ──────────────────────────────────────────►┘  (or to Commit)
+               └──────────┴───────────┴──────────────┴───────────────┴──► DeadLetter ─► Publish
+
+(`Quarantine`, the crash-loop guard, lives in `consumers.quarantine`.)
 
 Every `Work` item carries its `Message`, so the ack token travels with the payload to the
 last step; acking happens only in `Commit`, after the Sink confirmed the verdict or the

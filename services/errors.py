@@ -11,7 +11,8 @@ met it, into one of three families. The runner decides what to do by family alon
      ├── PoisonMessage         this message can never succeed; dead-letter it at once
      │                         (schema violation, tenant mismatch, hostile or unknown URI,
      │                          missing object, oversize, undecodable or silent audio, an
-     │                          idempotency conflict, a submitted_at or byte_size that lies)
+     │                          idempotency conflict, a submitted_at or byte_size that lies,
+     │                          in progress each time workers died: crashed_worker)
      └── FatalError            the worker cannot go on; stop and let the orchestrator restart
                                (auth, missing topic, bad config, model checksum mismatch,
                                 dead-letter circuit breaker tripped)

@@ -154,6 +154,9 @@ class StoreSettings(BaseModel):
     ttl_seconds: int = 7 * 24 * 3600
     #: what a duplicate arrival gets: the stored verdict published again, or nothing
     on_duplicate: Literal["republish", "skip"] = "republish"
+    #: crash-loop quarantine (consumers.quarantine): a message that was in progress this many
+    #: times when its worker died is dead-lettered as `crashed_worker`; 0 turns it off
+    quarantine_after: int = Field(default=2, ge=0)
 
 
 class TenantSettings(BaseModel):

@@ -10,6 +10,12 @@ never see each other's verdicts. Entries expire after `ttl_seconds`.
 A second, tiny key-value side keeps transport checkpoints (Kinesis shard -> sequence
 number) in the same backend, without expiry.
 
+A third side counts attempts *in progress* per (tenant, idempotency key), with the same TTL:
+the crash-loop quarantine (`consumers.quarantine`) records an attempt before the risky work
+(fetch, decode, score) and forgets it once the message is done, so a counter that survives
+is an attempt that died with its worker. Only a durable store (SQLite, Redis) remembers a
+crash; the memory store forgets it with the process.
+
     memory://                     this process only; gone when it exits (tests, demos)
     sqlite:///relative/file.db    one host, any number of processes (WAL); the embedded default
     sqlite:////absolute/file.db   (SQLAlchemy's convention: the path follows the third slash)
@@ -33,7 +39,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -98,6 +104,27 @@ class VerdictStore(ABC):
         """Overwrite the checkpoint `name`; durable when this returns."""
 
     @abstractmethod
+    def claim_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        """For each (tenant, key): how many attempts are counted in progress already; where none
+        is, count this one now (the counter starts at 1 with the TTL; SET NX EX on Redis). One
+        round trip for all, atomic per key, durable when this returns."""
+
+    @abstractmethod
+    def begin_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        """Count one more attempt in progress for each (tenant, key) and restart its TTL (INCR +
+        EXPIRE on Redis), atomically, durable when this returns; returns the new counts."""
+
+    @abstractmethod
+    def undo_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        """Take back one counted attempt of each (an attempt that ended without crashing and
+        without an outcome: a graceful stop, a revoke). A counter never goes below zero."""
+
+    @abstractmethod
+    def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        """Forget the attempt counters of these (tenant, key) pairs (their messages are done),
+        in one round trip. Clearing a pair without a counter is fine."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release connections. Idempotent; the store is unusable afterwards."""
 
@@ -122,6 +149,7 @@ class MemoryStore(VerdictStore):
         self._lock = threading.Lock()
         self._verdicts: dict[tuple[str, str], tuple[bytes, float]] = {}
         self._checkpoints: dict[str, str] = {}
+        self._attempts: dict[tuple[str, str], tuple[int, float]] = {}
 
     def get(self, tenant: str, key: str) -> bytes | None:
         _check_tenant_key(tenant, key)
@@ -156,6 +184,58 @@ class MemoryStore(VerdictStore):
         with self._lock:
             self._checkpoints[name] = value
 
+    def _live_attempts(self, item: tuple[str, str], now: float) -> int:
+        count, expires_at = self._attempts.get(item, (0, now))
+        return count if expires_at > now else 0
+
+    def claim_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        for tenant, key in items:
+            _check_tenant_key(tenant, key)
+        with self._lock:
+            now = self._clock()
+            counts = []
+            for item in items:
+                count = self._live_attempts(item, now)
+                if count <= 0:
+                    self._attempts[item] = (1, now + self.ttl_seconds)
+                counts.append(max(0, count))
+            self._prune_attempts(now)
+            return counts
+
+    def begin_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        for tenant, key in items:
+            _check_tenant_key(tenant, key)
+        with self._lock:
+            now = self._clock()
+            counts = []
+            for item in items:
+                count = self._live_attempts(item, now) + 1
+                self._attempts[item] = (count, now + self.ttl_seconds)
+                counts.append(count)
+            self._prune_attempts(now)
+            return counts
+
+    def undo_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        with self._lock:
+            now = self._clock()
+            for item in items:
+                count = self._live_attempts(item, now)
+                if count <= 1:
+                    self._attempts.pop(item, None)
+                else:
+                    self._attempts[item] = (count - 1, self._attempts[item][1])
+
+    def _prune_attempts(self, now: float) -> None:
+        if len(self._attempts) % 1024 == 0:
+            for item, (_, until) in list(self._attempts.items()):
+                if until <= now:
+                    del self._attempts[item]
+
+    def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        with self._lock:
+            for tenant, key in items:
+                self._attempts.pop((tenant, key), None)
+
     def close(self) -> None:
         pass
 
@@ -175,6 +255,9 @@ class SqliteStore(VerdictStore):
         " PRIMARY KEY (tenant, key))",
         "CREATE INDEX IF NOT EXISTS verdicts_expires_at ON verdicts (expires_at)",
         "CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS attempts ("
+        " tenant TEXT NOT NULL, key TEXT NOT NULL, count INTEGER NOT NULL, expires_at REAL NOT NULL,"
+        " PRIMARY KEY (tenant, key))",
     )
     #: rows deleted per prune, so one prune never holds the write lock for long
     PRUNE_BATCH = 1000
@@ -211,6 +294,7 @@ class SqliteStore(VerdictStore):
             for statement in self._SCHEMA:
                 self._db.execute(statement)
         self._last_prune = float("-inf")
+        self._last_attempts_prune = float("-inf")
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -284,21 +368,102 @@ class SqliteStore(VerdictStore):
                 (name, value),
             )
 
+    @contextmanager
+    def _write(self) -> Iterator[float]:
+        """One write transaction (a round trip's worth of statements) under the lock; yields now."""
+        with self._lock, self._errors():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._clock()
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def claim_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        for tenant, key in items:
+            _check_tenant_key(tenant, key)
+        counts = []
+        with self._write() as now:
+            for tenant, key in items:
+                self._db.execute(
+                    "DELETE FROM attempts WHERE tenant = ? AND key = ? AND (expires_at <= ? OR count <= 0)",
+                    (tenant, key, now),
+                )
+                inserted = self._db.execute(
+                    "INSERT OR IGNORE INTO attempts (tenant, key, count, expires_at) VALUES (?, ?, 1, ?)",
+                    (tenant, key, now + self.ttl_seconds),
+                ).rowcount
+                if inserted:
+                    counts.append(0)
+                    continue
+                row = self._db.execute(
+                    "SELECT count FROM attempts WHERE tenant = ? AND key = ?", (tenant, key)
+                ).fetchone()
+                counts.append(int(row[0]))
+            self._prune_attempts(now)
+        return counts
+
+    def begin_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        for tenant, key in items:
+            _check_tenant_key(tenant, key)
+        counts = []
+        with self._write() as now:
+            for tenant, key in items:
+                # an expired counter starts again at 1
+                row = self._db.execute(
+                    "INSERT INTO attempts (tenant, key, count, expires_at) VALUES (?, ?, 1, ?)"
+                    " ON CONFLICT (tenant, key) DO UPDATE SET"
+                    " count = CASE WHEN attempts.expires_at <= ? THEN 1 ELSE attempts.count + 1 END,"
+                    " expires_at = excluded.expires_at"
+                    " RETURNING count",
+                    (tenant, key, now + self.ttl_seconds, now),
+                ).fetchone()
+                counts.append(int(row[0]))
+            self._prune_attempts(now)
+        return counts
+
+    def _prune_attempts(self, now: float) -> None:
+        if now - self._last_attempts_prune >= self._prune_interval:
+            self._db.execute(
+                "DELETE FROM attempts WHERE rowid IN"
+                " (SELECT rowid FROM attempts WHERE expires_at <= ? LIMIT ?)",
+                (now, self.PRUNE_BATCH),
+            )
+            self._last_attempts_prune = now
+
+    def undo_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        with self._write():
+            self._db.executemany(
+                "UPDATE attempts SET count = count - 1 WHERE tenant = ? AND key = ?", list(items)
+            )
+            self._db.executemany(
+                "DELETE FROM attempts WHERE tenant = ? AND key = ? AND count <= 0", list(items)
+            )
+
+    def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        if items:
+            with self._write():
+                self._db.executemany("DELETE FROM attempts WHERE tenant = ? AND key = ?", list(items))
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
-def redis_key(prefix: str, tenant: str, key: str) -> str:
-    """`<prefix>:verdict:<tenant>:<key>`; the prefix is ``audioguard`` unless configured."""
-    return f"{prefix}:verdict:{tenant}:{key}"
+def redis_key(prefix: str, tenant: str, key: str, kind: str = "verdict") -> str:
+    """`<prefix>:<kind>:<tenant>:<key>` (kind ``verdict`` or ``attempts``); the prefix is
+    ``audioguard`` unless configured."""
+    return f"{prefix}:{kind}:{tenant}:{key}"
 
 
 class RedisStore(VerdictStore):
     """Redis (or Valkey, ElastiCache, Memorystore): one store shared by workers on many hosts.
 
     `put_if_absent` is ``SET key value NX EX ttl``: Redis decides the winner atomically; a
-    loser reads the winner's value back. Checkpoints live under ``<prefix>:checkpoint:<name>``.
+    loser reads the winner's value back. Checkpoints live under ``<prefix>:checkpoint:<name>``,
+    attempt counters under ``<prefix>:attempts:<tenant>:<key>`` (INCR + EXPIRE in one MULTI).
     """
 
     def __init__(
@@ -379,6 +544,56 @@ class RedisStore(VerdictStore):
     def set_checkpoint(self, name: str, value: str) -> None:
         with self._errors():
             self._client.set(f"{self.key_prefix}:checkpoint:{name}", value.encode("utf-8"))
+
+    def _attempts_key(self, tenant: str, key: str) -> str:
+        _check_tenant_key(tenant, key)
+        return redis_key(self.key_prefix, tenant, key, kind="attempts")
+
+    def claim_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        names = [self._attempts_key(tenant, key) for tenant, key in items]
+        if not names:
+            return []
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            for name in names:
+                pipe.set(name, 1, nx=True, ex=self.ttl_seconds)
+                pipe.get(name)
+            replies = pipe.execute()
+        # SET NX succeeded: nothing was counted, this attempt is now; else the GET says how many
+        pairs = zip(replies[::2], replies[1::2], strict=True)
+        return [0 if created else max(0, int(value)) for created, value in pairs]
+
+    def begin_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        names = [self._attempts_key(tenant, key) for tenant, key in items]
+        if not names:
+            return []
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            for name in names:
+                pipe.incr(name)
+                pipe.expire(name, self.ttl_seconds)
+            replies = pipe.execute()
+        return [int(count) for count in replies[::2]]
+
+    def undo_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        names = [self._attempts_key(tenant, key) for tenant, key in items]
+        if not names:
+            return
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            for name in names:
+                pipe.decr(name)
+            counts = pipe.execute()
+            # DECR keeps the TTL, but of a missing key it makes -1 without one: drop what hit 0
+            gone = [name for name, count in zip(names, counts, strict=True) if int(count) <= 0]
+            if gone:
+                self._client.delete(*gone)
+
+    def clear_attempts(self, items: Sequence[tuple[str, str]]) -> None:
+        names = [self._attempts_key(tenant, key) for tenant, key in items]
+        if names:
+            with self._errors():
+                self._client.delete(*names)
 
     def check(self) -> None:
         with self._errors():

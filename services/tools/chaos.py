@@ -189,7 +189,9 @@ def _publish(
         published.append(key)
 
 
-def _worker_env(settings: Any, workdir: Path, store_url: str, exactly_once: bool) -> dict[str, str]:
+def _worker_env(
+    settings: Any, workdir: Path, store_url: str, exactly_once: bool, kills: int
+) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
@@ -213,6 +215,10 @@ def _worker_env(settings: Any, workdir: Path, store_url: str, exactly_once: bool
             "AUDIOGUARD_RETRY__TIER_DELAYS_SECONDS": "[1.0, 3.0]",
             # a few poison arrivals in a row after a restart must not trip the breaker
             "AUDIOGUARD_DLQ__MAX_CONSECUTIVE": "1000",
+            # the kills come from here, not from a message: an arrival in flight at two of them
+            # would rightly be quarantined as crashed_worker. One more than the kills keeps the
+            # quarantine's isolation of suspects in every restart, and its dead letters out.
+            "AUDIOGUARD_STORE__QUARANTINE_AFTER": str(kills + 1),
             "OMP_NUM_THREADS": "1",
         }
     )
@@ -300,7 +306,7 @@ def run_chaos(
         )
         publisher.start()
         store = store_url or f"sqlite:///{workdir / f'verdicts-{suffix}.db'}"
-        env = _worker_env(settings, workdir, store, exactly_once)
+        env = _worker_env(settings, workdir, store, exactly_once, kills)
         log_path = workdir / f"worker-{suffix}.log"
         watched = [f"audioguard.arrivals.{t}" for t in tenants]
         deadline = started + timeout

@@ -54,6 +54,8 @@ def build_worker(
         detector=detector,
         storage=AudioStorage(settings.storage),
         store=store,
+        # the crash-loop quarantine counts attempts in the same store (consumers.quarantine)
+        attempts=store,
         dead_letters=DeadLetterWriter(
             worker_id=settings.worker_id, model_version=detector.meta.version, transport=settings.transport
         ),

@@ -76,7 +76,7 @@ def _is_audioguard(line: str) -> bool:
 def test_one_page_per_alert_and_procedure() -> None:
     urls = re.findall(r"runbook_url:\s*runbooks/([a-z0-9-]+\.md)", RULES.read_text())
     alerts = re.findall(r"-\s*alert:\s*(\w+)", RULES.read_text())
-    assert len(urls) == len(alerts) == 9
+    assert len(urls) == len(alerts) == 10
     names = {p.name for p in PAGES}
     assert set(urls) <= names, set(urls) - names
     assert names == set(urls) | PROCEDURES, names ^ (set(urls) | PROCEDURES)
@@ -155,6 +155,7 @@ SEED = [
     Spec("poison", "schema", "rb-schema-1", payload=b'{"tenant_id": 7}', age=timedelta(minutes=5)),
     Spec("retryable", "storage_unavailable", "rb-s3-1", attempt=4, age=timedelta(hours=2)),
     Spec("fatal", "auth", "rb-auth-1", age=timedelta(minutes=1)),
+    Spec("poison", "crashed_worker", "rb-crash-1", attempt=3, age=timedelta(minutes=20)),
 ]
 
 RUN_PAGES = [p for p in PAGES if any(mode == "run" for mode, _ in _blocks(p))]

@@ -184,3 +184,23 @@ def test_two_processes_racing_put_if_absent_agree(redis_url: str, prefix: str) -
     assert winners_per_key == [1] * keys
     assert results[0] == results[1]
     print(f"keys won: worker 0 {results[0].count(b'worker-0')}, worker 1 {results[0].count(b'worker-1')}")
+
+
+def test_attempts_claim_begin_undo_and_clear(store: RedisStore, redis_url: str, prefix: str) -> None:
+    assert store.claim_attempts([("acme", "k"), ("globex", "k")]) == [0, 0]
+    assert store.claim_attempts([("acme", "k")]) == [1]
+    assert store.begin_attempts([("acme", "k"), ("acme", "new")]) == [2, 1]
+    client = redis.Redis.from_url(redis_url)
+    assert client.get(f"{prefix}:attempts:acme:k") == b"2"
+    assert 0 < client.ttl(f"{prefix}:attempts:acme:k") <= 120  # INCR and EXPIRE went together
+    assert 0 < client.ttl(f"{prefix}:attempts:globex:k") <= 120  # SET NX EX
+    store.undo_attempts([("acme", "k")])
+    assert client.get(f"{prefix}:attempts:acme:k") == b"1"
+    assert 0 < client.ttl(f"{prefix}:attempts:acme:k") <= 120
+    store.undo_attempts([("acme", "k"), ("acme", "k"), ("acme", "never-begun")])
+    assert client.exists(f"{prefix}:attempts:acme:k", f"{prefix}:attempts:acme:never-begun") == 0
+    assert store.claim_attempts([("acme", "k")]) == [0]
+    store.clear_attempts([("acme", "k"), ("globex", "k"), ("acme", "missing")])
+    assert client.exists(f"{prefix}:attempts:acme:k", f"{prefix}:attempts:globex:k") == 0
+    assert store.claim_attempts([]) == [] and store.begin_attempts([]) == []
+    client.close()

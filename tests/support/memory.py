@@ -93,13 +93,15 @@ def build_memory_worker(
             handler(partitions)
 
     source, sink = open_memory(settings, broker=broker, on_revoke=on_revoke, member=member)
+    store = open_store(settings.store.url)
     pipeline = Pipeline(
         settings,
         source=source,
         sink=sink,
         detector=detector,
         storage=AudioStorage(settings.storage),
-        store=open_store(settings.store.url),
+        store=store,
+        attempts=store,
         dead_letters=DeadLetterWriter(
             worker_id=settings.worker_id, model_version=detector.meta.version, transport=settings.transport
         ),

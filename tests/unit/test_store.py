@@ -201,3 +201,73 @@ def test_two_processes_racing_put_if_absent_agree(tmp_path: Path) -> None:
     assert results[0] == results[1]
     with SqliteStore(path) as store:
         assert [store.get("acme", f"key-{i}") for i in range(keys)] == results[0]
+
+
+# -- attempts in progress (the crash-loop quarantine's counters) ----------------------------
+def test_claim_counts_a_first_attempt_and_reports_earlier_ones(
+    clocked: tuple[VerdictStore, FakeClock],
+) -> None:
+    store, _ = clocked
+    assert store.claim_attempts([("acme", "k"), ("acme", "j")]) == [0, 0]  # both counted now
+    assert store.claim_attempts([("acme", "k"), ("globex", "k")]) == [1, 0]  # k left as it was
+    assert store.begin_attempts([("acme", "k"), ("acme", "new")]) == [2, 1]
+    assert store.claim_attempts([("acme", "k"), ("acme", "new")]) == [2, 1]
+    assert store.claim_attempts([]) == [] and store.begin_attempts([]) == []
+
+
+def test_undo_takes_back_one_attempt_never_below_zero(clocked: tuple[VerdictStore, FakeClock]) -> None:
+    store, _ = clocked
+    store.begin_attempts([("acme", "k"), ("acme", "k")])
+    store.undo_attempts([("acme", "k")])
+    assert store.claim_attempts([("acme", "k")]) == [1]
+    store.undo_attempts([("acme", "k"), ("acme", "k"), ("acme", "never-begun")])
+    store.undo_attempts([])
+    assert store.claim_attempts([("acme", "k"), ("acme", "never-begun")]) == [0, 0]
+    assert store.begin_attempts([("acme", "k")]) == [2]
+
+
+def test_clear_forgets_only_the_pairs_named(clocked: tuple[VerdictStore, FakeClock]) -> None:
+    store, _ = clocked
+    store.claim_attempts([("acme", "a"), ("acme", "b"), ("acme", "c"), ("globex", "a")])
+    store.clear_attempts([("acme", "a"), ("acme", "b"), ("acme", "missing")])
+    store.clear_attempts([])
+    assert store.claim_attempts([("acme", "a"), ("acme", "b"), ("acme", "c"), ("globex", "a")]) == [
+        0,
+        0,
+        1,
+        1,
+    ]
+
+
+def test_attempt_counters_expire_with_the_ttl(clocked: tuple[VerdictStore, FakeClock]) -> None:
+    store, clock = clocked
+    store.claim_attempts([("acme", "k")])
+    clock.now += 59.9
+    assert store.begin_attempts([("acme", "k")]) == [2]  # and the TTL starts again
+    clock.now += 59.9
+    assert store.claim_attempts([("acme", "k")]) == [2]
+    clock.now += 0.2
+    assert store.claim_attempts([("acme", "k")]) == [0]
+    clock.now += 60.1
+    assert store.begin_attempts([("acme", "k")]) == [1]
+
+
+def test_sqlite_attempts_survive_a_process_that_died(tmp_path: Path) -> None:
+    # what a crash leaves behind is what the next worker reads: the counter is in the file
+    path = tmp_path / "v.db"
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=_claim_and_die, args=(str(path),))
+    child.start()
+    child.join(60)
+    assert child.exitcode == -9
+    with SqliteStore(path) as store:
+        assert store.claim_attempts([("acme", "poison")]) == [1]
+
+
+def _claim_and_die(path: str) -> None:
+    import os
+    import signal
+
+    store = SqliteStore(path)
+    store.claim_attempts([("acme", "poison")])
+    os.kill(os.getpid(), signal.SIGKILL)
