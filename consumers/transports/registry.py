@@ -43,14 +43,14 @@ class Transport:
     provision: Callable[[Settings, list[str], int], None]
     #: (key, value, headers) of a tenant's verdicts, or its dead letters when `dead_letters`
     read: Callable[[Settings, str, bool, bool, Callable[[], bool] | None], Iterator[Record]]
+    #: the largest record (value, key and headers) its destinations take: a dead letter is
+    #: fitted under it (dlq.envelope), so that a payload the source delivered can always be
+    #: dead-lettered
+    max_record_bytes: Callable[[Settings], int]
     #: a dead-letter destination the DLQ tool can read and replay (dlq.queues)
     dead_letters: bool = True
     #: the broker lives inside this process: no other process (a worker, a tool) can reach it
     in_process: bool = False
-    #: the largest record (value, key and headers) its destinations take: a dead letter is
-    #: fitted under it (dlq.envelope), so that a payload the source delivered can always be
-    #: dead-lettered
-    max_record_bytes: Callable[[Settings], int] = lambda _settings: 1_000_000
 
 
 #: what librdkafka's producer refuses above by default (message.max.bytes)

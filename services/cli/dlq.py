@@ -368,6 +368,13 @@ def _show(args: argparse.Namespace) -> int:
         header_table.add_row(name, value)
     console.print(header_table)
     console.print("[bold]payload[/bold]", record.key and f"(key {record.key.decode('utf-8', 'replace')})")
+    env = record.envelope
+    if env.payload_truncated:
+        where = f"the full payload is at {env.payload_uri}" if env.payload_uri else _TRUNCATED
+        console.print(
+            f"only the first {len(record.payload)} of {env.payload_size} bytes are in the record; {where}",
+            markup=False,
+        )
     console.print(_payload_text(record.payload), markup=False)
     console.print("[bold]audio[/bold]")
     for name, value in audio.items():

@@ -127,6 +127,11 @@ def test_oversize_events_are_dead_lettered_with_their_payload_stored_and_replay_
     assert {line["payload_size"] for line in shown} == set(SIZES)
     assert all(line["payload_truncated"] and line["payload_uri"] for line in shown)
 
+    ref = json_lines(dlq("list", *where, "--json")[1])[0]["ref"]
+    code, out, err = dlq("show", *where, ref)
+    text = " ".join(out.split())  # rich folds long lines
+    assert code == 0 and "of 1039998 bytes are in the record; the full payload is at file://" in text, out
+
     # replay fetches the stored payload, checks its sha256 and republishes the exact bytes
     monkeypatch.setenv("AUDIOGUARD_DLQ__PAYLOAD_URI", area)
     monkeypatch.setenv("AUDIOGUARD_KAFKA__EXTRA", json.dumps(BIG_PRODUCER))
@@ -181,6 +186,8 @@ def test_a_truncated_dead_letter_whose_payload_was_not_stored_is_refused_for_rep
     assert not list(read_topic(settings.kafka, kafka_topic("arrivals", tenant), idle=1.0))
     listed = json_lines(dlq("list", *where, "--json")[1])
     assert len(listed) == 1 and listed[0]["payload_truncated"] is True
+    code, out, _ = dlq("show", *where, listed[0]["ref"])
+    assert code == 0 and "could not be stored" in " ".join(out.split())
 
 
 def test_a_dead_letter_that_can_never_be_published_stops_the_worker_with_exit_3(
