@@ -24,7 +24,8 @@ built from those attributes (category retries_exhausted, reason ``max_delivery_a
 The replay tool marks what it republishes with `REPLAY_COUNT_HEADER` / `REPLAY_ID_HEADER`
 (see `replay_headers`); a replayed arrival that fails again carries both forward into its new envelope.
 
-This module must never alter the original payload, never import an SDK, and never raise
+This module must never alter the payload bytes it carries (a record carries the whole payload
+or, marked truncated, its first bytes), never import an SDK, and never raise
 while building an envelope for a failure it was handed (a worker that cannot dead-letter
 cannot make progress): odd errors and odd coordinates are described, not rejected.
 """
