@@ -705,7 +705,16 @@ class Publish(_Forwarding):
             log.warning("publish failed; retrying", extra={"error": str(error), "attempt": attempt})
             self._retry_at.append((now + delay, work, attempt + 1))
             return
-        raise FatalError("publish_failed", f"could not publish after {attempt} attempt(s): {error}")
+        record = work.record
+        assert record is not None
+        what = {"dead_letter": "dead letter", "retry": "retry record"}.get(work.outcome or "", "record")
+        detail = (
+            f"could not publish the {what} of tenant {record.tenant} to its {record.destination} "
+            f"({len(record.value)} bytes) after {attempt} attempt(s): {error}"
+        )
+        # the arrival is not acked: after the restart it is redelivered and tried again
+        log.error("publish failed; stopping the worker", extra={"reason": "publish_failed", "error": detail})
+        raise FatalError("publish_failed", detail)
 
     def join(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout

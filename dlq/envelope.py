@@ -8,6 +8,13 @@ Two wire forms of one contract (`schemas.DeadLetter`):
 * **body** (Kinesis, which has no headers): the record's value is the envelope as JSON with
   ``payload_b64`` holding the original payload.
 
+Every envelope records the payload's size and sha256. A payload that would take the record
+past its destination's limit (`DeadLetterWriter.max_record_bytes`, from the transport
+registry) is not carried whole: it is stored in the tenant's dead-letter area
+(`PayloadStore`, keyed by its sha256) when that works, the record keeps only its first
+bytes, and the envelope says ``payload_truncated`` and where the full payload is
+(``payload_uri``, absent when it could not be stored). So a dead letter always fits.
+
 `dead_letter_from_record` reads either form back, so the inspect / replay tooling does not
 care which transport it is looking at. It also reads a third kind of record no worker wrote:
 a message that Pub/Sub's own dead-letter policy forwarded (every delivery attempt nacked or
@@ -17,7 +24,8 @@ built from those attributes (category retries_exhausted, reason ``max_delivery_a
 The replay tool marks what it republishes with `REPLAY_COUNT_HEADER` / `REPLAY_ID_HEADER`
 (see `replay_headers`); a replayed arrival that fails again carries both forward into its new envelope.
 
-This module must never alter the original payload, never import an SDK, and never raise
+This module must never alter the payload bytes it carries (a record carries the whole payload
+or, marked truncated, its first bytes), never import an SDK, and never raise
 while building an envelope for a failure it was handed (a worker that cannot dead-letter
 cannot make progress): odd errors and odd coordinates are described, not rejected.
 """
@@ -27,22 +35,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePath
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
 from pydantic import ValidationError
 
 from consumers.transport import Message, OutRecord
 from schemas import DeadLetter, ErrorCategory, SourceCoordinates
 from services.errors import AudioguardError, FatalError, PoisonMessage, RetryableError
+from services.retry import retry_call
+from services.settings import RetrySettings
 
 __all__ = [
     "ENVELOPE_FIELDS",
+    "ENVELOPE_HEADROOM_BYTES",
     "DeadLetterWriter",
     "HEADER_PREFIX",
     "MAX_HEADER_VALUE_BYTES",
@@ -52,11 +64,16 @@ __all__ = [
     "build_dead_letter",
     "dead_letter_from_record",
     "dead_letter_record",
+    "PayloadStore",
     "envelope_header",
     "error_category",
+    "fit_dead_letter",
+    "record_bytes",
     "replay_headers",
     "stack_digest",
 ]
+
+log = logging.getLogger("audioguard.dlq")
 
 #: every envelope header starts with this; the rest of the name is the DeadLetter field name
 HEADER_PREFIX = "ag-dlq-"
@@ -71,6 +88,10 @@ ENVELOPE_FIELDS: tuple[str, ...] = tuple(name for name in DeadLetter.model_field
 #: attributes Pub/Sub adds when its dead-letter policy forwards a message
 PUBSUB_DEAD_LETTER_PREFIX = "CloudPubSubDeadLetterSource"
 _PUBSUB_SUBSCRIPTION_RE = re.compile(r"(?:^|/)arrivals-([a-z0-9-]{1,40})-workers$")
+
+#: kept free under a destination's record limit: what `record_bytes` does not count (Kafka's
+#: record and batch framing, header length varints, Pub/Sub's request framing)
+ENVELOPE_HEADROOM_BYTES = 1024
 
 _MAX_MESSAGE_CHARS = 4000  # DeadLetter.error_message's limit
 _MAX_CAUSE_DEPTH = 5
@@ -206,6 +227,8 @@ def build_dead_letter(
         model_version=model_version,
         replay_count=replay_count,
         replay_id=replay_id,
+        payload_size=len(message.value),
+        payload_sha256=hashlib.sha256(message.value).hexdigest(),
     )
 
 
@@ -219,8 +242,8 @@ def _cut_utf8(text: str, limit: int) -> bytes:
 def _envelope_headers(dead_letter: DeadLetter) -> list[tuple[str, bytes]]:
     headers: list[tuple[str, bytes]] = []
     for name, value in dead_letter.model_dump(mode="json", exclude={"payload_b64"}).items():
-        if value is None:
-            continue
+        if value is None or (name == "payload_truncated" and value is False):
+            continue  # payload_truncated is only written when true: absent reads as false
         if isinstance(value, dict):
             encoded = json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
         elif name == "error_message":
@@ -242,6 +265,7 @@ def dead_letter_record(
     *,
     with_headers: bool = True,
     idempotency_key: str | None = None,
+    carried: bytes | None = None,
 ) -> OutRecord:
     """The record for the tenant's DLQ (destination "dlq").
 
@@ -249,7 +273,10 @@ def dead_letter_record(
     Kinesis partition key exists). with_headers=True: value is the original payload unchanged,
     the original headers are kept and the envelope added as ``ag-dlq-*`` headers.
     with_headers=False (Kinesis): value is the envelope JSON with ``payload_b64``, no headers.
+    `carried` replaces the payload in the record (the first bytes of a truncated one; see
+    `fit_dead_letter`); the envelope must then say ``payload_truncated``.
     """
+    payload = message.value if carried is None else carried
     if message.key:
         key = message.key
     elif idempotency_key:
@@ -261,16 +288,89 @@ def dead_letter_record(
             tenant=dead_letter.tenant_id,
             destination="dlq",
             key=key,
-            value=message.value,
+            value=payload,
             headers=tuple(_without_envelope(message.headers) + _envelope_headers(dead_letter)),
         )
-    body = dead_letter.model_copy(update={"payload_b64": base64.b64encode(message.value).decode("ascii")})
+    body = dead_letter.model_copy(update={"payload_b64": base64.b64encode(payload).decode("ascii")})
     return OutRecord(
         tenant=dead_letter.tenant_id,
         destination="dlq",
         key=key,
         value=body.model_dump_json(exclude_none=True).encode("utf-8"),
     )
+
+
+def record_bytes(record: OutRecord) -> int:
+    """What `record` weighs against a destination's record limit: value, key and headers
+    (names and values). Framing is not counted: leave `ENVELOPE_HEADROOM_BYTES` for it."""
+    headers = sum(len(name.encode("utf-8")) + len(value) for name, value in record.headers)
+    return len(record.value) + len(record.key or b"") + headers
+
+
+class PayloadStore(Protocol):
+    """The tenants' dead-letter areas (services.storage.DeadLetterPayloads)."""
+
+    def store(self, tenant: str, data: bytes) -> str:
+        """Store `data` keyed by its sha256 (idempotent) and return its URI; RetryableError
+        when the area cannot be written."""
+        ...
+
+    def load(self, tenant: str, uri: str, *, expected_sha256: str) -> bytes:
+        """The payload at `uri`, confined to the tenant's area and checked against the hash."""
+        ...
+
+
+def fit_dead_letter(
+    message: Message,
+    dead_letter: DeadLetter,
+    *,
+    max_record_bytes: int,
+    with_headers: bool = True,
+    payloads: PayloadStore | None = None,
+    prefix_bytes: int = 4096,
+    retry: RetrySettings | None = None,
+) -> OutRecord:
+    """`dead_letter_record`, made to fit under `max_record_bytes` (less the headroom).
+
+    A record that fits is returned as is. Otherwise the payload is stored with `payloads`
+    (retried per `retry`), and the record keeps at most `prefix_bytes` of it, as many as fit,
+    with ``payload_truncated`` and ``payload_uri`` set; when storing fails (or there is no
+    store) the record keeps that prefix only, ``payload_uri`` absent, and an error is logged.
+    Never raises for a failure of the store. A record whose envelope alone is over the limit
+    (a huge key or original headers) still comes back, over it: its publish then fails and
+    stops the worker (steps.Publish), never a silent loop.
+    """
+    budget = max_record_bytes - ENVELOPE_HEADROOM_BYTES
+    whole = dead_letter_record(message, dead_letter, with_headers=with_headers)
+    if record_bytes(whole) <= budget:
+        return whole
+    tenant = dead_letter.tenant_id
+    uri: str | None = None
+    if payloads is not None:
+        store = payloads
+
+        def put() -> str:
+            return store.store(tenant, message.value)
+
+        try:
+            uri = retry_call(put, retry, describe="dead-letter payload store") if retry else put()
+        except Exception as error:  # noqa: BLE001 - a dead letter must be written whatever the store does
+            log.error(
+                "dead-letter payload could not be stored; the dead letter keeps only its first bytes",
+                extra={"tenant": tenant, "payload_bytes": len(message.value), "error": str(error)},
+            )
+    else:
+        log.warning(
+            "dead-letter payload over the DLQ record limit and no dlq.payload_uri: keeping its first bytes",
+            extra={"tenant": tenant, "payload_bytes": len(message.value), "limit": max_record_bytes},
+        )
+    cut = dead_letter.model_copy(update={"payload_truncated": True, "payload_uri": uri})
+    bare = dead_letter_record(message, cut, with_headers=with_headers, carried=b"")
+    room = max(0, budget - record_bytes(bare))
+    if not with_headers:
+        room = room // 4 * 3  # the body form carries the bytes as base64
+    kept = message.value[: min(prefix_bytes, room, len(message.value))]
+    return dead_letter_record(message, cut, with_headers=with_headers, carried=kept)
 
 
 def dead_letter_from_record(value: bytes, headers: Sequence[tuple[str, bytes]]) -> tuple[DeadLetter, bytes]:
@@ -375,11 +475,16 @@ def replay_headers(
 @dataclass(frozen=True)
 class DeadLetterWriter:
     """The worker's dead-letter factory (consumers.ports.DeadLetterFactory): envelope + record
-    for one failed message, stamped with this worker and model."""
+    for one failed message, stamped with this worker and model, fitted under the transport's
+    record limit (`fit_dead_letter`; None: no limit)."""
 
     worker_id: str
     model_version: str
     transport: str
+    max_record_bytes: int | None = None
+    payloads: PayloadStore | None = None
+    prefix_bytes: int = 4096
+    retry: RetrySettings | None = None
 
     def __call__(self, message: Message, error: BaseException, *, first_seen_at: datetime) -> OutRecord:
         envelope = build_dead_letter(
@@ -392,4 +497,15 @@ class DeadLetterWriter:
             transport=self.transport,
         )
         # Kinesis records carry no headers: the envelope travels in the body there
-        return dead_letter_record(message, envelope, with_headers=self.transport != "kinesis")
+        with_headers = self.transport != "kinesis"
+        if self.max_record_bytes is None:
+            return dead_letter_record(message, envelope, with_headers=with_headers)
+        return fit_dead_letter(
+            message,
+            envelope,
+            max_record_bytes=self.max_record_bytes,
+            with_headers=with_headers,
+            payloads=self.payloads,
+            prefix_bytes=self.prefix_bytes,
+            retry=self.retry,
+        )

@@ -48,7 +48,8 @@ class DeadLetterRecord:
     ref       what `dlq show` takes: Kafka ``<partition>:<offset>``, Pub/Sub the message id,
               Kinesis ``<shard>:<sequence>``
     envelope  why it failed (`schemas.DeadLetter`)
-    payload   the original arrival, byte for byte
+    payload   the original arrival, byte for byte (only its first bytes when the envelope
+              says ``payload_truncated``; `dlq.replay` fetches the rest)
     headers   the record's headers as read (envelope headers included; empty on Kinesis)
     location  where the dead letter sits in the DLQ (topic/partition/offset, ...)
     token     opaque handle for `DeadLetterQueue.remove`
@@ -97,6 +98,9 @@ class DeadLetterRecord:
             "replay_id": env.replay_id,
             "content_id": self.content_id,
             "idempotency_key": self.idempotency_key,
+            "payload_size": env.payload_size,
+            "payload_truncated": env.payload_truncated,
+            "payload_uri": env.payload_uri,
             "first_seen_at": env.first_seen_at.isoformat(),
             "last_failed_at": env.last_failed_at.isoformat(),
             "source": env.source.model_dump(mode="json", exclude_none=True),

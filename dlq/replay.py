@@ -12,6 +12,13 @@ unchanged, either to the tenant's arrivals (`to="original"`) or to a Kafka retry
 A replayed arrival that fails again carries these headers into its new dead letter
 (`dlq.envelope` keeps every non-envelope header and reads the count and id back).
 
+A dead letter whose payload was too large for its record (``payload_truncated``) carries only
+its first bytes: the full payload is fetched from ``payload_uri`` (the tenant's dead-letter
+area, `PayloadStore`), checked against ``payload_sha256`` and republished byte for byte. One
+whose payload could not be stored (no ``payload_uri``) is refused (``refused_truncated``) and
+stays in the queue: republishing the prefix would only fail again as another poison message,
+and would take the one record of that arrival off the queue. There is no flag to force it.
+
 Idempotency does not depend on this module: the idempotency key is unchanged, so a
 replayed arrival that already has a verdict is answered from the verdict store (no second
 scoring, the same verdict). A dead letter is removed only after the broker confirmed its
@@ -29,7 +36,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -43,7 +50,7 @@ from consumers.retry_topics import (
     TIER_HEADER,
 )
 from consumers.transport import OutRecord
-from dlq.envelope import replay_headers
+from dlq.envelope import PayloadStore, replay_headers
 from dlq.inspect import DeadLetterQueue, DeadLetterRecord
 
 __all__ = [
@@ -60,7 +67,7 @@ ORIGIN_REPLAY_HEADER = "ag-replay-origin"
 
 Target = Literal["original", "retry-tier"]
 #: progress callback: (record, outcome) with outcome in Outcome
-Outcome = Literal["replayed", "would_replay", "refused_loop", "failed"]
+Outcome = Literal["replayed", "would_replay", "refused_loop", "refused_truncated", "failed"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,8 @@ class ReplaySummary:
     replayed: int = 0
     would_replay: int = 0
     refused_loop: int = 0
+    #: truncated dead letters whose full payload was never stored: they cannot be replayed
+    refused_truncated: int = 0
     failed: int = 0
     removed: int = 0
     elapsed_seconds: float = 0.0
@@ -212,11 +221,14 @@ def replay_dead_letters(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     stop: Callable[[], bool] | None = None,
+    payloads: PayloadStore | None = None,
 ) -> ReplaySummary:
     """Replay the (already filtered) `records` from `queue`; see the module docstring.
 
     `stop()` returning True ends the run between two records (the CLI sets it on Ctrl-C):
-    what was published is confirmed and removed, the rest stays in the queue."""
+    what was published is confirmed and removed, the rest stays in the queue. `payloads`
+    fetches the full payload of a truncated dead letter (without it such a record fails and
+    stays queued)."""
     summary = ReplaySummary(
         replay_id=replay_id or f"replay-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
         dry_run=options.dry_run,
@@ -264,9 +276,25 @@ def replay_dead_letters(
                 if on_record is not None:
                     on_record(record, "refused_loop")
                 continue
+            envelope = record.envelope
+            stored = envelope.payload_uri is not None and envelope.payload_sha256 is not None
+            if envelope.payload_truncated and not stored:
+                summary.refused_truncated += 1
+                if on_record is not None:
+                    on_record(record, "refused_truncated")
+                continue
             taken = summary.replayed + summary.would_replay + summary.failed + len(pending)
             if options.limit is not None and taken >= options.limit:
                 continue  # still counted as matched, so the summary says how many are left
+            if envelope.payload_truncated and not options.dry_run:
+                try:
+                    record = _restored(record, payloads)
+                except Exception as error:  # noqa: BLE001 - reported per record, the run goes on
+                    summary.failed += 1
+                    summary.errors.append(f"{record.ref}: {error}")
+                    if on_record is not None:
+                        on_record(record, "failed")
+                    continue
             if options.dry_run:
                 summary.would_replay += 1
                 summary.by_reason[record.envelope.reason] += 1
@@ -299,6 +327,18 @@ def replay_dead_letters(
     if published > 1 and span > 0:
         summary.measured_rate = (published - 1) / span
     return summary
+
+
+def _restored(record: DeadLetterRecord, payloads: PayloadStore | None) -> DeadLetterRecord:
+    """`record` with its full payload, fetched from its ``payload_uri`` and checked by sha256."""
+    envelope = record.envelope
+    assert envelope.payload_uri is not None and envelope.payload_sha256 is not None
+    if payloads is None:
+        raise ValueError(
+            f"its payload is at {envelope.payload_uri}, but dlq.payload_uri is not configured to read it"
+        )
+    full = payloads.load(envelope.tenant_id, envelope.payload_uri, expected_sha256=envelope.payload_sha256)
+    return replace(record, payload=full)
 
 
 def _due(options: ReplayOptions, pending: int) -> bool:

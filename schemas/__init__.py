@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from schemas._contracts import (
+    DEAD_LETTER_SCHEMA_VERSION,
     SCHEMA_MAJOR,
     SCHEMA_VERSION,
     TENANT_PATTERN,
@@ -25,6 +26,7 @@ from schemas._contracts import (
 SCHEMA_DIR = Path(__file__).parent
 
 __all__ = [
+    "DEAD_LETTER_SCHEMA_VERSION",
     "SCHEMA_DIR",
     "SCHEMA_MAJOR",
     "SCHEMA_VERSION",

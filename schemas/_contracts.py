@@ -20,6 +20,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 SCHEMA_MAJOR = 1
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.0"
+#: DeadLetter 1.1 added the payload_* fields (a payload too large for the DLQ record is stored
+#: elsewhere or cut); a 1.0 reader ignores them, a 1.1 reader takes a 1.0 letter as whole
+DEAD_LETTER_SCHEMA_VERSION = f"{SCHEMA_MAJOR}.1"
 
 TENANT_PATTERN = r"^[a-z0-9-]{1,40}$"
 TenantId = Annotated[str, Field(pattern=TENANT_PATTERN, description="lowercase [a-z0-9-]{1,40}")]
@@ -154,7 +157,17 @@ class DeadLetter(_Contract):
     On Kafka and Pub/Sub the dead-lettered message body is the original payload, byte for
     byte, and these fields travel as headers / attributes (`dlq.envelope`). Kinesis has no
     headers, so there the record is this model as JSON with ``payload_b64`` set.
+
+    A payload that would not fit the DLQ's record limit is not carried whole
+    (``payload_truncated``): the record holds only its first bytes, and the full payload is
+    at ``payload_uri`` when the worker could store it (content-addressed by its sha256).
     """
+
+    schema_version: str = Field(
+        default=DEAD_LETTER_SCHEMA_VERSION,
+        pattern=r"^\d+\.\d+$",
+        description=f"MAJOR.MINOR; this worker reads major {SCHEMA_MAJOR} only",
+    )
 
     tenant_id: str
     error_class: str
@@ -170,6 +183,19 @@ class DeadLetter(_Contract):
     model_version: str
     replay_count: int = Field(default=0, ge=0)
     replay_id: str | None = None
+    payload_size: int | None = Field(default=None, ge=0, description="the original payload's length in bytes")
+    payload_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the original payload"
+    )
+    payload_truncated: bool = Field(
+        default=False,
+        description="the record carries only the payload's first bytes (it exceeded the DLQ's record limit)",
+    )
+    payload_uri: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="where the full payload is stored (file:// or s3://) when it is not in the record",
+    )
     payload_b64: str | None = None
 
 

@@ -67,6 +67,9 @@ class KafkaSettings(BaseModel):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     exactly_once: bool = False
+    #: the tenant topics' max.message.bytes (Kafka's broker default): with the producer's
+    #: message.max.bytes (librdkafka default 1000000, settable in `extra`) it bounds a dead letter
+    topic_max_message_bytes: int = 1_048_588
     #: extra librdkafka settings, passed through as-is (dotted keys)
     extra: dict[str, str] = Field(default_factory=dict)
 
@@ -94,6 +97,9 @@ class MemorySettings(BaseModel):
     broker: str = "default"
     #: consumer group of the worker's source
     group_id: str = "audioguard-workers"
+    #: the record size a dead letter is fitted to (Kafka's producer default, so the
+    #: in-process pipeline offloads what a Kafka one would)
+    max_record_bytes: int = 1_000_000
 
 
 class StorageSettings(BaseModel):
@@ -146,6 +152,23 @@ class DlqSettings(BaseModel):
     window: int = 200
     #: ... or after this many consecutive dead letters
     max_consecutive: int = 100
+    #: where a payload too large for the DLQ record is stored, keyed by its sha256: a file://
+    #: or s3:// prefix naming {tenant}, e.g. "s3://audioguard-dead-letters/{tenant}". Unset (or
+    #: unreachable): only the payload's first `payload_prefix_bytes` are kept, marked truncated
+    payload_uri: str | None = None
+    #: how much of such a payload the record itself keeps (a peek for `dlq show`)
+    payload_prefix_bytes: int = Field(default=4096, ge=0)
+
+    @model_validator(mode="after")
+    def _tenant_in_payload_uri(self) -> DlqSettings:
+        if self.payload_uri is None:
+            return self
+        # one area per tenant: a payload must never land where another tenant's replay reads
+        if "{tenant}" not in self.payload_uri:
+            raise ValueError("dlq.payload_uri must contain {tenant} (one dead-letter area per tenant)")
+        if not self.payload_uri.startswith(("file://", "s3://")):
+            raise ValueError("dlq.payload_uri must be a file:// or s3:// URI")
+        return self
 
 
 class StoreSettings(BaseModel):

@@ -9,13 +9,20 @@ A URI comes from an untrusted event, so every fetch is confined per tenant:
 Sizes are bounded before the bytes are read, and the sha256 is checked when the event
 gives one. Every refusal is a `PoisonMessage` with a reason code; network trouble is a
 `RetryableError`. boto3 is imported here and in the Kinesis adapter only.
+
+`DeadLetterPayloads` is the other direction: the tenant's dead-letter area
+(`dlq.payload_uri`), where a payload too large for its DLQ record is written, keyed by its
+sha256 (the same poison stored twice is one object), and read back for a replay, confined to
+that tenant's area and checked against the sha256.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 from services.errors import PoisonMessage, RetryableError
 from services.settings import StorageSettings
 
-__all__ = ["AudioStorage", "Location"]
+__all__ = ["AudioStorage", "DeadLetterPayloads", "Location"]
 
 _SCHEMES = ("file", "s3", "gs")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -252,3 +259,119 @@ class AudioStorage:
         else:
             raise ValueError(f"cannot store to {uri}")
         return uri
+
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class DeadLetterPayloads:
+    """The tenants' dead-letter areas: ``template`` is `dlq.payload_uri` (file:// or s3://,
+    naming ``{tenant}``); a payload is stored at ``<area>/<sha256>``.
+
+    `store` is idempotent (an object already there is not written again) and raises
+    `RetryableError` when the area cannot be written; `load` raises `PoisonMessage`
+    (``uri_outside_roots``, ``missing_object``, ``sha256_mismatch``) or `RetryableError`.
+    """
+
+    def __init__(self, storage: AudioStorage, template: str) -> None:
+        if "{tenant}" not in template or not template.startswith(("file://", "s3://")):
+            raise ValueError(
+                f"dead-letter payload area {template!r}: a file:// or s3:// URI naming {{tenant}}"
+            )
+        self._storage = storage
+        self._template = template.rstrip("/")
+
+    def area(self, tenant: str) -> str:
+        """The tenant's dead-letter area, as a URI without a trailing slash."""
+        return self._template.replace("{tenant}", tenant)
+
+    def uri(self, tenant: str, sha256: str) -> str:
+        return f"{self.area(tenant)}/{sha256}"
+
+    def store(self, tenant: str, data: bytes) -> str:
+        """Write `data` to the tenant's area (unless an object of that sha256 is there) and
+        return its URI."""
+        digest = hashlib.sha256(data).hexdigest()
+        uri = self.uri(tenant, digest)
+        parts = urlsplit(uri)
+        if parts.scheme == "file":
+            self._store_file(Path(unquote(parts.path)), data)
+        else:
+            self._store_s3(parts.netloc, parts.path.lstrip("/"), data)
+        return uri
+
+    def _store_file(self, path: Path, data: bytes) -> None:
+        try:
+            if path.is_file() and path.stat().st_size == len(data):
+                return  # content-addressed: the same bytes are there already
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # write-then-rename: a crash mid-write never leaves a short object under the sha256
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
+            try:
+                with os.fdopen(handle, "wb") as out:
+                    out.write(data)
+                os.replace(temporary, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+        except OSError as exc:
+            raise RetryableError("payload_store_unavailable", f"cannot write {path}: {exc}") from exc
+
+    def _store_s3(self, bucket: str, key: str, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self._storage._s3()
+        try:
+            try:
+                head = client.head_object(Bucket=bucket, Key=key)
+                if int(head["ContentLength"]) == len(data):
+                    return
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code", "")) not in ("404", "NoSuchKey", "NotFound"):
+                    raise
+            client.put_object(Bucket=bucket, Key=key, Body=data)
+        except (ClientError, BotoCoreError) as exc:
+            raise RetryableError(
+                "payload_store_unavailable", f"cannot write s3://{bucket}/{key}: {exc}"
+            ) from exc
+
+    def load(self, tenant: str, uri: str, *, expected_sha256: str) -> bytes:
+        """The payload at `uri`, which must be in the tenant's area and hash to `expected_sha256`."""
+        if not _SHA256_RE.match(expected_sha256) or uri != self.uri(tenant, expected_sha256):
+            # the URI comes from a DLQ record: read only the object this tenant's area holds for that hash
+            raise PoisonMessage(
+                "uri_outside_roots",
+                f"{uri} is not the object {expected_sha256} of tenant {tenant}'s dead-letter area",
+            )
+        parts = urlsplit(uri)
+        if parts.scheme == "file":
+            try:
+                data = Path(unquote(parts.path)).read_bytes()
+            except FileNotFoundError as exc:
+                raise PoisonMessage("missing_object", f"{uri} does not exist") from exc
+            except OSError as exc:
+                raise RetryableError("storage_unavailable", f"cannot read {uri}: {exc}") from exc
+        else:
+            data = self._load_s3(parts.netloc, parts.path.lstrip("/"))
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != expected_sha256:
+            raise PoisonMessage(
+                "sha256_mismatch", f"{uri} has sha256 {digest}, the dead letter says {expected_sha256}"
+            )
+        return data
+
+    def _load_s3(self, bucket: str, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body = self._storage._s3().get_object(Bucket=bucket, Key=key)["Body"]
+            data: bytes = body.read()
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+                raise PoisonMessage("missing_object", f"s3://{bucket}/{key} does not exist") from exc
+            raise RetryableError("storage_unavailable", f"S3 error {code}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise RetryableError("storage_unavailable", f"S3 unreachable: {exc}") from exc
+        return data

@@ -43,12 +43,24 @@ class Transport:
     provision: Callable[[Settings, list[str], int], None]
     #: (key, value, headers) of a tenant's verdicts, or its dead letters when `dead_letters`
     read: Callable[[Settings, str, bool, bool, Callable[[], bool] | None], Iterator[Record]]
+    #: the largest record (value, key and headers) its destinations take: a dead letter is
+    #: fitted under it (dlq.envelope), so that a payload the source delivered can always be
+    #: dead-lettered
+    max_record_bytes: Callable[[Settings], int]
     #: a dead-letter destination the DLQ tool can read and replay (dlq.queues)
     dead_letters: bool = True
     #: the broker lives inside this process: no other process (a worker, a tool) can reach it
     in_process: bool = False
     #: consumer-group rebalances move partitions away: `open` takes an `on_revoke` callback
     rebalances: bool = False
+
+
+#: what librdkafka's producer refuses above by default (message.max.bytes)
+KAFKA_PRODUCER_DEFAULT_MAX_BYTES = 1_000_000
+#: Pub/Sub: 10 MB per message, data and attributes together
+PUBSUB_MAX_MESSAGE_BYTES = 10_000_000
+#: Kinesis: 1 MiB per record, data and partition key together
+KINESIS_MAX_RECORD_BYTES = 1024 * 1024
 
 
 # -- kafka --------------------------------------------------------------------------------
@@ -78,6 +90,17 @@ def _kafka_read(
 
     topic = kafka_topic("dlq" if dead_letters else "verdicts", tenant)
     return read_topic(settings.kafka, topic, follow=follow, stop=stop)
+
+
+def _kafka_max_record_bytes(settings: Settings) -> int:
+    # both bite: the producer refuses locally above message.max.bytes, the broker above the
+    # topic's max.message.bytes
+    raw = settings.kafka.extra.get("message.max.bytes", KAFKA_PRODUCER_DEFAULT_MAX_BYTES)
+    try:
+        producer = int(raw)
+    except ValueError:
+        producer = KAFKA_PRODUCER_DEFAULT_MAX_BYTES
+    return min(producer, settings.kafka.topic_max_message_bytes)
 
 
 # -- pubsub -------------------------------------------------------------------------------
@@ -170,9 +193,31 @@ def _memory_read(
 TRANSPORTS: dict[str, Transport] = {
     t.name: t
     for t in (
-        Transport("kafka", _kafka_open, _kafka_publisher, _kafka_provision, _kafka_read, rebalances=True),
-        Transport("pubsub", _pubsub_open, _pubsub_publisher, _pubsub_provision, _pubsub_read),
-        Transport("kinesis", _kinesis_open, _kinesis_publisher, _kinesis_provision, _kinesis_read),
+        Transport(
+            "kafka",
+            _kafka_open,
+            _kafka_publisher,
+            _kafka_provision,
+            _kafka_read,
+            max_record_bytes=_kafka_max_record_bytes,
+            rebalances=True,
+        ),
+        Transport(
+            "pubsub",
+            _pubsub_open,
+            _pubsub_publisher,
+            _pubsub_provision,
+            _pubsub_read,
+            max_record_bytes=lambda _settings: PUBSUB_MAX_MESSAGE_BYTES,
+        ),
+        Transport(
+            "kinesis",
+            _kinesis_open,
+            _kinesis_publisher,
+            _kinesis_provision,
+            _kinesis_read,
+            max_record_bytes=lambda _settings: KINESIS_MAX_RECORD_BYTES,
+        ),
         Transport(
             "memory",
             _memory_open,
@@ -181,6 +226,7 @@ TRANSPORTS: dict[str, Transport] = {
             _memory_read,
             in_process=True,
             rebalances=True,
+            max_record_bytes=lambda settings: settings.memory.max_record_bytes,
         ),
     )
 }

@@ -368,6 +368,13 @@ def _show(args: argparse.Namespace) -> int:
         header_table.add_row(name, value)
     console.print(header_table)
     console.print("[bold]payload[/bold]", record.key and f"(key {record.key.decode('utf-8', 'replace')})")
+    env = record.envelope
+    if env.payload_truncated:
+        where = f"the full payload is at {env.payload_uri}" if env.payload_uri else _TRUNCATED
+        console.print(
+            f"only the first {len(record.payload)} of {env.payload_size} bytes are in the record; {where}",
+            markup=False,
+        )
     console.print(_payload_text(record.payload), markup=False)
     console.print("[bold]audio[/bold]")
     for name, value in audio.items():
@@ -376,6 +383,20 @@ def _show(args: argparse.Namespace) -> int:
 
 
 # -- replay ------------------------------------------------------------------------------------
+
+_TRUNCATED = (
+    "its payload was over the DLQ record limit and could not be stored (no dlq.payload_uri, or the "
+    "area was unwritable), so only its first bytes exist; republishing them would only fail again"
+)
+
+
+def _payloads(settings: Any) -> Any:
+    """The tenants' dead-letter areas (where truncated dead letters' payloads are), or None."""
+    if not settings.dlq.payload_uri:
+        return None
+    from services.storage import AudioStorage, DeadLetterPayloads
+
+    return DeadLetterPayloads(AudioStorage(settings.storage), settings.dlq.payload_uri)
 
 
 def _audit(args: argparse.Namespace, line: dict[str, Any]) -> None:
@@ -436,7 +457,10 @@ def _replay(args: argparse.Namespace) -> int:
 
         def on_record(record: DeadLetterRecord, outcome: str) -> None:
             if options.dry_run:
-                state = "refused (loop guard)" if outcome == "refused_loop" else "would replay"
+                state = {
+                    "refused_loop": "refused (loop guard)",
+                    "refused_truncated": "refused (truncated)",
+                }.get(outcome, "would replay")
                 console.print(
                     f"{state}: {record.ref} {record.envelope.category}/{record.envelope.reason} "
                     f"key={record.idempotency_key} replays={record.envelope.replay_count} -> {destination}",
@@ -448,6 +472,9 @@ def _replay(args: argparse.Namespace) -> int:
                     f"refused (loop guard, replayed {record.envelope.replay_count} times): {record.ref}",
                     markup=False,
                 )
+                return
+            if outcome == "refused_truncated":
+                err.print(f"refused (truncated): {record.ref}: {_TRUNCATED}", markup=False)
                 return
             progress.update(task, advance=1, status=outcome)
 
@@ -467,7 +494,12 @@ def _replay(args: argparse.Namespace) -> int:
         try:
             with progress:
                 summary = replay_dead_letters(
-                    queue, records, options, on_record=on_record, stop=stopping.is_set
+                    queue,
+                    records,
+                    options,
+                    on_record=on_record,
+                    stop=stopping.is_set,
+                    payloads=_payloads(settings),
                 )
         finally:
             if in_main:
@@ -510,11 +542,13 @@ def _replay(args: argparse.Namespace) -> int:
                 summary.would_replay if options.dry_run else summary.removed,
             ),
             ("refused by the loop guard", summary.refused_loop),
+            ("refused: truncated, payload not stored", summary.refused_truncated),
             ("failed (left in the queue)", summary.failed),
             (
                 "left by --limit",
                 summary.matched
                 - summary.refused_loop
+                - summary.refused_truncated
                 - summary.replayed
                 - summary.failed
                 - summary.would_replay,

@@ -34,10 +34,20 @@ def add_parser(subparsers: Any) -> None:
     )
     worker.set_defaults(handler=_worker)
 
-    verdicts = subparsers.add_parser("verdicts", help="print a tenant's verdicts (JSON lines)")
+    verdicts = subparsers.add_parser(
+        "verdicts",
+        help="print a tenant's verdicts (JSON lines), or its dead letters with their reasons (--dlq)",
+    )
     transport_flags(verdicts)
     verdicts.add_argument("--follow", action="store_true", help="keep printing new verdicts until Ctrl-C")
-    verdicts.add_argument("--dlq", action="store_true", help="print the dead-letter topic instead")
+    verdicts.add_argument(
+        "--dlq",
+        action="store_true",
+        help="print the dead letters instead: category, reason, attempts, payload (a table; --json for JSON)",
+    )
+    verdicts.add_argument(
+        "--json", action="store_true", help="with --dlq: one JSON object per dead letter instead of a table"
+    )
     verdicts.set_defaults(handler=_verdicts)
 
 
@@ -108,11 +118,64 @@ def _verdicts(args: argparse.Namespace) -> int:
         records = read_verdicts(
             settings, settings.tenants[0], dead_letters=args.dlq, follow=args.follow, stop=stop.is_set
         )
-        for _key, value, headers in records:
+        if args.dlq and not args.json:
+            print(_DLQ_ROW.format(*_DLQ_COLUMNS), flush=True)
+        for key, value, headers in records:
             if any(name == REPLAYED_MARK_HEADER for name, _ in headers):
                 continue  # the DLQ tool's bookkeeping marker, not a dead letter
-            print(value.decode(errors="replace"), flush=True)
+            if args.dlq:
+                _print_dead_letter(key, value, headers, as_json=args.json)
+            else:
+                print(value.decode(errors="replace"), flush=True)
     except ValueError as error:
         print(f"verdicts: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+_DLQ_COLUMNS = ("category", "reason", "attempt", "replays", "error class", "key", "payload", "last failed")
+_DLQ_ROW = "{:<17} {:<24} {:>7} {:>7} {:<20} {:<36} {:<24} {}"
+
+
+def _print_dead_letter(
+    key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], *, as_json: bool
+) -> None:
+    """One dead letter as a table row or a JSON line: why it failed, how often, what it carries."""
+    from dlq.envelope import dead_letter_from_record
+    from dlq.inspect import DeadLetterRecord
+    from services.errors import PoisonMessage
+
+    try:
+        envelope, payload = dead_letter_from_record(value, headers)
+    except PoisonMessage as error:
+        print(
+            f"verdicts: skipped a record that is not an audioguard dead letter: {error.message}",
+            file=sys.stderr,
+        )
+        return
+    record = DeadLetterRecord(
+        ref="", envelope=envelope, payload=payload, key=key, headers=tuple(headers), location={}
+    )
+    summary = record.summary()
+    del summary["ref"]  # read from the start, not through the DLQ tool: there is no tool position
+    if as_json:
+        print(json.dumps(summary), flush=True)
+        return
+    size = envelope.payload_size if envelope.payload_size is not None else len(payload)
+    if not envelope.payload_truncated:
+        carried = f"{size} B"
+    elif envelope.payload_uri:
+        carried = f"{size} B, stored"
+    else:
+        carried = f"{size} B, prefix only"
+    row = (
+        envelope.category,
+        envelope.reason,
+        envelope.attempt,
+        envelope.replay_count,
+        envelope.error_class.rsplit(".", 1)[-1],
+        summary["content_id"] or summary["idempotency_key"] or "-",
+        carried,
+        envelope.last_failed_at.isoformat(timespec="seconds"),
+    )
+    print(_DLQ_ROW.format(*(str(cell) for cell in row)), flush=True)

@@ -9,7 +9,7 @@ The CLI, the demo, the bench and the tests build workers here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consumers.instrumentation import PipelineHooks
 from consumers.ports import Detector, Hooks
@@ -19,7 +19,10 @@ from dlq.envelope import DeadLetterWriter
 from services.health import Heartbeat, Readiness
 from services.settings import Settings
 
-__all__ = ["build_worker", "load_serving_detector"]
+if TYPE_CHECKING:
+    from services.storage import AudioStorage
+
+__all__ = ["build_worker", "dead_letter_writer", "load_serving_detector"]
 
 
 def build_worker(
@@ -47,24 +50,40 @@ def build_worker(
     rebalances = transport(settings.transport).rebalances
     options: dict[str, Any] = {"on_revoke": on_revoke} if rebalances else {}
     source, sink = open_transport(settings, **options)
+    storage = AudioStorage(settings.storage)
     pipeline = Pipeline(
         settings,
         source=source,
         sink=sink,
         detector=detector,
-        storage=AudioStorage(settings.storage),
+        storage=storage,
         store=store,
         # the crash-loop quarantine counts attempts in the same store (consumers.quarantine)
         attempts=store,
-        dead_letters=DeadLetterWriter(
-            worker_id=settings.worker_id, model_version=detector.meta.version, transport=settings.transport
-        ),
+        dead_letters=dead_letter_writer(settings, str(detector.meta.version), storage),
         breaker=DlqBreaker(settings.dlq),
         hooks=hooks,
     )
     worker = Worker(pipeline)
     revoke_handlers.append(worker.on_revoke)
     return worker
+
+
+def dead_letter_writer(settings: Settings, model_version: str, storage: AudioStorage) -> DeadLetterWriter:
+    """The worker's dead-letter writer: a dead letter always fits its DLQ, a payload over the
+    transport's record limit goes to the tenant's dead-letter area (`dlq.payload_uri`)."""
+    from consumers.transports.registry import transport
+    from services.storage import DeadLetterPayloads
+
+    return DeadLetterWriter(
+        worker_id=settings.worker_id,
+        model_version=model_version,
+        transport=settings.transport,
+        max_record_bytes=transport(settings.transport).max_record_bytes(settings),
+        payloads=DeadLetterPayloads(storage, settings.dlq.payload_uri) if settings.dlq.payload_uri else None,
+        prefix_bytes=settings.dlq.payload_prefix_bytes,
+        retry=settings.retry,
+    )
 
 
 def load_serving_detector(

@@ -17,6 +17,10 @@ only), so scenario 3, which SIGKILLs a worker process, is not applicable there.
        restarted worker scores only what was never scored.
     4. backpressure: in-flight never exceeds the tenant's bound; the source is paused and
        resumed; every arrival still gets its verdict.
+    5. an arrival the source delivers but whose dead letter, payload included, would be over
+       the destination's record limit (Kafka's producer 1,000,000 bytes, Kinesis 1 MiB after
+       base64) -> the dead letter lands with the payload in the tenant's dead-letter area,
+       the exact bytes can be loaded back, and the worker goes on to the next arrival.
 """
 
 from __future__ import annotations
@@ -283,3 +287,69 @@ def test_backpressure_bounds_in_flight_and_pauses_then_resumes_the_source(
         f"{len(pauses)} pauses / {len(resumes)} resumes, "
         f"max outstanding at the source {source.max_outstanding}"
     )
+
+
+#: per transport: an arrival the platform may publish there, whose dead letter would not fit
+#: with its payload (Pub/Sub's 10 MB limit takes it whole: the scenario checks that too)
+OVERSIZE_ARRIVAL_BYTES = {"kafka": 1_039_998, "memory": 1_039_998, "kinesis": 1_000_000, "pubsub": 1_039_998}
+
+
+def test_an_oversize_arrivals_dead_letter_fits_and_its_payload_comes_back_exactly(harness: Harness) -> None:
+    import hashlib
+
+    from consumers.transports.registry import transport
+    from dlq.envelope import ENVELOPE_HEADROOM_BYTES, dead_letter_from_record
+    from services.settings import DlqSettings
+    from services.storage import AudioStorage, DeadLetterPayloads
+
+    tenants = harness.tenants(1)
+    tenant = tenants[0]
+    if harness.transport == "kinesis":
+        area = "s3://contract-dead-letters/{tenant}"
+        # the area is provisioned (terraform), not created by the worker
+        AudioStorage(harness.settings(tenants).storage).put(b"", "s3://contract-dead-letters/.keep")
+    else:
+        area = f"file://{harness.workdir / 'dead-letters'}/{{tenant}}"
+    settings = harness.settings(tenants, dlq=DlqSettings(payload_uri=area))
+    harness.provision(settings)
+    size = OVERSIZE_ARRIVAL_BYTES[harness.transport]
+    document = json.loads(
+        arrival_for(tenant, f"file:///nowhere/{tenant}.wav", b"x", key=f"{tenant}:big", content_id="big")
+    )
+    document["attributes"] = {"pad": ""}
+    document["attributes"]["pad"] = "p" * (size - len(json.dumps(document).encode()))
+    big = json.dumps(document).encode()
+    assert len(big) == size
+    keys, good = harness.arrivals(settings, tenant, 1)
+    # the platform's producer may send more than the worker's default producer (Kafka's
+    # broker takes 1,048,588 bytes); the worker keeps librdkafka's 1,000,000
+    platform = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"extra": {"message.max.bytes": "2000000"}})}
+    )
+    worker = harness.start_worker(settings, AUDIOGUARD_DLQ__PAYLOAD_URI=area)
+    harness.publish(platform, [OutRecord(tenant, "arrivals", b"big", big, ordering_key="big"), *good])
+    harness.wait_for_verdicts(settings, keys)  # behind the oversize one: the worker went on
+
+    letters: list[tuple[Any, bytes, int]] = []
+    deadline = time.monotonic() + 60
+    while not letters and time.monotonic() < deadline:
+        letters = [
+            (*dead_letter_from_record(value, headers), len(value) + sum(len(n) + len(v) for n, v in headers))
+            for value, headers in harness.read(settings, tenant, "dlq")
+        ]
+        time.sleep(0.5)
+    stats = worker.stop()
+    assert letters, "the oversize arrival was not dead-lettered"
+    limit = transport(harness.transport).max_record_bytes(settings)
+    for envelope, carried, record_size in letters:
+        assert envelope.reason == "oversize_event"
+        assert envelope.payload_size == size and envelope.payload_sha256 == hashlib.sha256(big).hexdigest()
+        assert record_size <= limit - ENVELOPE_HEADROOM_BYTES
+        if harness.transport == "pubsub":
+            assert not envelope.payload_truncated and carried == big  # 10 MB: it fits whole
+            continue
+        assert envelope.payload_truncated and envelope.payload_uri is not None
+        assert big.startswith(carried)
+        payloads = DeadLetterPayloads(AudioStorage(settings.storage), area)
+        assert payloads.load(tenant, envelope.payload_uri, expected_sha256=envelope.payload_sha256) == big
+    assert stats["verdicts"] == 1 and stats["dead_letters"] >= 1, stats

@@ -19,12 +19,12 @@ import numpy as np
 from consumers.runner import Pipeline, Worker
 from consumers.tenancy import kafka_topic
 from consumers.transports.memory import MemoryBroker, MemorySink, open_memory, read_memory_topic
-from dlq.envelope import DeadLetterWriter
 from services.detector._decision import Decision, decide
 from services.platform import arrival_for
 from services.settings import Settings
 from services.storage import AudioStorage
 from services.store import open_store
+from services.tools.worker import dead_letter_writer
 from tests.support.audio import encode, speechlike
 
 
@@ -94,17 +94,16 @@ def build_memory_worker(
 
     source, sink = open_memory(settings, broker=broker, on_revoke=on_revoke, member=member)
     store = open_store(settings.store.url)
+    storage = AudioStorage(settings.storage)
     pipeline = Pipeline(
         settings,
         source=source,
         sink=sink,
         detector=detector,
-        storage=AudioStorage(settings.storage),
+        storage=storage,
         store=store,
         attempts=store,
-        dead_letters=DeadLetterWriter(
-            worker_id=settings.worker_id, model_version=detector.meta.version, transport=settings.transport
-        ),
+        dead_letters=dead_letter_writer(settings, str(detector.meta.version), storage),
     )
     worker = Worker(pipeline)
     handlers.append(worker.on_revoke)

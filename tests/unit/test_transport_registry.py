@@ -177,3 +177,14 @@ def test_only_the_transports_that_rebalance_take_a_revoke_callback() -> None:
     for name, source in sources.items():
         takes = "on_revoke" in inspect.signature(source.__init__).parameters
         assert takes == TRANSPORTS[name].rebalances, name
+
+
+def test_each_transport_says_the_record_limit_a_dead_letter_is_fitted_under() -> None:
+    settings = Settings()
+    limits = {name: t.max_record_bytes(settings) for name, t in TRANSPORTS.items()}
+    # Kafka: librdkafka's producer default, below the broker's 1,048,588
+    assert limits == {"kafka": 1_000_000, "pubsub": 10_000_000, "kinesis": 1_048_576, "memory": 1_000_000}
+    raised = Settings(kafka={"extra": {"message.max.bytes": "5000000"}})
+    assert TRANSPORTS["kafka"].max_record_bytes(raised) == 1_048_588  # the topic's limit bites then
+    both = Settings(kafka={"extra": {"message.max.bytes": "5000000"}, "topic_max_message_bytes": 8_000_000})
+    assert TRANSPORTS["kafka"].max_record_bytes(both) == 5_000_000
