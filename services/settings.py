@@ -53,6 +53,10 @@ class KafkaSettings(BaseModel):
     # librdkafka's default (500 ms) holds an idle fetch that long: at low rates that is most of
     # the end-to-end latency. 50 ms costs a broker a few more empty fetches per idle partition.
     fetch_wait_max_ms: int = 50
+    # finished offsets are committed asynchronously at most this often (synchronously on a
+    # revoke and at close): a crash re-delivers at most this long's worth, and the verdict
+    # store answers those again with the same verdicts
+    commit_interval_ms: int = 200
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
