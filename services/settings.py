@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     fetch_threads: int = 4
     max_in_flight: int = 256
     max_in_flight_audio_seconds: float = 4800.0
+    #: refused messages of one tenant kept in memory (in order) before its partitions are
+    #: paused; they resume at a quarter of it (consumers.runner: the hysteresis). 0 pauses at
+    #: the first refusal and resumes with nothing held
+    max_held_events: int = 500
+    max_held_bytes: int = 4 * 1024 * 1024
     #: on SIGTERM or a revoke: how long in-flight work may take to finish
     drain_seconds: float = 20.0
     #: after the drain: the last producer flush, the scorer stop and the consumer close; the
