@@ -63,6 +63,10 @@ log = logging.getLogger("audioguard.worker")
 
 T = TypeVar("T")
 
+#: how long a turn waits for new messages while work is in flight: the least a scored batch
+#: waits before the loop takes it back (the batch tuner counts it as part of a batch's cost)
+BUSY_POLL_SECONDS = 0.005
+
 
 @dataclass
 class WorkerStats:
@@ -175,7 +179,11 @@ class Pipeline:
             clock=clock,
         )
         # the batch cap follows measured model speed, up to max_windows (consumers.batching)
-        self.tuner = BatchSizeTuner(settings.batch.max_windows) if settings.batch.adaptive else None
+        self.tuner = (
+            BatchSizeTuner(settings.batch.max_windows, overhead_seconds=BUSY_POLL_SECONDS)
+            if settings.batch.adaptive
+            else None
+        )
         self.score = ScoreBatches(
             self.verdict,
             dead_letter=self.dead_letter,
@@ -426,7 +434,7 @@ class Worker:
         self.heartbeat = time.monotonic()
         self._offer_held()
         busy = self.pipeline.busy()
-        messages = self.source.poll(self.poll_batch, 0.005 if busy else 0.05)
+        messages = self.source.poll(self.poll_batch, BUSY_POLL_SECONDS if busy else 0.05)
         self._offer(messages)
         self.pipeline.poll()
         self._resume_below_low_water()
