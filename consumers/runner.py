@@ -119,6 +119,8 @@ class Pipeline:
         model = ModelInfo(name=meta.name, version=meta.version, checksum=meta.checksum)
         self._fetch_pool = ThreadPoolExecutor(settings.fetch_threads, thread_name_prefix="fetch")
         self._score_pool = ThreadPoolExecutor(1, thread_name_prefix="score")
+        #: set by the fetch and scorer threads when something finished (see `wait`)
+        self._ready = threading.Event()
 
         def load(arrival: AudioArrival, tenant: str) -> tuple[np.ndarray, float]:
             from services.logs import log_context
@@ -193,6 +195,7 @@ class Pipeline:
             window_seconds=meta.window_seconds,
             clock=clock,
             on_batch=self._batch_scored,
+            on_ready=self._ready.set,
         )
         self.fetch = FetchAudio(
             self.score,
@@ -200,6 +203,7 @@ class Pipeline:
             executor=self._fetch_pool,
             load=load,
             in_flight=self.in_flight,
+            on_ready=self._ready.set,
         )
         self.parse = ParseArrival(
             self.fetch,
@@ -306,6 +310,13 @@ class Pipeline:
         # a verdict published this turn can be committed this turn
         self.publish.poll()
         self.commit.poll()
+
+    def wait(self, timeout: float) -> None:
+        """Block until a fetch or a scored batch finished (or `timeout`): a loop with nothing
+        new to read wakes for the work that is ready instead of sleeping out a poll timeout."""
+        self._ready.wait(timeout)
+        # cleared before the steps are polled: whatever finishes after this sets it again
+        self._ready.clear()
 
     def pending(self) -> int:
         return self.in_flight.total_events()
@@ -433,8 +444,15 @@ class Worker:
         """One iteration: poll the source (always), admit, advance every step."""
         self.heartbeat = time.monotonic()
         self._offer_held()
-        busy = self.pipeline.busy()
-        messages = self.source.poll(self.poll_batch, BUSY_POLL_SECONDS if busy else 0.05)
+        if self.pipeline.busy():
+            # what is buffered now, without blocking; with nothing new, wait for the fetch or
+            # scorer threads instead (a blocked consume cannot be woken by them, and at
+            # saturation the loop sat out the whole timeout on most turns)
+            messages = self.source.poll(self.poll_batch, 0)
+            if not messages:
+                self.pipeline.wait(BUSY_POLL_SECONDS)
+        else:
+            messages = self.source.poll(self.poll_batch, 0.05)
         self._offer(messages)
         self.pipeline.poll()
         self._resume_below_low_water()
