@@ -42,9 +42,9 @@ def add_parser(subparsers: Any) -> None:
         help="comma-separated fixed batch sizes for the saturation runs (default 1,4,8,16,32,64)",
     )
     bench.add_argument(
-        "--saturation-only",
+        "--ceiling",
         action="store_true",
-        help="stages and saturation runs only: no open-loop curve, same-rate point or cold start",
+        help="stages, saturation runs and the same-rate point only: no open-loop curve, no cold start",
     )
     bench.add_argument("--tenants", type=int, default=3, help="tenants sharing the open-loop load")
     bench.add_argument("--target-rate", type=float, default=100.0, help="sizing: uploads per second")
@@ -66,7 +66,7 @@ def _bench_cmd(args: argparse.Namespace) -> int:
         "target_rate": args.target_rate,
         "target_p99": args.target_p99,
         "out": args.out,
-        "saturation_only": args.saturation_only,
+        "ceiling_only": args.ceiling,
     }
     if args.fixed_batches is not None:
         options["fixed_batch_windows"] = args.fixed_batches

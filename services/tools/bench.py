@@ -149,8 +149,9 @@ class BenchConfig:
     session_timeout_ms: int = 6000
     cold_starts: int = 3
     repeats: int = 2
-    #: saturation runs only (no open-loop curve, same-rate point or cold start): the ceiling alone
-    saturation_only: bool = False
+    #: the ceiling only: stages, saturation runs and the same-rate point (no open-loop curve,
+    #: no cold start)
+    ceiling_only: bool = False
 
     @classmethod
     def smoke_run(cls, **overrides: Any) -> BenchConfig:
@@ -1029,8 +1030,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
         result.naive = best.pop("naive consumer")
         result.scratch = best.pop("from-scratch loop")
         result.fixed_batches = list(best.values())
-        if config.saturation_only:
-            result.notes.append("saturation runs only: no open-loop curve, same-rate point or cold start")
+        if config.ceiling_only:
+            bench_naive_point(rig, result, 0.7 * result.naive.rate)
+            result.notes.append("--ceiling: no open-loop curve, no cold start")
             return result
         capacity = max(result.pipeline.steady_rate, *(s.steady_rate for s in result.fixed_batches))
         bench_curve(rig, result, capacity, progress)
