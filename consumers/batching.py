@@ -179,6 +179,7 @@ class BatchSizeTuner:
         explore_every: int = 300,
         full_ratio: float = 0.75,
         tolerance: float = 0.1,
+        overhead_seconds: float = 0.0,
     ) -> None:
         if ceiling < 1 or floor < 1 or floor > ceiling or samples < 1:
             raise ValueError("need 1 <= floor <= ceiling and samples >= 1")
@@ -198,6 +199,11 @@ class BatchSizeTuner:
         self.explore_every = explore_every
         self.full_ratio = full_ratio
         self.tolerance = tolerance
+        #: what a batch costs besides its forward pass (the loop turns that hand it to the
+        #: scorer and take it back): with a scorer that costs nothing (the null scorer, a
+        #: large GPU) the forward times alone are noise, and a small cap chosen from them
+        #: held the pipeline to one or two uploads per loop turn (docs/BENCHMARKS.md, issue 16)
+        self.overhead_seconds = overhead_seconds
         #: size -> (windows, seconds) summed over its full batches since it was last (re)measured
         self.measured: dict[int, tuple[int, float]] = {}
         self._count: dict[int, int] = {}
@@ -217,6 +223,7 @@ class BatchSizeTuner:
         """One scored batch; returns the cap to use next (maybe unchanged)."""
         if seconds <= 0 or windows < self.full_ratio * self.current:
             return self.current
+        seconds += self.overhead_seconds
         total_w, total_s = self.measured.get(self.current, (0, 0.0))
         self.measured[self.current] = (total_w + windows, total_s + seconds)
         self._count[self.current] = self._count.get(self.current, 0) + 1

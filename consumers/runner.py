@@ -5,10 +5,16 @@ of acks, pauses and commits is easy to reason about. The source is polled on eve
 even when every tenant is paused: on Kafka that keeps the consumer in its group while a
 long batch is scored (max.poll.interval.ms).
 
-Backpressure: when `Admit` rejects a message, the runner keeps it (per tenant, in order),
-pauses that tenant's partitions and offers it again on later turns; the tenant resumes
-once nothing of it is held and its in-flight work is below the low-water mark. The
-backlog stays in the broker, not in memory.
+Backpressure: when `Admit` rejects a message, the runner keeps it (per tenant, in order)
+and offers it again on later turns. Only when that lasts, i.e. once more than
+`max_held_events` (or `max_held_bytes`) of the tenant are held, are its partitions paused;
+they resume once the held messages are down to a quarter of that, while what is left still
+keeps admission busy. Pausing at the first refusal and resuming only with nothing held made
+every cycle wait for a fresh fetch: librdkafka drops a paused partition's prefetched records,
+and at saturation the loop spent most of its time waiting for the refetch (docs/BENCHMARKS.md,
+issue 16). Memory stays bounded by the hold limit; the backlog stays in the broker. A
+worker-wide bound still pauses the tenants over their weighted share at once, so a light
+tenant gets its share back; those resume below the low-water mark with nothing held.
 
 Shutdown (SIGTERM) and partition revocation share one rule: take no new work, finish what
 is in flight within the drain deadline, commit only what finished.
@@ -67,6 +73,10 @@ log = logging.getLogger("audioguard.worker")
 
 T = TypeVar("T")
 
+#: how long a turn waits for new messages while work is in flight: the least a scored batch
+#: waits before the loop takes it back (the batch tuner counts it as part of a batch's cost)
+BUSY_POLL_SECONDS = 0.005
+
 
 @dataclass
 class WorkerStats:
@@ -120,6 +130,8 @@ class Pipeline:
         model = ModelInfo(name=meta.name, version=meta.version, checksum=meta.checksum)
         self._fetch_pool = ThreadPoolExecutor(settings.fetch_threads, thread_name_prefix="fetch")
         self._score_pool = ThreadPoolExecutor(1, thread_name_prefix="score")
+        #: set by the fetch and scorer threads when something finished (see `wait`)
+        self._ready = threading.Event()
 
         def load(arrival: AudioArrival, tenant: str) -> tuple[np.ndarray, float]:
             from services.logs import log_context
@@ -182,7 +194,11 @@ class Pipeline:
             clock=clock,
         )
         # the batch cap follows measured model speed, up to max_windows (consumers.batching)
-        self.tuner = BatchSizeTuner(settings.batch.max_windows) if settings.batch.adaptive else None
+        self.tuner = (
+            BatchSizeTuner(settings.batch.max_windows, overhead_seconds=BUSY_POLL_SECONDS)
+            if settings.batch.adaptive
+            else None
+        )
         self.score = ScoreBatches(
             self.verdict,
             dead_letter=self.dead_letter,
@@ -192,6 +208,7 @@ class Pipeline:
             window_seconds=meta.window_seconds,
             clock=clock,
             on_batch=self._batch_scored,
+            on_ready=self._ready.set,
         )
         self.fetch = FetchAudio(
             self.score,
@@ -199,6 +216,7 @@ class Pipeline:
             executor=self._fetch_pool,
             load=load,
             in_flight=self.in_flight,
+            on_ready=self._ready.set,
         )
         # between parse and fetch: an attempt is counted before the risky work starts
         # (consumers.quarantine); `attempts` is the verdict store in build_worker, None turns it off
@@ -320,6 +338,13 @@ class Pipeline:
         self.publish.poll()
         self.commit.poll()
 
+    def wait(self, timeout: float) -> None:
+        """Block until a fetch or a scored batch finished (or `timeout`): a loop with nothing
+        new to read wakes for the work that is ready instead of sleeping out a poll timeout."""
+        self._ready.wait(timeout)
+        # cleared before the steps are polled: whatever finishes after this sets it again
+        self._ready.clear()
+
     def pending(self) -> int:
         return self.in_flight.total_events()
 
@@ -355,6 +380,16 @@ class Worker:
         #: times each tenant was paused / resumed by backpressure (visible state for metrics)
         self.pauses: dict[str, int] = {}
         self.resumes: dict[str, int] = {}
+        settings = pipeline.settings
+        #: a tenant's partitions pause once more than this many of its messages are held
+        #: (0: at the first refusal) ...
+        self.max_held_events = settings.max_held_events
+        self.max_held_bytes = settings.max_held_bytes
+        #: bytes of the held messages per tenant (their values)
+        self.held_bytes: dict[str, int] = {}
+        #: tenants paused for holding more than their weighted share of a worker-wide bound:
+        #: they wait for the low-water mark with nothing held, however little they hold
+        self._shed: set[str] = set()
 
     def _offer_held(self) -> None:
         for tenant in list(self.held):
@@ -364,23 +399,42 @@ class Worker:
                     self.pipeline.admit_message(queue[0])
                 except MessageRejected:
                     break
-                queue.popleft()
+                self.held_bytes[tenant] -= len(queue.popleft().value)
             if not queue:
                 del self.held[tenant]
+                del self.held_bytes[tenant]
+
+    def _hold(self, message: Message) -> None:
+        tenant = message.tenant
+        self.held.setdefault(tenant, deque()).append(message)
+        self.held_bytes[tenant] = self.held_bytes.get(tenant, 0) + len(message.value)
+
+    def _over_hold_limit(self, tenant: str) -> bool:
+        return (
+            len(self.held.get(tenant, ())) > self.max_held_events
+            or self.held_bytes.get(tenant, 0) > self.max_held_bytes
+        )
 
     def _offer(self, messages: list[Message]) -> None:
         for message in messages:
-            self.tenants_seen.add(message.tenant)
-            queue = self.held.get(message.tenant)
-            if queue is not None:
-                queue.append(message)
-                continue
-            try:
-                self.pipeline.admit_message(message)
-            except MessageRejected as rejected:
-                self.held[message.tenant] = deque([message])
-                # a worker-wide bound pauses the tenants over their share first (consumers.admission)
-                self._pause(self.pipeline.admit.to_pause(message.tenant, str(rejected)))
+            tenant = message.tenant
+            self.tenants_seen.add(tenant)
+            if tenant in self.held:
+                self._hold(message)  # behind the held ones, never ahead
+            else:
+                try:
+                    self.pipeline.admit_message(message)
+                    continue
+                except MessageRejected as rejected:
+                    self._hold(message)
+                    # a worker-wide bound pauses the tenants over their share at once
+                    # (consumers.admission); the refused tenant only once its refusals last
+                    shed = set(self.pipeline.admit.to_pause(tenant, str(rejected))) - {tenant}
+                    if shed:
+                        self._shed |= shed
+                        self._pause(sorted(shed))
+            if self._over_hold_limit(tenant) and tenant not in self.source.paused():
+                self._pause([tenant])
 
     def _pause(self, tenants: list[str]) -> None:
         already = self.source.paused()
@@ -390,11 +444,24 @@ class Worker:
         self.source.pause(tenants)
         self.pipeline.hooks.paused([t for t in tenants if t not in already])
 
+    def _may_resume(self, tenant: str) -> bool:
+        queue = self.held.get(tenant)
+        if not queue:
+            return self.pipeline.admit.may_resume(tenant)
+        if tenant in self._shed:
+            return False
+        # still holding some: resume while they keep admission busy, so the fetch restarts
+        # before the tenant runs dry (the hysteresis between the hold limit and a quarter of it)
+        return (
+            len(queue) <= self.max_held_events // 4 and self.held_bytes[tenant] <= self.max_held_bytes // 4
+        )
+
     def _resume_below_low_water(self) -> None:
-        ready = [t for t in self.source.paused() if t not in self.held and self.pipeline.admit.may_resume(t)]
+        ready = [t for t in self.source.paused() if self._may_resume(t)]
         if ready:
             for tenant in ready:
                 self.resumes[tenant] = self.resumes.get(tenant, 0) + 1
+            self._shed -= set(ready)
             self.source.resume(ready)
             self.pipeline.hooks.resumed(ready)
 
@@ -406,8 +473,15 @@ class Worker:
         """One iteration: poll the source (always), admit, advance every step."""
         self.heartbeat = time.monotonic()
         self._offer_held()
-        busy = self.pipeline.busy()
-        messages = self.source.poll(self.poll_batch, 0.005 if busy else 0.05)
+        if self.pipeline.busy():
+            # what is buffered now, without blocking; with nothing new, wait for the fetch or
+            # scorer threads instead (a blocked consume cannot be woken by them, and at
+            # saturation the loop sat out the whole timeout on most turns)
+            messages = self.source.poll(self.poll_batch, 0)
+            if not messages:
+                self.pipeline.wait(BUSY_POLL_SECONDS)
+        else:
+            messages = self.source.poll(self.poll_batch, 0.05)
         self._offer(messages)
         self.pipeline.poll()
         self._resume_below_low_water()
@@ -433,6 +507,7 @@ class Worker:
             deadline = Deadline.after(settings.close_seconds + (0 if abandon else settings.drain_seconds))
         drain = deadline.reserve(settings.close_seconds)
         self.held.clear()
+        self.held_bytes.clear()
         while self.pipeline.busy() and not drain.expired():
             self.heartbeat = time.monotonic()
             # keep the consumer alive in its group while draining, but admit nothing new
@@ -473,8 +548,10 @@ class Worker:
                 log.info("dropping held messages of revoked partitions", extra={"count": dropped})
             if kept:
                 self.held[tenant] = kept
+                self.held_bytes[tenant] = sum(len(m.value) for m in kept)
             else:
                 del self.held[tenant]
+                del self.held_bytes[tenant]
         # inside the consumer's poll: the whole callback must stay under max.poll.interval.ms
         deadline = Deadline.after(self.pipeline.settings.drain_seconds)
         while any(revoked(t) for t in self.pipeline.open_tokens) and not deadline.expired():

@@ -324,20 +324,29 @@ class FetchAudio(_Forwarding):
         executor: Executor,
         load: Callable[[AudioArrival, str], tuple[np.ndarray, float]],
         in_flight: InFlightLedger,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(next_step)
         self._dead_letter = dead_letter
         self._executor = executor
         self._load = load
         self._in_flight = in_flight
+        # called on the fetch thread when a load finishes: wakes a loop waiting for work
+        self._on_ready = on_ready
         self._running: set[Future[tuple[np.ndarray, float]]] = set()
         self._owner: dict[Future[tuple[np.ndarray, float]], Work] = {}
 
     def submit(self, work: Work) -> None:
         assert work.arrival is not None
         future = self._executor.submit(self._load, work.arrival, work.tenant)
+        if self._on_ready is not None:
+            future.add_done_callback(self._finished)
         self._running.add(future)
         self._owner[future] = work
+
+    def _finished(self, _future: Future[tuple[np.ndarray, float]]) -> None:
+        if self._on_ready is not None:
+            self._on_ready()
 
     def poll(self) -> None:
         done = [f for f in self._running if f.done()]
@@ -419,9 +428,12 @@ class ScoreBatches(_Forwarding):
         window_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[list[Work], float], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(next_step)
         self._dead_letter = dead_letter
+        # called on the scorer thread when a batch finishes: wakes a loop waiting for work
+        self._on_ready = on_ready
         self._batcher = batcher
         self._executor = executor
         self._score = score
@@ -441,6 +453,10 @@ class ScoreBatches(_Forwarding):
             seconds=len(work.windows) * self._window_seconds,
             priority=work.arrival.priority,
         )
+
+    def _finished(self, _future: Future[tuple[list[np.ndarray | Exception], float]]) -> None:
+        if self._on_ready is not None:
+            self._on_ready()
 
     def _run(self, batch: list[Work]) -> tuple[list[np.ndarray | Exception], float]:
         started = time.perf_counter()
@@ -473,7 +489,10 @@ class ScoreBatches(_Forwarding):
             batch = self._batcher.take()
             now = self._clock()
             batch = [replace(w, scoring_started=now) for w in batch]
-            self._running.append((self._executor.submit(self._run, batch), batch))
+            future = self._executor.submit(self._run, batch)
+            if self._on_ready is not None:
+                future.add_done_callback(self._finished)
+            self._running.append((future, batch))
 
     def flush_deadline(self) -> float | None:
         return self._batcher.deadline()

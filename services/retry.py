@@ -75,6 +75,17 @@ def retry_call(
     budget = RetryBudget.of(policy)
     started = clock()
     deadline = started + budget.max_total_seconds
+    try:
+        # the common case is one call that works: tenacity's machinery (hundreds of
+        # microseconds, twice per upload on the worker's loop thread) only once one failed
+        return fn()
+    except RetryableError as error:
+        failed: list[RetryableError] = [error]
+
+    def again() -> T:
+        if failed:
+            raise failed.pop()  # tenacity's attempt 1 is the call that just failed
+        return fn()
 
     def stop(state: RetryCallState) -> bool:
         return state.attempt_number >= budget.attempts or clock() >= deadline
@@ -105,4 +116,4 @@ def retry_call(
         before_sleep=before_sleep,
         reraise=True,
     )
-    return retrying(fn)
+    return retrying(again)

@@ -62,6 +62,10 @@ class KafkaSettings(BaseModel):
     # librdkafka's default (500 ms) holds an idle fetch that long: at low rates that is most of
     # the end-to-end latency. 50 ms costs a broker a few more empty fetches per idle partition.
     fetch_wait_max_ms: int = 50
+    # finished offsets are committed asynchronously at most this often (synchronously on a
+    # revoke and at close): a crash re-delivers at most this long's worth, and the verdict
+    # store answers those again with the same verdicts
+    commit_interval_ms: int = 200
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -209,6 +213,11 @@ class Settings(BaseSettings):
     fetch_threads: int = 4
     max_in_flight: int = 256
     max_in_flight_audio_seconds: float = 4800.0
+    #: refused messages of one tenant kept in memory (in order) before its partitions are
+    #: paused; they resume at a quarter of it (consumers.runner: the hysteresis). 0 pauses at
+    #: the first refusal and resumes with nothing held
+    max_held_events: int = 500
+    max_held_bytes: int = 4 * 1024 * 1024
     #: on SIGTERM or a revoke: how long in-flight work may take to finish
     drain_seconds: float = 20.0
     #: after the drain: the last producer flush, the scorer stop and the consumer close; the

@@ -150,9 +150,16 @@ class KafkaSource(Source):
             "fetch.wait.max.ms": settings.fetch_wait_max_ms,
             # read only committed records: verdict topics may be written transactionally
             "isolation.level": "read_committed",
+            # results of the asynchronous commits, delivered inside consume()
+            "on_commit": self._committed,
         }
         self._consumer = Consumer(config)
         self._tracker = OffsetTracker()
+        # finished offsets are committed asynchronously at most this often (and synchronously
+        # on revoke and close): a synchronous commit per loop turn was a broker round trip the
+        # loop waited for on every turn
+        self._commit_interval = settings.commit_interval_ms / 1000
+        self._last_commit = 0.0
         self._assigned: set[tuple[str, int]] = set()
         self._paused_tenants: set[str] = set()
         self._on_revoke = on_revoke
@@ -205,6 +212,8 @@ class KafkaSource(Source):
     # -- Source -------------------------------------------------------------------------
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
         self._release_due()
+        # acks that came in since the last commit go out even when no more acks follow
+        self._commit_due()
         records = self._consumer.consume(num_messages=max_messages, timeout=timeout)
         messages: list[Message] = []
         holding: set[tuple[str, int]] = set()
@@ -302,20 +311,34 @@ class KafkaSource(Source):
         return bool(self._assigned)
 
     def ack(self, tokens: Sequence[AckToken]) -> None:
+        """Mark the messages finished; their offsets are committed asynchronously within
+        `commit_interval_ms` (never past an unfinished offset: commits.OffsetTracker)."""
         for token in tokens:
             topic, partition, offset = cast(tuple[str, int, int], token)
             self._tracker.finish((topic, partition), offset)
-        self._commit()
+        self._commit_due()
 
-    def _commit(self, only: set[tuple[str, int]] | None = None) -> None:
-        offsets = self._tracker.committable()
+    def _commit_due(self) -> None:
+        if self._transactional:
+            return  # offsets travel in the producer's transaction
+        now = time.monotonic()
+        if now - self._last_commit >= self._commit_interval:
+            self._last_commit = now
+            self._commit(asynchronous=True)
+
+    def _commit(self, only: set[tuple[str, int]] | None = None, *, asynchronous: bool = False) -> None:
+        # a synchronous commit (revoke, close) also covers asynchronous ones still in flight
+        offsets = self._tracker.committable(unconfirmed=not asynchronous)
         if only is not None:
             offsets = {k: v for k, v in offsets.items() if k in only}
         if not offsets:
             return
         partitions = [TopicPartition(*cast(tuple[str, int], key), offset) for key, offset in offsets.items()]
         try:
-            self._consumer.commit(offsets=partitions, asynchronous=False)
+            if asynchronous:
+                self._consumer.commit(offsets=partitions, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=partitions, asynchronous=False)
         except KafkaException as exc:
             error = exc.args[0]
             if error.code() == KafkaError._NO_OFFSET:
@@ -323,7 +346,26 @@ class KafkaSource(Source):
             # A failed commit only means re-delivery after a crash; the verdicts are idempotent.
             log.warning("commit failed; will retry with the next ack", extra={"error": error.str()})
             return
-        self._tracker.mark_committed(offsets)
+        if asynchronous:
+            self._tracker.mark_sent(offsets)  # confirmed (or offered again) in _committed
+        else:
+            self._tracker.mark_committed(offsets)
+
+    def _committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's commit result (inside consume): confirm, or offer the points again."""
+        ok: dict[tuple[str, int], int] = {}
+        failed: dict[tuple[str, int], int] = {}
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            (failed if error is not None or tp.error is not None else ok)[key] = int(tp.offset)
+        if ok:
+            self._tracker.mark_committed(dict(ok))
+        if failed and not (error is not None and error.code() == KafkaError._NO_OFFSET):
+            self._tracker.send_failed(dict(failed))
+            log.warning(
+                "commit failed; will retry",
+                extra={"error": error.str() if error is not None else "per-partition error"},
+            )
 
     def outstanding(self) -> int:
         return self._tracker.outstanding()

@@ -34,6 +34,18 @@ def add_parser(subparsers: Any) -> None:
     bench.add_argument("--clip-seconds", type=float, default=None, help="length of each test upload")
     bench.add_argument("--events", type=int, default=None, help="backlog size of each saturation run")
     bench.add_argument("--phase-seconds", type=float, default=None, help="length of each open-loop step")
+    bench.add_argument("--repeats", type=int, default=None, help="interleaved rounds (best of each kind)")
+    bench.add_argument(
+        "--fixed-batches",
+        type=lambda text: tuple(int(n) for n in text.split(",") if n),
+        default=None,
+        help="comma-separated fixed batch sizes for the saturation runs (default 1,4,8,16,32,64)",
+    )
+    bench.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="stages, saturation runs and the same-rate point only: no open-loop curve, no cold start",
+    )
     bench.add_argument("--tenants", type=int, default=3, help="tenants sharing the open-loop load")
     bench.add_argument("--target-rate", type=float, default=100.0, help="sizing: uploads per second")
     bench.add_argument("--target-p99", type=float, default=2.0, help="sizing: end-to-end p99 in seconds")
@@ -54,8 +66,11 @@ def _bench_cmd(args: argparse.Namespace) -> int:
         "target_rate": args.target_rate,
         "target_p99": args.target_p99,
         "out": args.out,
+        "ceiling_only": args.ceiling,
     }
-    for name in ("clip_seconds", "events", "phase_seconds"):
+    if args.fixed_batches is not None:
+        options["fixed_batch_windows"] = args.fixed_batches
+    for name in ("clip_seconds", "events", "phase_seconds", "repeats"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     config = BenchConfig.smoke_run(**options) if args.smoke else BenchConfig(**options)

@@ -5,7 +5,9 @@
     b. the worker end to end on the embedded broker at saturation (a pre-published backlog),
        as a ratio to that limit, with the default batch policy and with fixed batch sizes
     c. the same backlog through a naive consumer (poll one, score one, produce, commit
-       synchronously), as a ratio; and both consumers' p99 at the same open-loop rate
+       synchronously), as a ratio; and both consumers' p99 at the same open-loop rate; beside
+       it a from-scratch loop (poll one, read, decode, produce, flush, commit) and the decode
+       stage alone on 1 and 2 threads: what a loop with no framework at all does here
     d. an open-loop load generator (Poisson arrivals, several tenants) stepping the offered
        rate up to the breaking point: a rich table and a PNG plot of latency vs throughput
     e. a sizing recommendation: workers needed for a target rate at a target p99
@@ -95,6 +97,10 @@ class BenchResult:
     pipeline: Saturation | None = None
     fixed_batches: list[Saturation] = field(default_factory=list)
     naive: Saturation | None = None
+    #: poll one, read, decode, produce, flush, commit synchronously: no parse, no steps
+    scratch: Saturation | None = None
+    #: read + soundfile decode of the clips alone, on 1 and 2 threads (files/s)
+    decode: list[Stage] = field(default_factory=list)
     curve: list[LoadPoint] = field(default_factory=list)
     naive_point: LoadPoint | None = None
     pipeline_point: LoadPoint | None = None
@@ -113,6 +119,11 @@ class BenchResult:
         if self.pipeline and self.fixed_batches:
             best = max(s.steady_rate for s in self.fixed_batches)
             out["default batch policy / best fixed batch"] = self.pipeline.steady_rate / best
+        if self.pipeline and self.scratch:
+            out["end_to_end / from-scratch loop"] = self.pipeline.steady_rate / self.scratch.steady_rate
+        if self.pipeline and self.decode:
+            fastest = max(s.uploads_per_second for s in self.decode)
+            out["end_to_end / decode alone (fastest)"] = self.pipeline.steady_rate / fastest
         return out
 
 
@@ -138,6 +149,9 @@ class BenchConfig:
     session_timeout_ms: int = 6000
     cold_starts: int = 3
     repeats: int = 2
+    #: the ceiling only: stages, saturation runs and the same-rate point (no open-loop curve,
+    #: no cold start)
+    ceiling_only: bool = False
 
     @classmethod
     def smoke_run(cls, **overrides: Any) -> BenchConfig:
@@ -380,10 +394,12 @@ def _recording_hooks(detector: Any, recorder: Recorder, max_windows: int) -> Any
 class WorkerThread:
     """The real worker (services.tools.worker.build_worker) on a thread of this process."""
 
-    def __init__(self, rig: Rig, tenants: list[str], batch: Any | None = None) -> None:
+    def __init__(
+        self, rig: Rig, tenants: list[str], batch: Any | None = None, overrides: dict[str, Any] | None = None
+    ) -> None:
         from services.tools.worker import build_worker
 
-        overrides = {"batch": batch} if batch is not None else {}
+        overrides = dict(overrides or {}) | ({"batch": batch} if batch is not None else {})
         settings = rig.settings(tenants, **overrides)
         self.recorder = Recorder()
         self.hooks = _recording_hooks(rig.detector, self.recorder, settings.batch.max_windows)
@@ -466,6 +482,30 @@ class NaiveThread:
         self.thread.join(60)
 
 
+class ScratchThread(NaiveThread):
+    """The from-scratch loop: poll one, read the file, decode, produce, flush, commit
+    synchronously. No pydantic parse, no checksum, no storage layer, no windows, no scorer:
+    the least a correct at-least-once consumer does per upload with these clients."""
+
+    def _one(self, message: Any) -> None:
+        from urllib.parse import urlparse
+
+        from consumers.transport import OutRecord
+        from services.audio import decode_with_limits
+
+        event = json.loads(message.value)
+        audio = decode_with_limits(Path(urlparse(event["audio_uri"]).path).read_bytes(), self.settings.limits)
+        key = event["idempotency_key"]
+        verdict = json.dumps({"idempotency_key": key, "seconds": audio.duration_seconds}).encode()
+        future = self.sink.publish(
+            OutRecord(tenant=message.tenant, destination="verdicts", key=key.encode(), value=verdict)
+        )
+        self.sink.flush(30)
+        future.result(30)
+        self.source.ack([message.token])
+        self.recorder.finished(key, datetime.fromisoformat(event["submitted_at"]))
+
+
 def _wait(consumer: WorkerThread | NaiveThread, count: int, timeout: float, progress: Any = None) -> bool:
     deadline = time.monotonic() + timeout
     task = progress.add_task("  waiting for verdicts", total=count) if progress is not None else None
@@ -543,11 +583,46 @@ def bench_stages(rig: Rig, result: BenchResult, progress: Any) -> None:
     result.limit = min(result.stages, key=lambda s: s.uploads_per_second)
 
 
+def bench_decode(rig: Rig, result: BenchResult) -> None:
+    """Read + decode of the clips alone, on 1 and 2 threads: soundfile and numpy release the
+    GIL, so this is the most any consumer in one process can decode here."""
+    from concurrent.futures import ThreadPoolExecutor
+    from urllib.parse import urlparse
+
+    from services.audio import decode_with_limits
+    from services.settings import LimitsSettings
+
+    limits = LimitsSettings()
+    paths = [Path(urlparse(uri).path) for uri, _ in rig.clips]
+
+    def one(path: Path) -> int:
+        return 1 if decode_with_limits(path.read_bytes(), limits).samples.size else 0
+
+    for threads in (1, 2):
+        with ThreadPoolExecutor(threads) as pool:
+            chunk = 16 * threads
+
+            def some(pool: ThreadPoolExecutor = pool, chunk: int = chunk) -> int:
+                return sum(pool.map(one, (paths[i % len(paths)] for i in range(chunk))))
+
+            best = 0.0
+            for _ in range(rig.config.repeats):
+                best = max(best, timed_rate(some, rig.config.stage_seconds))
+        result.decode.append(Stage(f"read + decode alone ({threads} thread(s))", best))
+
+
 # -- b. / c. saturation ---------------------------------------------------------------------
-def saturate(rig: Rig, label: str, events: int, progress: Any, batch: Any | None = None) -> Saturation:
+def saturate(
+    rig: Rig,
+    label: str,
+    events: int,
+    progress: Any,
+    batch: Any | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Saturation:
     tenants = rig.tenants(1)
     rig.backlog(tenants, events)
-    with WorkerThread(rig, tenants, batch=batch) as running:
+    with WorkerThread(rig, tenants, batch=batch, overrides=overrides) as running:
         if not _wait(running, events, timeout=60 + events, progress=progress):
             raise RuntimeError(f"{label}: only {running.recorder.count()}/{events} verdicts")
         recorder = running.recorder
@@ -559,16 +634,18 @@ def saturate(rig: Rig, label: str, events: int, progress: Any, batch: Any | None
     return Saturation(label, events, seconds, events / seconds, mean_batch, cap, steady(recorder))
 
 
-def saturate_naive(rig: Rig, events: int, progress: Any) -> Saturation:
+def saturate_naive(
+    rig: Rig, events: int, progress: Any, kind: type[NaiveThread] = NaiveThread, label: str = "naive consumer"
+) -> Saturation:
     tenants = rig.tenants(1)
     rig.backlog(tenants, events)
-    with NaiveThread(rig, tenants) as running:
+    with kind(rig, tenants) as running:
         if not _wait(running, events, timeout=60 + 2 * events, progress=progress):
-            raise RuntimeError(f"naive: only {running.recorder.count()}/{events} verdicts")
+            raise RuntimeError(f"{label}: only {running.recorder.count()}/{events} verdicts")
         recorder = running.recorder
     assert recorder.first_consumed is not None
     seconds = max(recorder.done_at.values()) - recorder.first_consumed
-    return Saturation("naive consumer", events, seconds, events / seconds, 1.0, 1, steady(recorder))
+    return Saturation(label, events, seconds, events / seconds, 1.0, 1, steady(recorder))
 
 
 def steady(recorder: Recorder) -> float:
@@ -844,11 +921,14 @@ def report(result: BenchResult) -> None:
     for stage in result.stages:
         mark = " [bold red]<- limit[/bold red]" if stage == result.limit else ""
         table.add_row(stage.name + mark, f"{stage.uploads_per_second:.1f}", stage.note)
+    for stage in result.decode:
+        table.add_row(stage.name, f"{stage.uploads_per_second:.1f}", "files/s, no framework")
     console.print(table)
     table = Table(title="b./c. saturation (pre-published backlog)")
     for column in ("run", "events", "seconds", "uploads/s", "steady/s", "mean windows/batch", "final cap"):
         table.add_column(column, justify="right" if column != "run" else "left")
-    runs = [r for r in (result.pipeline, *result.fixed_batches, result.naive) if r is not None]
+    kinds = (result.pipeline, *result.fixed_batches, result.naive, result.scratch)
+    runs = [r for r in kinds if r is not None]
     for run in runs:
         table.add_row(
             run.label,
@@ -899,7 +979,7 @@ def report(result: BenchResult) -> None:
 def run_bench(config: BenchConfig) -> BenchResult:
     from services.detector import configure_torch_threads, load_detector
     from services.local.broker import EmbeddedBroker
-    from services.settings import BatchSettings
+    from services.settings import BatchSettings, TenantSettings
 
     with ExitStack() as stack, _progress(config.smoke) as progress:
         bootstrap = config.bootstrap_servers
@@ -921,7 +1001,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
             windows_per_upload=0,
         )
         bench_stages(rig, result, progress)
-        runs = 2 + len(config.fixed_batch_windows)
+        bench_decode(rig, result)
+        runs = 4 + len(config.fixed_batch_windows)
         task = progress.add_task("b./c. saturation runs", total=config.repeats * runs)
         best: dict[str, Saturation] = {}
 
@@ -939,11 +1020,20 @@ def run_bench(config: BenchConfig) -> BenchResult:
                     max_windows=size, max_audio_seconds=1e9, max_wait_ms=250.0, adaptive=False
                 )
                 keep(saturate(rig, f"pipeline, fixed batch {size}", config.events, progress, fixed))
+            # one tenant's caps out of the way: what the worker-wide bounds alone allow
+            wide = {"tenant_defaults": TenantSettings(max_in_flight=1024, max_in_flight_audio_seconds=1e9)}
+            keep(saturate(rig, "pipeline, tenant caps 1024", config.events, progress, overrides=wide))
             keep(saturate_naive(rig, max(4, config.events // 2), progress))
+            keep(saturate_naive(rig, config.events, progress, ScratchThread, "from-scratch loop"))
         progress.remove_task(task)
         result.pipeline = best.pop("pipeline (default: adaptive cap <= 32)")
         result.naive = best.pop("naive consumer")
+        result.scratch = best.pop("from-scratch loop")
         result.fixed_batches = list(best.values())
+        if config.ceiling_only:
+            bench_naive_point(rig, result, 0.7 * result.naive.rate)
+            result.notes.append("--ceiling: no open-loop curve, no cold start")
+            return result
         capacity = max(result.pipeline.steady_rate, *(s.steady_rate for s in result.fixed_batches))
         bench_curve(rig, result, capacity, progress)
         bench_naive_point(rig, result, 0.7 * result.naive.rate)
@@ -955,5 +1045,3 @@ def run_bench(config: BenchConfig) -> BenchResult:
             "in the worker's process"
         )
     return result
-
-

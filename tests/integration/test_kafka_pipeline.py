@@ -116,3 +116,46 @@ def test_a_malformed_arrival_is_dead_lettered_and_the_rest_still_scored(
     assert value == bad.encode()  # the original payload, unchanged
     reasons = {k: v for k, v in headers}
     assert any(k.endswith("reason") for k in reasons), reasons
+
+
+def test_acks_are_committed_asynchronously_never_past_an_unfinished_offset(broker, tenants, audio_root):
+    """KafkaSource.ack commits in the background (commit_interval_ms): the loop never waits
+    for the broker, the committed offset catches up without further acks, it never passes an
+    unfinished message, and close commits what the last asynchronous round had not."""
+    import time
+
+    from consumers.transports.kafka import KafkaSource
+
+    tenant = tenants[0]
+    settings = make_settings(broker.bootstrap_servers, [tenant], audio_root)
+    settings.kafka.commit_interval_ms = 50
+    provision(settings, partitions=1)
+    publish_clips(settings, tenant, audio_root, count=6, seconds=0.5)
+    topic = kafka_topic("arrivals", tenant)
+    source = KafkaSource(settings.kafka, [tenant])
+    closed = False
+    try:
+        messages: list = []
+        deadline = time.monotonic() + 60
+        while len(messages) < 6 and time.monotonic() < deadline:
+            messages += source.poll(10, 0.2)
+        assert [m.token[2] for m in messages] == list(range(6))
+        source.ack([messages[i].token for i in (0, 1, 3, 4)])  # 2 is unfinished
+
+        def committed() -> int:
+            return committed_offsets(settings.kafka, [topic], group_id=settings.kafka.group_id)[(topic, 0)]
+
+        deadline = time.monotonic() + 20
+        while committed() != 2 and time.monotonic() < deadline:
+            source.poll(10, 0.1)  # the asynchronous result arrives inside poll
+        assert committed() == 2, "committed past the unfinished offset 2, or not at all"
+        for _ in range(5):
+            source.poll(10, 0.1)
+        assert committed() == 2
+        source.ack([messages[2].token])
+        source.close(10)  # synchronous: 5 is still unfinished, so 0..4 are committed
+        closed = True
+        assert committed() == 5
+    finally:
+        if not closed:
+            source.close(10)

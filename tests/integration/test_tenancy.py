@@ -87,6 +87,8 @@ def test_a_rate_limited_tenant_is_paused_not_dropped(broker, detector, tenants, 
         [tenant],
         audio_root,
         tenant_overrides={tenant: TenantSettings(rate_per_second=rate, burst=burst)},
+        # past two held refusals the tenant's partitions pause (the hold limit's hysteresis)
+        max_held_events=2,
     )
     provision(settings, partitions=1)
     keys = publish_clips(settings, tenant, audio_root, count, seconds=0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -77,4 +78,17 @@ def test_among_sizes_equally_fast_it_keeps_the_largest():
     # the forward alone is as fast per window at 4 as at 32 (within noise); each batch also
     # costs the loop a turn, so the largest of the equals is what the pipeline wants
     caps = drive(BatchSizeTuner(32), lambda b: 250.0, batches=300, noise=0.05)
+    assert caps[-1] == 32
+
+
+def test_a_nearly_free_scorer_gets_the_largest_cap_once_the_batch_overhead_counts():
+    """A forward of microseconds, a little cheaper per window in small batches: on its own
+    timing the tuner settles on a small cap, which costs the loop a turn per upload or two;
+    counted with the per-batch overhead, the largest cap is the fastest by far."""
+
+    def seconds(batch: int) -> float:
+        return 1e-6 * batch * (1 + 0.1 * math.log2(batch))
+
+    assert drive(BatchSizeTuner(32), lambda b: b / seconds(b))[-1] < 32
+    caps = drive(BatchSizeTuner(32, overhead_seconds=0.005), lambda b: b / seconds(b))
     assert caps[-1] == 32

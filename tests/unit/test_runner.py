@@ -63,9 +63,10 @@ def partition_of(token: Any) -> int:
 def test_a_rejected_message_is_held_its_tenant_paused_and_resumed_below_low_water(
     memory: Any, tmp_path: Path
 ) -> None:
+    """max_held_events=0: paused at the first refusal, resumed only with nothing held."""
     _, broker = memory
     bound = 4
-    worker = make_worker(memory, tmp_path, tenant_defaults={"max_in_flight": bound})
+    worker = make_worker(memory, tmp_path, tenant_defaults={"max_in_flight": bound}, max_held_events=0)
     uploads = Uploads(broker, tmp_path)
     keys = [uploads.arrival(TENANT, f"clip-{i}", seed=i, partition=0) for i in range(10)]
     try:
@@ -92,6 +93,61 @@ def test_a_rejected_message_is_held_its_tenant_paused_and_resumed_below_low_wate
     assert worker.resumes[TENANT] == len(resumed_at)
     assert verdict_keys(broker) == sorted(keys), "every held message still got its verdict"
     assert broker.committed(GROUP) == {(ARRIVALS, 0): 10}
+
+
+def test_a_brief_refusal_holds_without_pausing(memory: Any, tmp_path: Path) -> None:
+    """Refusals that do not last (held messages under the hold limit) never pause the tenant:
+    a pause drops the consumer's prefetched records, and the resume waits for a new fetch."""
+    _, broker = memory
+    bound = 4
+    worker = make_worker(memory, tmp_path, tenant_defaults={"max_in_flight": bound}, max_held_events=8)
+    uploads = Uploads(broker, tmp_path)
+    keys = [uploads.arrival(TENANT, f"clip-{i}", seed=i, partition=0) for i in range(10)]
+    try:
+        worker.turn()
+        assert worker.pipeline.in_flight.events[TENANT] == bound
+        assert worker.held_counts() == {TENANT: 10 - bound}
+        drive(worker, lambda: worker.pipeline.stats.acked == len(keys))
+    finally:
+        worker.shutdown()
+    assert worker.pauses == {} and worker.resumes == {}
+    assert verdict_keys(broker) == sorted(keys)
+
+
+def test_lasting_refusals_pause_past_the_hold_limit_and_resume_at_a_quarter_of_it(
+    memory: Any, tmp_path: Path
+) -> None:
+    """The hysteresis: paused once more than max_held_events are held, resumed while a
+    quarter of them are still held (they keep admission busy while the fetch restarts)."""
+    _, broker = memory
+    bound, limit = 2, 8
+    worker = make_worker(memory, tmp_path, tenant_defaults={"max_in_flight": bound}, max_held_events=limit)
+    worker.poll_batch = 3
+    uploads = Uploads(broker, tmp_path)
+    keys = [uploads.arrival(TENANT, f"clip-{i}", seed=i, partition=0) for i in range(40)]
+    held_at_pause: list[int] = []
+    held_at_resume: list[int] = []
+    try:
+        while worker.pipeline.stats.acked < len(keys):
+            was_paused = TENANT in worker.source.paused()
+            worker.turn()
+            held = worker.held_counts().get(TENANT, 0)
+            assert held <= limit + worker.poll_batch, "held past the limit by more than one poll"
+            assert worker.pipeline.in_flight.events.get(TENANT, 0) <= bound
+            paused = TENANT in worker.source.paused()
+            if paused and not was_paused:
+                held_at_pause.append(held)
+            if was_paused and not paused:
+                held_at_resume.append(held)
+    finally:
+        worker.shutdown()
+    assert held_at_pause and all(n > limit for n in held_at_pause), held_at_pause
+    # resumed with work still held at least once: the tenant did not run dry first
+    assert held_at_resume and all(n <= limit // 4 for n in held_at_resume), held_at_resume
+    assert any(n > 0 for n in held_at_resume), held_at_resume
+    assert worker.pauses[TENANT] == len(held_at_pause) and worker.resumes[TENANT] == len(held_at_resume)
+    assert verdict_keys(broker) == sorted(keys), "every held message still got its verdict"
+    assert broker.committed(GROUP) == {(ARRIVALS, 0): len(keys)}
 
 
 def test_held_messages_keep_their_order_behind_a_rejection(memory: Any, tmp_path: Path) -> None:

@@ -320,3 +320,37 @@ def test_parse_dead_letters_an_oversize_event_before_reading_it(broker: Any, tmp
         worker.shutdown()
     assert list(dead_letter_reasons(memory).values()) == ["oversize_event"]
     assert worker.pipeline.stats.retried == 0
+
+
+def test_a_finished_batch_wakes_the_loop_from_its_scorer_thread() -> None:
+    """ScoreBatches calls on_ready when a batch is done, so a loop waiting for work
+    (Pipeline.wait) wakes then, not at its poll timeout; nothing before the batch finishes."""
+    import threading
+
+    release, ready = threading.Event(), threading.Event()
+
+    def score(windows: np.ndarray) -> np.ndarray:
+        release.wait(5)
+        return np.zeros(len(windows), dtype=np.float32)
+
+    verdicts, dead = Collect(), Collect()
+    batcher: MicroBatcher[Work] = MicroBatcher(
+        BatchPolicy(max_windows=16, max_audio_seconds=100.0, max_wait_seconds=0.0), weight=lambda _t: 1.0
+    )
+    with ThreadPoolExecutor(1) as pool:
+        step = ScoreBatches(
+            verdicts,
+            dead_letter=dead,
+            batcher=batcher,
+            executor=pool,
+            score=score,
+            window_seconds=1.0,
+            on_ready=ready.set,
+        )
+        step.submit(scored_work("a", np.zeros((2, 4), dtype=np.float32)))
+        step.poll()  # the idle scorer takes the batch at once
+        assert not ready.wait(0.05), "woken before the batch finished"
+        release.set()
+        assert ready.wait(5), "the finished batch did not wake the loop"
+        step.join(5)
+    assert [w.arrival.content_id for w in verdicts.items if w.arrival] == ["a"]
