@@ -136,6 +136,7 @@ def _supervise(args: argparse.Namespace) -> int:
     from services.errors import FatalError
     from services.logs import configure_logging
     from services.tools.supervisor import (
+        SHUTDOWN_MARGIN_SECONDS,
         ChildSpec,
         Supervisor,
         SupervisorHealth,
@@ -182,8 +183,7 @@ def _supervise(args: argparse.Namespace) -> int:
     children = [ChildSpec(i, tuple(argv), env) for i, env in enumerate(envs)]
     supervisor = Supervisor(
         children,
-        # the children's own deadline (drain + close), plus their start-up and exit
-        shutdown_seconds=settings.drain_seconds + settings.close_seconds + 5.0,
+        shutdown_seconds=settings.drain_seconds + settings.close_seconds + SHUTDOWN_MARGIN_SECONDS,
         with_health=settings.metrics_port is not None,
     )
     stop = threading.Event()

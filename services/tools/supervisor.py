@@ -58,6 +58,7 @@ from services.health import HealthServer, Readiness, start_health_server
 __all__ = [
     "EXIT_FATAL",
     "EXIT_GAVE_UP",
+    "SHUTDOWN_MARGIN_SECONDS",
     "ChildSpec",
     "RestartPolicy",
     "Supervisor",
@@ -71,6 +72,9 @@ log = logging.getLogger(__name__)
 EXIT_FATAL: Final = 3
 #: children kept dying at start-up; the supervisor gave up instead of crash-looping
 EXIT_GAVE_UP: Final = 4
+#: the supervisor's shutdown deadline is the children's own (drain_seconds + close_seconds) plus
+#: this, for their start-up and exit; the pod's terminationGracePeriodSeconds must exceed the sum
+SHUTDOWN_MARGIN_SECONDS: Final = 5.0
 #: label that tells the children's series apart in the supervisor's /metrics
 PROCESS_LABEL: Final = "worker_process"
 
