@@ -62,6 +62,9 @@ histograms with ``_bucket`` / ``_sum`` / ``_count``, the Info metric with ``_inf
         1 when /readyz answers 200 (refreshed on each scrape by services.health)
     audioguard_last_heartbeat_timestamp_seconds    gauge      -
         unix time at which the process loop last beat
+    audioguard_worker_restarts_total               counter    worker_process
+        children restarted by `worker --processes / --gpus` (served by its supervisor; the
+        children's own series carry the same `worker_process` label there)
 
 Cardinality is bounded on purpose: label values are tenants (validated ids from topic
 names), closed enumerations (labels, categories, stages) or reason codes (checked against
@@ -109,6 +112,7 @@ __all__ = [
     "SCORE_PSI",
     "VERDICTS",
     "WORKER_INFO",
+    "WORKER_RESTARTS",
     "ALL_METRICS",
     "BreakerState",
     "GpuMemoryKind",
@@ -259,6 +263,12 @@ LAST_HEARTBEAT: Final = Gauge(
     "audioguard_last_heartbeat_timestamp_seconds", "Unix time at which the process loop last beat."
 )
 
+WORKER_RESTARTS: Final = Counter(
+    "audioguard_worker_restarts",
+    "Worker processes restarted by the supervisor after an unexpected exit.",
+    ["worker_process"],
+)
+
 ALL_METRICS: Final[tuple[MetricWrapperBase, ...]] = (
     EVENTS_CONSUMED,
     EVENTS_ACKED,
@@ -285,6 +295,7 @@ ALL_METRICS: Final[tuple[MetricWrapperBase, ...]] = (
     CIRCUIT_BREAKER_STATE,
     READY,
     LAST_HEARTBEAT,
+    WORKER_RESTARTS,
 )
 
 _SUFFIXES: Final[Mapping[str, tuple[str, ...]]] = {

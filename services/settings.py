@@ -209,6 +209,9 @@ class Settings(BaseSettings):
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     model_path: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: torch's intra-op threads for the model; None: half the cores (at most 4), leaving the rest
+    #: to the fetch threads. `worker --processes N` sets cores / N in each child unless this is set.
+    torch_threads: int | None = Field(default=None, ge=1)
     #: threads fetching and decoding audio
     fetch_threads: int = 4
     max_in_flight: int = 256
@@ -224,6 +227,9 @@ class Settings(BaseSettings):
     #: whole shutdown is one deadline of drain_seconds + close_seconds (consumers.deadline)
     close_seconds: float = 10.0
     metrics_port: int | None = None
+    #: where /metrics, /healthz and /readyz listen; `worker --processes` binds its children to
+    #: 127.0.0.1 and serves the pod-facing port itself
+    metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 

@@ -49,6 +49,15 @@ def add_parser(subparsers: Any) -> None:
     bench.add_argument("--tenants", type=int, default=3, help="tenants sharing the open-loop load")
     bench.add_argument("--target-rate", type=float, default=100.0, help="sizing: uploads per second")
     bench.add_argument("--target-p99", type=float, default=2.0, help="sizing: end-to-end p99 in seconds")
+    bench.add_argument(
+        "--only",
+        choices=("processes",),
+        help="processes: only part f (forward alone by threads, worker vs worker --processes N)",
+    )
+    bench.add_argument(
+        "--process-repeats", type=int, default=None, help="part f: interleaved rounds (0: skip part f)"
+    )
+    bench.add_argument("--process-events", type=int, default=None, help="part f: backlog size of each run")
     bench.add_argument("--out", type=Path, default=Path("bench-out"), help="where JSON and PNG go")
     bench.set_defaults(handler=_bench_cmd)
 
@@ -67,10 +76,11 @@ def _bench_cmd(args: argparse.Namespace) -> int:
         "target_p99": args.target_p99,
         "out": args.out,
         "ceiling_only": args.ceiling,
+        "only": args.only,
     }
     if args.fixed_batches is not None:
         options["fixed_batch_windows"] = args.fixed_batches
-    for name in ("clip_seconds", "events", "phase_seconds", "repeats"):
+    for name in ("clip_seconds", "events", "phase_seconds", "repeats", "process_repeats", "process_events"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     config = BenchConfig.smoke_run(**options) if args.smoke else BenchConfig(**options)
@@ -79,10 +89,16 @@ def _bench_cmd(args: argparse.Namespace) -> int:
     report(result)
     config.out.mkdir(parents=True, exist_ok=True)
     stamp = "smoke" if config.smoke else datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    png = plot(result, config.out / f"bench-{stamp}.png")
+    if config.only:
+        stamp = f"{config.only}-{stamp}"
+    # the plot shows parts b-d
+    png = plot(result, config.out / f"bench-{stamp}.png") if result.curve else None
     data = asdict(result)
     data["ratios"] = result.ratios()
     data["forward"] = {str(k): v for k, v in result.forward.items()}
+    data["forward_threads"] = {str(k): v for k, v in result.forward_threads.items()}
+    data["process_summary"] = result.process_summary()
     (config.out / f"bench-{stamp}.json").write_text(json.dumps(data, indent=2, default=str))
-    print(f"wrote {png} and {config.out / f'bench-{stamp}.json'} in {time.monotonic() - started:.1f}s")
+    wrote = f"{png} and " if png is not None else ""
+    print(f"wrote {wrote}{config.out / f'bench-{stamp}.json'} in {time.monotonic() - started:.1f}s")
     return 0

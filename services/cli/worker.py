@@ -32,6 +32,20 @@ def add_parser(subparsers: Any) -> None:
         default="model",
         help="null: constant scores at no cost, verdicts with model name 'null' (measuring only)",
     )
+    several = worker.add_argument_group(
+        "several processes",
+        "run N worker processes under a supervisor: each is its own consumer-group member with "
+        "its own model and cores / N torch threads; a child that dies is restarted with backoff, "
+        "SIGTERM drains them all; --metrics-port is then served by the supervisor (exit codes: "
+        "3 a child's fatal error, 4 children kept dying at start-up)",
+    )
+    several.add_argument("--processes", type=int, metavar="N", help="worker processes (per GPU with --gpus)")
+    several.add_argument(
+        "--gpus",
+        metavar="all|ID[,ID...]",
+        help="one worker process per CUDA device (CUDA_VISIBLE_DEVICES set per child); "
+        "'all': every device this process can see",
+    )
     worker.set_defaults(handler=_worker)
 
     verdicts = subparsers.add_parser(
@@ -52,6 +66,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    if args.processes is not None or args.gpus is not None:
+        return _supervise(args)
     from services.errors import FatalError
     from services.logs import configure_logging
     from services.tools.worker import build_worker, load_serving_detector
@@ -83,7 +99,9 @@ def _worker(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     health = None
     if settings.metrics_port is not None:
-        health = start_health_server(settings.metrics_port, ready=readiness, alive=heartbeat)
+        health = start_health_server(
+            settings.metrics_port, host=settings.metrics_host, ready=readiness, alive=heartbeat
+        )
     try:
         hooks = load_serving_detector(settings, heartbeat, readiness, scorer=args.scorer)
         worker = build_worker(settings, detector=hooks.detector, hooks=hooks)
@@ -102,6 +120,99 @@ def _worker(args: argparse.Namespace) -> int:
     finally:
         if health is not None:
             health.stop()
+
+
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    """The command of one child: this worker's own flags, less those the supervisor handles."""
+    argv = [sys.executable, "-m", "services.cli"]
+    if args.config is not None:
+        argv += ["--config", str(args.config)]
+    argv.append("worker")
+    for flag, value in (
+        ("--transport", args.transport),
+        ("--bootstrap-servers", args.bootstrap_servers),
+        ("--store", args.store),
+        ("--device", args.device),
+        ("--scorer", args.scorer),
+    ):
+        if value:
+            argv += [flag, value]
+    for tenant in args.tenants or []:
+        argv += ["--tenant", tenant]
+    return argv
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    from services.errors import FatalError
+    from services.logs import configure_logging
+    from services.tools.supervisor import (
+        SHUTDOWN_MARGIN_SECONDS,
+        ChildSpec,
+        Supervisor,
+        SupervisorHealth,
+        child_environments,
+        visible_gpus,
+    )
+
+    processes = 1 if args.processes is None else args.processes
+    if processes < 1:
+        print("audioguard worker: --processes must be at least 1", file=sys.stderr)
+        return 2
+    extra: dict[str, Any] = {}
+    if args.metrics_port is not None:
+        extra["metrics_port"] = args.metrics_port
+    settings = settings_from(args, **extra)
+    configure_logging(settings.log_level, settings.log_format, secrets_from=settings)
+    gpus: list[str] | None = None
+    if args.gpus is not None:
+        if args.device == "cpu":
+            print("audioguard worker: --gpus and --device cpu contradict each other", file=sys.stderr)
+            return 2
+        try:
+            gpus = (
+                visible_gpus()
+                if args.gpus == "all"
+                else [g.strip() for g in args.gpus.split(",") if g.strip()]
+            )
+        except FatalError as error:
+            print(f"audioguard worker: {error}", file=sys.stderr)
+            return 2
+        if not gpus:
+            print("audioguard worker: --gpus needs 'all' or device ids such as 0,1", file=sys.stderr)
+            return 2
+    envs = child_environments(
+        processes, worker_id=settings.worker_id, gpus=gpus, torch_threads=settings.torch_threads
+    )
+    if len(envs) > 1 and settings.transport == "kinesis":
+        # consumers/transports/kinesis.py keeps no lease table: two readers would score every record twice
+        print("audioguard worker: Kinesis takes one reader per stream; run one process", file=sys.stderr)
+        return 2
+    argv = _child_argv(args)
+    if gpus is not None and not args.device:
+        argv += ["--device", "cuda"]
+    children = [ChildSpec(i, tuple(argv), env) for i, env in enumerate(envs)]
+    supervisor = Supervisor(
+        children,
+        shutdown_seconds=settings.drain_seconds + settings.close_seconds + SHUTDOWN_MARGIN_SECONDS,
+        with_health=settings.metrics_port is not None,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    health = None
+    if settings.metrics_port is not None:
+        health = SupervisorHealth(supervisor).serve(settings.metrics_port, host=settings.metrics_host)
+    try:
+        code = supervisor.run(stop)
+    finally:
+        if health is not None:
+            health.stop()
+    print(
+        json.dumps({"event": "supervisor stopped", "code": code, "restarts": supervisor.restarts()}),
+        file=sys.stderr,
+        flush=True,
+    )
+    return code
 
 
 def _verdicts(args: argparse.Namespace) -> int:

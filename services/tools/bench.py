@@ -11,8 +11,11 @@
     d. an open-loop load generator (Poisson arrivals, several tenants) stepping the offered
        rate up to the breaking point: a rich table and a PNG plot of latency vs throughput
     e. a sizing recommendation: workers needed for a target rate at a target p99
+    f. every core: the model forward alone on 1 and 2 torch threads, and `audioguard worker`
+       (today's single process) against `worker --processes N` for each N, as processes of
+       their own on a pre-published backlog; interleaved repeats, min / median / max
 
-Everything runs in this process against a real broker (Tansu unless --bootstrap-servers),
+Parts a-e run in this process against a real broker (Tansu unless --bootstrap-servers),
 real files and the shipped detector. It prints numbers and writes them (JSON, PNG) under
 --out; it never asserts a time. It must never be imported by the worker, and never import
 torch itself (the detector does).
@@ -74,6 +77,21 @@ class Saturation:
 
 
 @dataclass(frozen=True)
+class ProcessRun:
+    """One saturation run of `audioguard worker` as processes of its own (part f)."""
+
+    label: str
+    #: worker processes; 0 = the plain `audioguard worker`, no supervisor
+    processes: int
+    torch_threads: int
+    events: int
+    #: first verdict -> last verdict, as read back from the verdict topic
+    seconds: float
+    rate: float
+    steady_rate: float
+
+
+@dataclass(frozen=True)
 class LoadPoint:
     consumer: str
     offered: float
@@ -107,7 +125,24 @@ class BenchResult:
     breaking_rate: float | None = None
     sizing: dict[str, Any] = field(default_factory=dict)
     cold_start: list[dict[str, float]] = field(default_factory=list)
+    #: part f: torch threads -> the forward pass's best windows/s alone, per interleaved round
+    forward_threads: dict[int, list[float]] = field(default_factory=dict)
+    #: part f: every run, in the order they ran (interleaved)
+    process_runs: list[ProcessRun] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    def process_summary(self) -> dict[str, dict[str, float]]:
+        """min / median / max steady uploads/s of each part-f variant."""
+        out: dict[str, dict[str, float]] = {}
+        for label in dict.fromkeys(r.label for r in self.process_runs):
+            rates = [r.steady_rate for r in self.process_runs if r.label == label]
+            out[label] = {
+                "runs": len(rates),
+                "min": min(rates),
+                "median": float(np.median(rates)),
+                "max": max(rates),
+            }
+        return out
 
     def ratios(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -124,6 +159,16 @@ class BenchResult:
         if self.pipeline and self.decode:
             fastest = max(s.uploads_per_second for s in self.decode)
             out["end_to_end / decode alone (fastest)"] = self.pipeline.steady_rate / fastest
+        summary = self.process_summary()
+        one, two = summary.get(process_label(1)), summary.get(process_label(2))
+        today = summary.get(process_label(0))
+        if one and two:
+            out["2 processes / 1 process (medians)"] = two["median"] / one["median"]
+        if today and two:
+            out["2 processes / today's one-process worker (medians)"] = two["median"] / today["median"]
+        both = max(self.forward_threads.get(2, [0.0]))
+        if two and both > 0 and self.windows_per_upload:
+            out["2 processes / forward alone on 2 threads"] = two["median"] / (both / self.windows_per_upload)
         return out
 
 
@@ -152,6 +197,14 @@ class BenchConfig:
     #: the ceiling only: stages, saturation runs and the same-rate point (no open-loop curve,
     #: no cold start)
     ceiling_only: bool = False
+    #: part f: `worker --processes N` for each N (plus the plain worker when process_baseline)
+    processes: tuple[int, ...] = (1, 2)
+    process_baseline: bool = True
+    process_events: int = 800
+    process_repeats: int = 3
+    forward_threads: tuple[int, ...] = (1, 2)
+    #: "processes": part f alone (the in-process parts a-e take minutes)
+    only: str | None = None
 
     @classmethod
     def smoke_run(cls, **overrides: Any) -> BenchConfig:
@@ -168,6 +221,10 @@ class BenchConfig:
             "session_timeout_ms": 2000,
             "cold_starts": 0,
             "repeats": 1,
+            "processes": (2,),
+            "process_baseline": False,
+            "process_events": 12,
+            "process_repeats": 1,
         }
         values.update(overrides)
         return cls(**values)
@@ -285,15 +342,36 @@ class Rig:
         values.update(overrides)
         return Settings(**values)
 
-    def tenants(self, count: int) -> list[str]:
+    def tenants(self, count: int, partitions: int = 1) -> list[str]:
         from consumers.transports.kafka import create_topics, tenant_topics
 
         suffix = uuid.uuid4().hex[:6]
         names = [f"bench{i}-{suffix}" for i in range(count)]
         from services.settings import KafkaSettings
 
-        create_topics(KafkaSettings(bootstrap_servers=self.bootstrap), tenant_topics(names), partitions=1)
+        create_topics(
+            KafkaSettings(bootstrap_servers=self.bootstrap), tenant_topics(names), partitions=partitions
+        )
         return names
+
+    def worker_env(self, tenants: list[str], group: str) -> dict[str, str]:
+        """The environment of `audioguard worker` started as a process on this rig."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIOGUARD_")}
+        env.update(
+            AUDIOGUARD_TENANTS=json.dumps(tenants),
+            AUDIOGUARD_KAFKA__BOOTSTRAP_SERVERS=self.bootstrap,
+            AUDIOGUARD_KAFKA__GROUP_ID=group,
+            AUDIOGUARD_KAFKA__SESSION_TIMEOUT_MS=str(self.config.session_timeout_ms),
+            AUDIOGUARD_KAFKA__HEARTBEAT_INTERVAL_MS="500",
+            AUDIOGUARD_STORAGE__TENANT_FILE_ROOTS=json.dumps(
+                {t: [str(self.workdir / "clips")] for t in tenants}
+            ),
+            AUDIOGUARD_DEVICE=self.config.device,
+            AUDIOGUARD_LOG_LEVEL="WARNING",
+        )
+        if self.config.threads is not None:
+            env["AUDIOGUARD_TORCH_THREADS"] = str(self.config.threads)
+        return env
 
     def sink(self) -> Any:
         """The platform's producer, one for the whole bench and connected before any step is
@@ -649,7 +727,12 @@ def saturate_naive(
 
 
 def steady(recorder: Recorder) -> float:
-    times = sorted(recorder.done_at.values())
+    return steady_rate(list(recorder.done_at.values()))
+
+
+def steady_rate(done_at: list[float]) -> float:
+    """Completions per second over the last three quarters of `done_at` (monotonic times)."""
+    times = sorted(done_at)
     start = len(times) // 4
     span = times[-1] - times[start]
     return (len(times) - 1 - start) / span if span > 0 else float("nan")
@@ -764,6 +847,118 @@ def bench_naive_point(rig: Rig, result: BenchResult, rate: float) -> None:
             result.pipeline_point = point
 
 
+# -- f. every core: threads and processes -------------------------------------------------
+def process_label(processes: int) -> str:
+    return "worker (one process)" if processes == 0 else f"worker --processes {processes}"
+
+
+def forward_on_threads(rig: Rig, threads: int, batches: tuple[int, ...] = (2, 4, 8, 16)) -> float:
+    """The forward pass alone on `threads` torch threads: best windows/s over `batches`."""
+    from services.detector import configure_torch_threads
+
+    configure_torch_threads(threads)
+    rng = np.random.default_rng(threads)
+    best = 0.0
+    for size in batches:
+        batch = (0.1 * rng.standard_normal((size, rig.detector.meta.window_samples))).astype(np.float32)
+
+        def forward(windows: np.ndarray = batch) -> int:
+            return len(rig.detector.score_windows(windows))
+
+        best = max(best, timed_rate(forward, rig.config.stage_seconds))
+    return best
+
+
+def process_run(rig: Rig, processes: int, events: int) -> ProcessRun:
+    """`audioguard worker` (processes 0) or `worker --processes N` as processes of their own,
+    on a pre-published backlog of `events` over 4 partitions; the rate is read back from the
+    verdict topic (each upload's first verdict, at the time this process received it)."""
+    import signal
+    import subprocess
+    import sys
+
+    from consumers.tenancy import kafka_topic
+    from consumers.transports.kafka import read_topic
+    from services.settings import KafkaSettings
+
+    (tenant,) = rig.tenants(1, partitions=4)
+    rig.backlog([tenant], events)
+    argv = [sys.executable, "-m", "services.cli", "worker", "--scorer", rig.config.scorer]
+    if processes:
+        argv += ["--processes", str(processes)]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # what each child runs with: cores / N under the supervisor, else the detector's own default
+    # (services.detector.configure_torch_threads: half the cores, at most 4)
+    threads = rig.config.threads or (max(1, cores // processes) if processes else max(1, min(4, cores // 2)))
+    log = rig.workdir / f"worker-{tenant}.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            argv, env=rig.worker_env([tenant], f"procs-{tenant}"), stdout=subprocess.DEVNULL, stderr=err
+        )
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + 90 + events / 5
+
+    def give_up() -> bool:
+        return time.monotonic() > deadline or proc.poll() is not None
+
+    try:
+        records = read_topic(
+            KafkaSettings(bootstrap_servers=rig.bootstrap),
+            kafka_topic("verdicts", tenant),
+            follow=True,
+            stop=give_up,
+        )
+        for _key, value, _headers in records:
+            seen.setdefault(json.loads(value)["idempotency_key"], time.monotonic())
+            if len(seen) >= events or give_up():
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if len(seen) < events:
+        raise RuntimeError(
+            f"{process_label(processes)}: {len(seen)}/{events} verdicts; log: {log.read_text()[-2000:]}"
+        )
+    times = sorted(seen.values())
+    seconds = times[-1] - times[0]
+    return ProcessRun(
+        label=process_label(processes),
+        processes=processes,
+        torch_threads=threads,
+        events=events,
+        seconds=seconds,
+        rate=(events - 1) / seconds if seconds > 0 else float("nan"),
+        steady_rate=steady_rate(times),
+    )
+
+
+def bench_processes(rig: Rig, result: BenchResult, progress: Any) -> None:
+    """Part f, interleaved: each round measures the forward alone on every thread count, then
+    runs every variant once, so a burst of someone else's load hits one run, not one kind."""
+    from services.detector import configure_torch_threads
+
+    config = rig.config
+    variants = ([0] if config.process_baseline else []) + list(config.processes)
+    per_round = len(config.forward_threads) + len(variants)
+    task = progress.add_task("f. threads and processes", total=config.process_repeats * per_round)
+    try:
+        for _ in range(config.process_repeats):
+            if config.scorer != "null":
+                for threads in config.forward_threads:
+                    result.forward_threads.setdefault(threads, []).append(forward_on_threads(rig, threads))
+                    progress.advance(task)
+            for processes in variants:
+                result.process_runs.append(process_run(rig, processes, config.process_events))
+                progress.advance(task)
+    finally:
+        configure_torch_threads(config.threads)  # what parts a-e ran with
+        progress.remove_task(task)
+
+
 # -- cold start ---------------------------------------------------------------------------
 def cold_start(rig: Rig, runs: int) -> list[dict[str, float]]:
     """Start `audioguard worker --metrics-port` as a process; seconds until each readiness
@@ -781,15 +976,7 @@ def cold_start(rig: Rig, runs: int) -> list[dict[str, float]]:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIOGUARD_")}
-        env.update(
-            AUDIOGUARD_TENANTS=json.dumps(tenants),
-            AUDIOGUARD_KAFKA__BOOTSTRAP_SERVERS=rig.bootstrap,
-            AUDIOGUARD_KAFKA__GROUP_ID=f"cold-{tenants[0]}",
-            AUDIOGUARD_STORAGE__TENANT_FILE_ROOTS=json.dumps({tenants[0]: [str(rig.workdir / "clips")]}),
-            AUDIOGUARD_DEVICE=rig.config.device,
-            AUDIOGUARD_LOG_LEVEL="WARNING",
-        )
+        env = rig.worker_env(tenants, f"cold-{tenants[0]}")
         started = time.monotonic()
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "worker", "--metrics-port", str(port)]
@@ -907,70 +1094,112 @@ def report(result: BenchResult) -> None:
         f"device {m.device}, load average {m.load_average}; uploads of {result.clip_seconds:g} s "
         f"= {result.windows_per_upload} window(s)"
     )
-    table = Table(title="a. model forward by batch size")
-    table.add_column("batch", justify="right")
-    table.add_column("windows/s", justify="right")
-    table.add_column("ms/batch", justify="right")
-    for size, rate in result.forward.items():
-        table.add_row(str(size), f"{rate:.1f}", f"{1000 * size / rate:.1f}")
-    console.print(table)
-    table = Table(title="a. stages alone (uploads/s)")
-    table.add_column("stage")
-    table.add_column("uploads/s", justify="right")
-    table.add_column("note")
-    for stage in result.stages:
-        mark = " [bold red]<- limit[/bold red]" if stage == result.limit else ""
-        table.add_row(stage.name + mark, f"{stage.uploads_per_second:.1f}", stage.note)
-    for stage in result.decode:
-        table.add_row(stage.name, f"{stage.uploads_per_second:.1f}", "files/s, no framework")
-    console.print(table)
-    table = Table(title="b./c. saturation (pre-published backlog)")
-    for column in ("run", "events", "seconds", "uploads/s", "steady/s", "mean windows/batch", "final cap"):
-        table.add_column(column, justify="right" if column != "run" else "left")
-    kinds = (result.pipeline, *result.fixed_batches, result.naive, result.scratch)
-    runs = [r for r in kinds if r is not None]
-    for run in runs:
-        table.add_row(
-            run.label,
-            str(run.events),
-            f"{run.seconds:.2f}",
-            f"{run.rate:.1f}",
-            f"{run.steady_rate:.1f}",
-            f"{run.mean_batch_windows:.1f}",
-            str(run.final_cap),
-        )
-    console.print(table)
-    for name, ratio in result.ratios().items():
-        console.print(f"  {name}: [bold]{ratio:.2f}x[/bold]")
-    table = Table(title="d. open loop (Poisson, several tenants)")
-    for column in ("consumer", "offered/s", "achieved/s", "published", "completed", "p50 s", "p99 s"):
-        table.add_column(column, justify="right" if column != "consumer" else "left")
-    points = [*result.curve, *(p for p in (result.naive_point, result.pipeline_point) if p is not None)]
-    for p in points:
-        table.add_row(
-            p.consumer,
-            f"{p.offered:.1f}",
-            f"{p.achieved:.1f}",
-            str(p.published),
-            str(p.completed),
-            f"{p.p50:.3f}",
-            f"{p.p99:.3f}",
-        )
-    console.print(table)
-    with_legs = [p for p in points if p.legs_p50]
-    if with_legs:
-        table = Table(title="d. where a pipeline upload's time goes (median ms of each leg)")
-        table.add_column("leg")
-        for p in with_legs:
-            table.add_column(f"{p.offered:.0f}/s", justify="right")
-        for i, leg in enumerate(LEGS):
-            table.add_row(leg, *(f"{1000 * p.legs_p50[i]:.1f}" for p in with_legs))
+    if result.stages:  # parts a-e ran (not `--only processes`)
+        table = Table(title="a. model forward by batch size")
+        table.add_column("batch", justify="right")
+        table.add_column("windows/s", justify="right")
+        table.add_column("ms/batch", justify="right")
+        for size, rate in result.forward.items():
+            table.add_row(str(size), f"{rate:.1f}", f"{1000 * size / rate:.1f}")
         console.print(table)
-    if result.breaking_rate is not None:
-        console.print(f"  breaking point: offered {result.breaking_rate:.1f} uploads/s")
-    console.print(f"[bold]e. sizing[/bold]: {json.dumps(result.sizing)}")
-    for start in result.cold_start:
-        console.print(f"cold start (s after process start): {json.dumps(start)}")
+        table = Table(title="a. stages alone (uploads/s)")
+        table.add_column("stage")
+        table.add_column("uploads/s", justify="right")
+        table.add_column("note")
+        for stage in result.stages:
+            mark = " [bold red]<- limit[/bold red]" if stage == result.limit else ""
+            table.add_row(stage.name + mark, f"{stage.uploads_per_second:.1f}", stage.note)
+        for stage in result.decode:
+            table.add_row(stage.name, f"{stage.uploads_per_second:.1f}", "files/s, no framework")
+        console.print(table)
+        table = Table(title="b./c. saturation (pre-published backlog)")
+        for column in (
+            "run",
+            "events",
+            "seconds",
+            "uploads/s",
+            "steady/s",
+            "mean windows/batch",
+            "final cap",
+        ):
+            table.add_column(column, justify="right" if column != "run" else "left")
+        kinds = (result.pipeline, *result.fixed_batches, result.naive, result.scratch)
+        runs = [r for r in kinds if r is not None]
+        for run in runs:
+            table.add_row(
+                run.label,
+                str(run.events),
+                f"{run.seconds:.2f}",
+                f"{run.rate:.1f}",
+                f"{run.steady_rate:.1f}",
+                f"{run.mean_batch_windows:.1f}",
+                str(run.final_cap),
+            )
+        console.print(table)
+        for name, ratio in result.ratios().items():
+            console.print(f"  {name}: [bold]{ratio:.2f}x[/bold]")
+        table = Table(title="d. open loop (Poisson, several tenants)")
+        for column in ("consumer", "offered/s", "achieved/s", "published", "completed", "p50 s", "p99 s"):
+            table.add_column(column, justify="right" if column != "consumer" else "left")
+        points = [*result.curve, *(p for p in (result.naive_point, result.pipeline_point) if p is not None)]
+        for p in points:
+            table.add_row(
+                p.consumer,
+                f"{p.offered:.1f}",
+                f"{p.achieved:.1f}",
+                str(p.published),
+                str(p.completed),
+                f"{p.p50:.3f}",
+                f"{p.p99:.3f}",
+            )
+        console.print(table)
+        with_legs = [p for p in points if p.legs_p50]
+        if with_legs:
+            table = Table(title="d. where a pipeline upload's time goes (median ms of each leg)")
+            table.add_column("leg")
+            for p in with_legs:
+                table.add_column(f"{p.offered:.0f}/s", justify="right")
+            for i, leg in enumerate(LEGS):
+                table.add_row(leg, *(f"{1000 * p.legs_p50[i]:.1f}" for p in with_legs))
+            console.print(table)
+        if result.breaking_rate is not None:
+            console.print(f"  breaking point: offered {result.breaking_rate:.1f} uploads/s")
+        console.print(f"[bold]e. sizing[/bold]: {json.dumps(result.sizing)}")
+        for start in result.cold_start:
+            console.print(f"cold start (s after process start): {json.dumps(start)}")
+    if result.forward_threads or result.process_runs:
+        table = Table(title="f. every core: forward alone by torch threads (best batch, windows/s)")
+        for column in ("threads", "min", "median", "max", "uploads/s (median)"):
+            table.add_column(column, justify="right")
+        for threads, rates in result.forward_threads.items():
+            median = float(np.median(rates))
+            per_upload = median / result.windows_per_upload if result.windows_per_upload else float("nan")
+            table.add_row(
+                str(threads), f"{min(rates):.1f}", f"{median:.1f}", f"{max(rates):.1f}", f"{per_upload:.1f}"
+            )
+        console.print(table)
+        table = Table(title="f. every core: saturation, worker processes of their own (steady uploads/s)")
+        for column in ("variant", "torch threads each", "runs", "min", "median", "max"):
+            table.add_column(column, justify="right" if column != "variant" else "left")
+        threads_of = {r.label: r.torch_threads for r in result.process_runs}
+        for label, stats in result.process_summary().items():
+            table.add_row(
+                label,
+                str(threads_of[label]),
+                str(int(stats["runs"])),
+                f"{stats['min']:.1f}",
+                f"{stats['median']:.1f}",
+                f"{stats['max']:.1f}",
+            )
+        console.print(table)
+        for process_run_ in result.process_runs:
+            console.print(
+                f"  {process_run_.label}: {process_run_.events} events in {process_run_.seconds:.2f} s, "
+                f"{process_run_.rate:.1f}/s, steady {process_run_.steady_rate:.1f}/s"
+            )
+        for name, ratio in result.ratios().items():
+            if "process" in name:
+                console.print(f"  {name}: [bold]{ratio:.2f}x[/bold]")
     for note in result.notes:
         console.print(f"  note: {note}")
 
@@ -1000,6 +1229,15 @@ def run_bench(config: BenchConfig) -> BenchResult:
             clip_seconds=config.clip_seconds,
             windows_per_upload=0,
         )
+        if config.only == "processes":
+            clip = rig.clips[0][1]
+            from services.audio import decode_with_limits
+            from services.settings import LimitsSettings
+
+            audio = decode_with_limits(clip, LimitsSettings())
+            result.windows_per_upload = len(detector.windows(audio.samples, audio.sample_rate))
+            bench_processes(rig, result, progress)
+            return result
         bench_stages(rig, result, progress)
         bench_decode(rig, result)
         runs = 4 + len(config.fixed_batch_windows)
@@ -1040,6 +1278,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
         result.sizing = sizing(result, config.target_rate, config.target_p99)
         if config.cold_starts:
             result.cold_start = cold_start(rig, config.cold_starts)
+        if config.process_repeats:
+            bench_processes(rig, result, progress)
         result.notes.append(
             "everything (publisher, worker, broker) shares this machine; the open-loop publisher runs "
             "in the worker's process"

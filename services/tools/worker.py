@@ -37,7 +37,7 @@ def build_worker(
     if detector is None:
         from services.detector import load_detector
 
-        detector = load_detector(settings.model_path, device=settings.device)
+        detector = load_detector(settings.model_path, device=settings.device, threads=settings.torch_threads)
     if hooks is None:
         hooks = PipelineHooks.for_detector(detector, max_windows=settings.batch.max_windows)
     store = open_store(settings.store.url, settings.store.ttl_seconds)
@@ -102,7 +102,7 @@ def load_serving_detector(
     if scorer == "null":
         detector = load_null_scorer(settings.model_path)
     else:
-        detector = load_detector(settings.model_path, device=settings.device)
+        detector = load_detector(settings.model_path, device=settings.device, threads=settings.torch_threads)
     readiness.set(model_loaded=True)
     # the first forward pass pays for allocator and kernel setup; pay it before traffic
     detector.score_windows(np.zeros((1, detector.meta.window_samples), dtype=np.float32))

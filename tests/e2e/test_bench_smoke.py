@@ -55,5 +55,12 @@ def test_bench_smoke_produces_every_part(tmp_path: Path):
     assert sizing["target_rate"] == 100.0 and sizing["target_p99"] == 2.0
     if sizing["workers"] is not None:
         assert sizing["workers"] == math.ceil(100.0 / sizing["per_worker_rate_at_p99"])
+    # f. every core: the forward alone on each thread count, and `worker --processes 2` (processes
+    # of their own) answered its whole backlog
+    assert set(data["forward_threads"]) == {"1", "2"}
+    assert all(rate > 0 for rates in data["forward_threads"].values() for rate in rates)
+    (run,) = data["process_runs"]
+    assert run["processes"] == 2 and run["events"] > 0 and run["seconds"] > 0
+    assert "every core" in result.stdout
     png = out / "bench-smoke.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -21,7 +21,9 @@ import pytest
 import yaml
 
 from consumers.tenancy import kinesis_stream, pubsub_subscription
+from services.cli import build_parser
 from services.settings import Settings
+from services.tools.supervisor import SHUTDOWN_MARGIN_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -75,6 +77,8 @@ def group(transport: str, tenant: str | None) -> tuple[dict[str, str], list[dict
         TENANT=tenant or "",
         TENANTS_JSON=f'["{tenant}"]' if tenant else "[]",
         TRANSPORT=transport,
+        # Kinesis takes one reader per stream; the others run two processes per GPU here
+        PROCESSES="1" if transport == "kinesis" else "2",
         IDENTITY_ANNOTATION=identity[0],
         IDENTITY=identity[1],
         S3_ENDPOINT_URL="https://storage.googleapis.com"
@@ -181,7 +185,17 @@ def test_the_worker_settings_parse_and_match_the_pod(
     assert settings.transport == values["TRANSPORT"]
     pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["args"] == ["worker", "--transport", settings.transport]
+    assert container["args"] == [
+        "worker",
+        "--transport",
+        settings.transport,
+        "--processes",
+        values["PROCESSES"],
+    ]
+    args = build_parser().parse_args(container["args"])
+    assert args.processes == int(values["PROCESSES"]) >= 1
+    if settings.transport == "kinesis":
+        assert args.processes == 1, "the worker refuses a second reader of a stream"
     assert container["envFrom"][0]["configMapRef"]["name"] == _one(docs, "ConfigMap")["metadata"]["name"]
     port = next(p for p in container["ports"] if p["name"] == "metrics")["containerPort"]
     assert port == settings.metrics_port
@@ -193,6 +207,9 @@ def test_the_worker_settings_parse_and_match_the_pod(
         assert container[probe]["httpGet"]["port"] in ("metrics", settings.metrics_port)
     # the drain must finish before the kubelet's SIGKILL
     assert pod["terminationGracePeriodSeconds"] >= settings.drain_seconds + 15
+    # ... and the supervisor's deadline over all its processes before the kubelet's SIGKILL
+    supervisor_deadline = settings.drain_seconds + settings.close_seconds + SHUTDOWN_MARGIN_SECONDS
+    assert pod["terminationGracePeriodSeconds"] > supervisor_deadline
     if values["TENANT"]:
         assert settings.tenants == [values["TENANT"]]
         # the worker itself refuses audio outside the tenant's own bucket / prefix
@@ -217,7 +234,7 @@ def test_the_worker_settings_parse_and_match_the_pod(
         assert not secrets, "IRSA (or the Kafka SASL settings) supply credentials, not a static key"
 
 
-def test_one_gpu_and_one_worker_process_per_pod(
+def test_one_gpu_per_pod_shared_by_its_worker_processes(
     rendered: tuple[dict[str, str], list[dict[str, Any]]],
 ) -> None:
     _, docs = rendered

@@ -13,6 +13,8 @@ locals {
       TENANTS_JSON            = jsonencode([t])
       TRANSPORT               = "kinesis"
       IMAGE                   = var.worker_image
+      # Kinesis: one reader per stream (consumers/transports/kinesis.py keeps no lease table)
+      PROCESSES               = "1"
       IDENTITY_ANNOTATION     = "eks.amazonaws.com/role-arn"
       IDENTITY                = aws_iam_role.worker[t].arn
       KAFKA_BOOTSTRAP_SERVERS = ""

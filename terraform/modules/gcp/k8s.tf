@@ -15,6 +15,7 @@ locals {
       TENANTS_JSON            = jsonencode([t])
       TRANSPORT               = "pubsub"
       IMAGE                   = var.worker_image
+      PROCESSES               = tostring(var.worker_processes)
       IDENTITY_ANNOTATION     = "iam.gke.io/gcp-service-account"
       IDENTITY                = google_service_account.worker[t].email
       KAFKA_BOOTSTRAP_SERVERS = ""

@@ -74,6 +74,17 @@ variable "worker_image" {
   type        = string
 }
 
+variable "worker_processes" {
+  description = "Worker processes per pod (audioguard worker --processes), all on the pod's one GPU; see docs/deploy.md."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.worker_processes >= 1 && floor(var.worker_processes) == var.worker_processes
+    error_message = "worker_processes must be a whole number >= 1."
+  }
+}
+
 variable "store_url" {
   description = "Verdict / idempotency store URL for the workers (e.g. redis://MEMORYSTORE_IP:6379/0)."
   type        = string
