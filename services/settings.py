@@ -58,6 +58,17 @@ class KafkaSettings(BaseModel):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     exactly_once: bool = False
+    #: partition.assignment.strategy. "cooperative-sticky" (incremental rebalancing, KIP-429):
+    #: a member joining or leaving moves only the partitions that must move, every other
+    #: partition keeps being consumed through the rebalance. "range" / "roundrobin" are eager:
+    #: every member stops and gives up everything on every rebalance (docs/guarantees.md).
+    assignment_strategy: Literal["cooperative-sticky", "range", "roundrobin"] = "cooperative-sticky"
+    #: static membership (KIP-345, group.instance.id): a member restarted within
+    #: session_timeout_ms gets its own partitions back without a rebalance. Off by default:
+    #: Tansu 0.6 (the embedded broker) mishandles static members (docs/guarantees.md)
+    static_membership: bool = False
+    #: the group.instance.id under static membership; default: $POD_NAME, else $HOSTNAME
+    group_instance_id: str | None = None
     #: extra librdkafka settings, passed through as-is (dotted keys)
     extra: dict[str, str] = Field(default_factory=dict)
 

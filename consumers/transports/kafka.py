@@ -13,6 +13,7 @@ Kafka errors are mapped into `services.errors` in `_map_error`, and only there.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -47,6 +48,7 @@ __all__ = [
     "create_topics",
     "end_offsets",
     "fencing_aborts_open_transactions",
+    "group_instance_id",
     "open_kafka",
     "read_topic",
     "tenant_topics",
@@ -101,6 +103,19 @@ def _headers(record: Any) -> list[tuple[str, bytes]]:
     return result
 
 
+def group_instance_id(settings: KafkaSettings) -> str | None:
+    """group.instance.id under static membership: the setting, else the pod's name (POD_NAME
+    from the downward API, else HOSTNAME, which Kubernetes sets to the pod name)."""
+    if not settings.static_membership:
+        return None
+    instance = settings.group_instance_id or os.environ.get("POD_NAME") or os.environ.get("HOSTNAME")
+    if not instance:
+        raise FatalError(
+            "bad_config", "kafka.static_membership needs kafka.group_instance_id, POD_NAME or HOSTNAME"
+        )
+    return instance
+
+
 def tenant_topics(
     tenants: Iterable[str], kinds: Iterable[str] = ("arrivals", "verdicts", "dlq")
 ) -> list[str]:
@@ -150,7 +165,13 @@ class KafkaSource(Source):
             "fetch.wait.max.ms": settings.fetch_wait_max_ms,
             # read only committed records: verdict topics may be written transactionally
             "isolation.level": "read_committed",
+            "partition.assignment.strategy": settings.assignment_strategy,
         }
+        instance = group_instance_id(settings)
+        if instance is not None:
+            config["group.instance.id"] = instance
+        # incremental callbacks hand over only the partitions that move (KIP-429)
+        self._cooperative = settings.assignment_strategy == "cooperative-sticky"
         self._consumer = Consumer(config)
         self._tracker = OffsetTracker()
         self._assigned: set[tuple[str, int]] = set()
@@ -170,10 +191,19 @@ class KafkaSource(Source):
                 if tenants
                 else [RETRY_PATTERN]
             )
-        self._consumer.subscribe(topics, on_assign=self._assigned_cb, on_revoke=self._revoked_cb)
+        self._consumer.subscribe(
+            topics, on_assign=self._assigned_cb, on_revoke=self._revoked_cb, on_lost=self._lost_cb
+        )
 
     # -- rebalance callbacks (run inside poll) ------------------------------------------
+    # Cooperative: each callback gets only the partitions that move and the rest stay
+    # assigned and consumed; eager: a revoke takes everything and an assign gives the new set.
     def _assigned_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # assign before pausing: a pause of a partition not assigned yet does not hold
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
         for tp in partitions:
             self._assigned.add((tp.topic, tp.partition))
         log.info(
@@ -189,17 +219,33 @@ class KafkaSource(Source):
             consumer.pause(paused)
 
     def _revoked_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._give_up(consumer, partitions, commit=not self._transactional)
+
+    def _lost_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The partitions already belong to someone else (session timed out, fenced): finish
+        what the runner can, but commit nothing; the commit would be rejected with the old
+        generation and the new owner re-reads from the group's committed offsets anyway."""
+        log.warning(
+            "partitions lost", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}
+        )
+        self._give_up(consumer, partitions, commit=False)
+
+    def _give_up(self, consumer: Consumer, partitions: list[TopicPartition], *, commit: bool) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         if self._on_revoke is not None:
             # the runner abandons in-flight work of these partitions under its drain deadline
             self._on_revoke(keys)
-        if not self._transactional:
+        if commit:
             self._commit(only=set(keys))
         for key in keys:
             self._assigned.discard(key)
             self._tracker.forget(key)
             self._gate.forget(key)
             self._held.discard(key)
+        if self._cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
         log.info("partitions revoked", extra={"partitions": [f"{t}[{p}]" for t, p in keys]})
 
     # -- Source -------------------------------------------------------------------------
