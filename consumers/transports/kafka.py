@@ -34,6 +34,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from consumers.commits import OffsetTracker
+from consumers.partition_queues import PartitionQueues
 from consumers.retry_topics import RETRY_PATTERN, RetryGate, is_retry_topic, retry_state
 from consumers.tenancy import KAFKA_ARRIVALS_PATTERN, kafka_topic, tenant_of_kafka_topic
 from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
@@ -182,6 +183,10 @@ class KafkaSource(Source):
         # retry partitions paused until their head record is due (consumers.retry_topics)
         self._gate = RetryGate()
         self._held: set[tuple[str, int]] = set()
+        # fetched records per partition, handed out round robin (consumers.partition_queues);
+        # a partition holding a whole poll's worth is paused until it is down to a share
+        self._fair: PartitionQueues[tuple[str, int], Message] = PartitionQueues()
+        self._full: set[tuple[str, int]] = set()
         #: how often a retry partition was paused for a head record that was not due
         self.retry_holds = 0
         topics = [kafka_topic("arrivals", t) for t in tenants] if tenants else [KAFKA_ARRIVALS_PATTERN]
@@ -242,6 +247,9 @@ class KafkaSource(Source):
             self._tracker.forget(key)
             self._gate.forget(key)
             self._held.discard(key)
+            # fetched, never handed out, never tracked: the next owner reads them again
+            self._fair.forget(key)
+            self._full.discard(key)
         if self._cooperative:
             consumer.incremental_unassign(partitions)
         else:
@@ -252,7 +260,6 @@ class KafkaSource(Source):
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
         self._release_due()
         records = self._consumer.consume(num_messages=max_messages, timeout=timeout)
-        messages: list[Message] = []
         holding: set[tuple[str, int]] = set()
         for record in records:
             error = record.error()
@@ -290,9 +297,34 @@ class KafkaSource(Source):
                     holding.add((topic, partition))
                     continue
                 message = replace(message, delivery_attempt=state.attempt)
+            self._fair.add((topic, partition), message)
+        messages = self._fair.take(max_messages, self._readable())
+        for message in messages:
+            topic, partition, offset = cast(tuple[str, int, int], message.token)
             self._tracker.add((topic, partition), offset)
-            messages.append(message)
+        self._balance()
         return messages
+
+    def _readable(self) -> list[tuple[str, int]]:
+        return [
+            key
+            for key in self._assigned
+            if key not in self._held and tenant_of_kafka_topic(key[0]) not in self._paused_tenants
+        ]
+
+    def _balance(self) -> None:
+        """Pause the fetch of partitions holding a poll's worth; resume the drained ones."""
+        full = [key for key in self._fair.full() if key not in self._full and key in self._assigned]
+        if full:
+            self._full.update(full)
+            self._consumer.pause([TopicPartition(*key) for key in full])
+        drained = self._fair.drained(self._full)
+        if drained:
+            self._full.difference_update(drained)
+            readable = set(self._readable())
+            back = [TopicPartition(*key) for key in drained if key in readable]
+            if back:
+                self._consumer.resume(back)
 
     def _hold(self, key: tuple[str, int], offset: int, due: float) -> None:
         """Pause a retry partition whose head is not due and rewind to that head."""
@@ -308,7 +340,11 @@ class KafkaSource(Source):
         resume = []
         for key in ready:
             self._held.discard(key)
-            if key in self._assigned and tenant_of_kafka_topic(key[0]) not in self._paused_tenants:
+            if (
+                key in self._assigned
+                and key not in self._full
+                and tenant_of_kafka_topic(key[0]) not in self._paused_tenants
+            ):
                 resume.append(TopicPartition(*key))
         if resume:
             self._consumer.resume(resume)
@@ -337,7 +373,9 @@ class KafkaSource(Source):
         back = set(tenants) & self._paused_tenants
         if back:
             self._paused_tenants -= back
-            partitions = self._tenant_partitions(back)
+            partitions = [
+                tp for tp in self._tenant_partitions(back) if (tp.topic, tp.partition) not in self._full
+            ]
             if partitions:
                 self._consumer.resume(partitions)
 
