@@ -74,6 +74,18 @@ class KafkaSettings(BaseModel):
     #: the tenant topics' max.message.bytes (Kafka's broker default): with the producer's
     #: message.max.bytes (librdkafka default 1000000, settable in `extra`) it bounds a dead letter
     topic_max_message_bytes: int = 1_048_588
+    #: partition.assignment.strategy. "range" / "roundrobin" are eager: every member gives up
+    #: everything on every rebalance. "cooperative-sticky" (KIP-429) moves only the partitions
+    #: it reassigns, but balances partition counts over all subscribed topics, so it may put
+    #: every partition of a busy tenant on one worker; on the embedded broker its two join
+    #: rounds made a rolling restart's p99 2.5x worse. Measured in docs/guarantees.md.
+    assignment_strategy: Literal["range", "roundrobin", "cooperative-sticky"] = "range"
+    #: static membership (KIP-345, group.instance.id): a member restarted within
+    #: session_timeout_ms gets its own partitions back without a rebalance. Off by default:
+    #: Tansu 0.6 (the embedded broker) mishandles static members (docs/guarantees.md)
+    static_membership: bool = False
+    #: the group.instance.id under static membership; default: $POD_NAME, else $HOSTNAME
+    group_instance_id: str | None = None
     #: extra librdkafka settings, passed through as-is (dotted keys)
     extra: dict[str, str] = Field(default_factory=dict)
 

@@ -13,6 +13,7 @@ Kafka errors are mapped into `services.errors` in `_map_error`, and only there.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -33,6 +34,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from consumers.commits import OffsetTracker
+from consumers.partition_queues import PartitionQueues
 from consumers.retry_topics import RETRY_PATTERN, RetryGate, is_retry_topic, retry_state
 from consumers.tenancy import KAFKA_ARRIVALS_PATTERN, kafka_topic, tenant_of_kafka_topic
 from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
@@ -47,6 +49,7 @@ __all__ = [
     "create_topics",
     "end_offsets",
     "fencing_aborts_open_transactions",
+    "group_instance_id",
     "open_kafka",
     "read_topic",
     "tenant_topics",
@@ -101,6 +104,19 @@ def _headers(record: Any) -> list[tuple[str, bytes]]:
     return result
 
 
+def group_instance_id(settings: KafkaSettings) -> str | None:
+    """group.instance.id under static membership: the setting, else the pod's name (POD_NAME
+    from the downward API, else HOSTNAME, which Kubernetes sets to the pod name)."""
+    if not settings.static_membership:
+        return None
+    instance = settings.group_instance_id or os.environ.get("POD_NAME") or os.environ.get("HOSTNAME")
+    if not instance:
+        raise FatalError(
+            "bad_config", "kafka.static_membership needs kafka.group_instance_id, POD_NAME or HOSTNAME"
+        )
+    return instance
+
+
 def tenant_topics(
     tenants: Iterable[str], kinds: Iterable[str] = ("arrivals", "verdicts", "dlq")
 ) -> list[str]:
@@ -152,7 +168,13 @@ class KafkaSource(Source):
             "isolation.level": "read_committed",
             # results of the asynchronous commits, delivered inside consume()
             "on_commit": self._committed,
+            "partition.assignment.strategy": settings.assignment_strategy,
         }
+        instance = group_instance_id(settings)
+        if instance is not None:
+            config["group.instance.id"] = instance
+        # incremental callbacks hand over only the partitions that move (KIP-429)
+        self._cooperative = settings.assignment_strategy == "cooperative-sticky"
         self._consumer = Consumer(config)
         self._tracker = OffsetTracker()
         # finished offsets are committed asynchronously at most this often (and synchronously
@@ -168,6 +190,10 @@ class KafkaSource(Source):
         # retry partitions paused until their head record is due (consumers.retry_topics)
         self._gate = RetryGate()
         self._held: set[tuple[str, int]] = set()
+        # fetched records per partition, handed out round robin (consumers.partition_queues);
+        # a partition holding a whole poll's worth is paused until it is down to a share
+        self._fair: PartitionQueues[tuple[str, int], Message] = PartitionQueues()
+        self._full: set[tuple[str, int]] = set()
         #: how often a retry partition was paused for a head record that was not due
         self.retry_holds = 0
         topics = [kafka_topic("arrivals", t) for t in tenants] if tenants else [KAFKA_ARRIVALS_PATTERN]
@@ -177,10 +203,19 @@ class KafkaSource(Source):
                 if tenants
                 else [RETRY_PATTERN]
             )
-        self._consumer.subscribe(topics, on_assign=self._assigned_cb, on_revoke=self._revoked_cb)
+        self._consumer.subscribe(
+            topics, on_assign=self._assigned_cb, on_revoke=self._revoked_cb, on_lost=self._lost_cb
+        )
 
     # -- rebalance callbacks (run inside poll) ------------------------------------------
+    # Cooperative: each callback gets only the partitions that move and the rest stay
+    # assigned and consumed; eager: a revoke takes everything and an assign gives the new set.
     def _assigned_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # assign before pausing: a pause of a partition not assigned yet does not hold
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
         for tp in partitions:
             self._assigned.add((tp.topic, tp.partition))
         log.info(
@@ -196,17 +231,36 @@ class KafkaSource(Source):
             consumer.pause(paused)
 
     def _revoked_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._give_up(consumer, partitions, commit=not self._transactional)
+
+    def _lost_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The partitions already belong to someone else (session timed out, fenced): finish
+        what the runner can, but commit nothing; the commit would be rejected with the old
+        generation and the new owner re-reads from the group's committed offsets anyway."""
+        log.warning(
+            "partitions lost", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]}
+        )
+        self._give_up(consumer, partitions, commit=False)
+
+    def _give_up(self, consumer: Consumer, partitions: list[TopicPartition], *, commit: bool) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         if self._on_revoke is not None:
             # the runner abandons in-flight work of these partitions under its drain deadline
             self._on_revoke(keys)
-        if not self._transactional:
+        if commit:
             self._commit(only=set(keys))
         for key in keys:
             self._assigned.discard(key)
             self._tracker.forget(key)
             self._gate.forget(key)
             self._held.discard(key)
+            # fetched, never handed out, never tracked: the next owner reads them again
+            self._fair.forget(key)
+            self._full.discard(key)
+        if self._cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
         log.info("partitions revoked", extra={"partitions": [f"{t}[{p}]" for t, p in keys]})
 
     # -- Source -------------------------------------------------------------------------
@@ -215,7 +269,6 @@ class KafkaSource(Source):
         # acks that came in since the last commit go out even when no more acks follow
         self._commit_due()
         records = self._consumer.consume(num_messages=max_messages, timeout=timeout)
-        messages: list[Message] = []
         holding: set[tuple[str, int]] = set()
         for record in records:
             error = record.error()
@@ -253,9 +306,34 @@ class KafkaSource(Source):
                     holding.add((topic, partition))
                     continue
                 message = replace(message, delivery_attempt=state.attempt)
+            self._fair.add((topic, partition), message)
+        messages = self._fair.take(max_messages, self._readable())
+        for message in messages:
+            topic, partition, offset = cast(tuple[str, int, int], message.token)
             self._tracker.add((topic, partition), offset)
-            messages.append(message)
+        self._balance()
         return messages
+
+    def _readable(self) -> list[tuple[str, int]]:
+        return [
+            key
+            for key in self._assigned
+            if key not in self._held and tenant_of_kafka_topic(key[0]) not in self._paused_tenants
+        ]
+
+    def _balance(self) -> None:
+        """Pause the fetch of partitions holding a poll's worth; resume the drained ones."""
+        full = [key for key in self._fair.full() if key not in self._full and key in self._assigned]
+        if full:
+            self._full.update(full)
+            self._consumer.pause([TopicPartition(*key) for key in full])
+        drained = self._fair.drained(self._full)
+        if drained:
+            self._full.difference_update(drained)
+            readable = set(self._readable())
+            back = [TopicPartition(*key) for key in drained if key in readable]
+            if back:
+                self._consumer.resume(back)
 
     def _hold(self, key: tuple[str, int], offset: int, due: float) -> None:
         """Pause a retry partition whose head is not due and rewind to that head."""
@@ -271,7 +349,11 @@ class KafkaSource(Source):
         resume = []
         for key in ready:
             self._held.discard(key)
-            if key in self._assigned and tenant_of_kafka_topic(key[0]) not in self._paused_tenants:
+            if (
+                key in self._assigned
+                and key not in self._full
+                and tenant_of_kafka_topic(key[0]) not in self._paused_tenants
+            ):
                 resume.append(TopicPartition(*key))
         if resume:
             self._consumer.resume(resume)
@@ -300,7 +382,9 @@ class KafkaSource(Source):
         back = set(tenants) & self._paused_tenants
         if back:
             self._paused_tenants -= back
-            partitions = self._tenant_partitions(back)
+            partitions = [
+                tp for tp in self._tenant_partitions(back) if (tp.topic, tp.partition) not in self._full
+            ]
             if partitions:
                 self._consumer.resume(partitions)
 

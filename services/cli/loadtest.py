@@ -1,13 +1,22 @@
-"""`audioguard loadtest noisy-neighbour|overload`: arguments of the load tests (services.tools.loadtest)."""
+"""`audioguard loadtest noisy-neighbour|overload|partition-fairness|rolling-restart`: arguments of
+the load tests (services.tools.loadtest)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-from services.tools.loadtest import noisy_neighbour, overload
+from services.tools.loadtest import (
+    RollingRestartResult,
+    noisy_neighbour,
+    overload,
+    partition_fairness,
+    rolling_restart,
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -31,7 +40,36 @@ def add_parser(subparsers: Any) -> None:
     ov.add_argument(
         "--warmup", type=float, default=10.0, help="seconds of the flood before memory counts (default 10)"
     )
-    for parser in (nn, ov):
+    pf = scenarios.add_parser(
+        "partition-fairness",
+        help="one tenant, several partitions, a backlog: how long each partition waits for verdicts",
+    )
+    pf.add_argument("--backlog", type=int, default=1500, help="arrivals published while stopped (1500)")
+    pf.add_argument("--partitions", type=int, default=2, help="partitions of the tenant's topic (2)")
+    rr = scenarios.add_parser(
+        "rolling-restart",
+        help="3 workers, a steady rate, each SIGTERMed and restarted in turn: p50/p99, longest gap",
+    )
+    rr.add_argument("--workers", type=int, default=3, help="workers in the group (3)")
+    rr.add_argument("--partitions", type=int, default=6, help="partitions of the tenant's topic (6)")
+    rr.add_argument("--rate", type=float, default=5.0, help="arrivals per second (5)")
+    rr.add_argument("--baseline", type=float, default=20.0, help="seconds measured before the restarts (20)")
+    rr.add_argument(
+        "--interval", type=float, default=20.0, help="seconds after a worker is back before the next (20)"
+    )
+    rr.add_argument(
+        "--assignment-strategy",
+        default="range,cooperative-sticky",
+        help="comma-separated kafka.assignment_strategy values, run in turn each round "
+        "(default range,cooperative-sticky: before and after)",
+    )
+    rr.add_argument("--static-membership", action="store_true", help="group.instance.id per worker")
+    rr.add_argument("--rounds", type=int, default=1, help="rounds of the strategies, interleaved (1)")
+    for parser in (pf, rr):
+        parser.add_argument(
+            "--keep", type=Path, metavar="DIR", help="leave the workers' and the broker's logs under DIR"
+        )
+    for parser in (nn, ov, pf, rr):
         parser.add_argument(
             "--worker-setting",
             action="append",
@@ -46,6 +84,8 @@ def add_parser(subparsers: Any) -> None:
         parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     nn.set_defaults(handler=_noisy_neighbour_cmd)
     ov.set_defaults(handler=_overload_cmd)
+    pf.set_defaults(handler=_partition_fairness_cmd)
+    rr.set_defaults(handler=_rolling_restart_cmd)
 
 
 def _noisy_neighbour_cmd(args: argparse.Namespace) -> int:
@@ -95,6 +135,74 @@ def _overload_cmd(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(asdict(result)))
+    return 0
+
+
+def _partition_fairness_cmd(args: argparse.Namespace) -> int:
+    result = partition_fairness(
+        backlog=args.backlog,
+        partitions=args.partitions,
+        clip_seconds=args.clip_seconds,
+        bootstrap=args.bootstrap_servers,
+        worker_settings=_worker_settings(args.worker_setting),
+        keep=args.keep,
+    )
+    print(
+        f"backlog {result.backlog} over {result.partitions} partitions {result.per_partition}, "
+        f"worked off in {result.drain_seconds:.1f} s\n"
+        + "\n".join(
+            f"partition {p}: longest wait for a verdict {result.longest_wait_s[p]:.1f} s "
+            f"(the others got {result.others_during_wait[p]} verdicts meanwhile)"
+            for p in range(result.partitions)
+        )
+        + f"\nleast share of the first half of the drain: {result.min_first_half_share:.2f} "
+        f"(1.0 = in proportion to the backlog, 0 = starved); worker exit {result.worker_exit_code}\n"
+        f"verdicts per partition per second: {result.timeline}"
+    )
+    if args.json:
+        print(json.dumps(asdict(result)))
+    return 0
+
+
+def _rolling_restart_cmd(args: argparse.Namespace) -> int:
+    strategies = [s.strip() for s in args.assignment_strategy.split(",") if s.strip()]
+    results: dict[str, list[RollingRestartResult]] = {s: [] for s in strategies}
+    for round_ in range(args.rounds):
+        for strategy in strategies:
+            result = rolling_restart(
+                workers=args.workers,
+                partitions=args.partitions,
+                rate=args.rate,
+                baseline=args.baseline,
+                interval=args.interval,
+                assignment_strategy=strategy,
+                static_membership=args.static_membership,
+                clip_seconds=args.clip_seconds,
+                bootstrap=args.bootstrap_servers,
+                worker_settings=_worker_settings(args.worker_setting),
+                keep=args.keep,
+            )
+            results[strategy].append(result)
+            print(
+                f"round {round_ + 1} {strategy}{' static' if args.static_membership else ''}: "
+                f"baseline p50 {result.baseline_p50_ms:.0f} ms p99 {result.baseline_p99_ms:.0f} ms "
+                f"(longest gap {result.baseline_longest_gap_s:.1f} s, {result.baseline_count} events); "
+                f"restarts p50 {result.restart_p50_ms:.0f} ms p99 {result.restart_p99_ms:.0f} ms "
+                f"max {result.restart_max_ms:.0f} ms (longest gap without verdicts "
+                f"{result.restart_longest_gap_s:.1f} s, {result.restart_count} events); partitions "
+                f"revoked from running workers {result.revoked_from_survivors}; back holding partitions "
+                f"{result.rejoin_seconds} s after SIGTERM; exits {result.exit_codes}",
+                flush=True,
+            )
+            if args.json:
+                print(json.dumps(asdict(result)), flush=True)
+    for strategy, runs in results.items():
+        p99 = [r.restart_p99_ms for r in runs]
+        gap = [r.restart_longest_gap_s for r in runs]
+        print(
+            f"{strategy}: restart p99 min/median/max {min(p99):.0f}/{statistics.median(p99):.0f}/"
+            f"{max(p99):.0f} ms; longest gap {min(gap):.1f}/{statistics.median(gap):.1f}/{max(gap):.1f} s"
+        )
     return 0
 
 

@@ -32,9 +32,18 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-__all__ = ["NoisyNeighbourResult", "OverloadResult", "noisy_neighbour", "overload"]
+__all__ = [
+    "NoisyNeighbourResult",
+    "OverloadResult",
+    "PartitionFairnessResult",
+    "RollingRestartResult",
+    "noisy_neighbour",
+    "overload",
+    "partition_fairness",
+    "rolling_restart",
+]
 
 
 # -- results ------------------------------------------------------------------------------
@@ -87,7 +96,7 @@ class OverloadResult:
 class Rig:
     """A broker, two tenants' topics and clips, one worker process and a verdict watcher."""
 
-    def __init__(self, bootstrap: str, workdir: Path, clip_seconds: float) -> None:
+    def __init__(self, bootstrap: str, workdir: Path, clip_seconds: float, partitions: int = 1) -> None:
         from services.settings import KafkaSettings
 
         suffix = uuid.uuid4().hex[:6]
@@ -100,7 +109,11 @@ class Rig:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.partitions = partitions
+        #: the worker processes by name; `process` is the one called "worker"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.process: subprocess.Popen[bytes] | None = None
+        self._watching = False
         self.rss_samples: list[tuple[float, float]] = []  # (monotonic, MiB)
         self.exit_code: int | None = None
         self.stats: dict[str, int] = {}
@@ -138,10 +151,10 @@ class Rig:
     def provision(self) -> None:
         from consumers.transports.kafka import KafkaSink, create_topics, tenant_topics
 
-        create_topics(self.kafka, tenant_topics([self.a, self.b]), partitions=1)
+        create_topics(self.kafka, tenant_topics([self.a, self.b]), partitions=self.partitions)
         self._sinks = {t: KafkaSink(self.kafka) for t in (self.a, self.b)}
 
-    def start_worker(self, **settings: str) -> None:
+    def start_worker(self, name: str = "worker", **settings: str) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env.update(
             {
@@ -160,13 +173,19 @@ class Rig:
         )
         env.update({f"AUDIOGUARD_{k.upper()}": v for k, v in settings.items()})
         env.pop("AUDIOGUARD_CONFIG", None)
-        log = (self.workdir / "worker.log").open("wb")
-        self.process = subprocess.Popen(
+        log = (self.workdir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "worker"], env=env, stdout=log, stderr=log
         )
-        self._spawn(self._sample_rss)
-        for tenant in (self.a, self.b):
-            self._spawn(self._watch, tenant)
+        self.processes[name] = process
+        if name == "worker":
+            self.process = process
+            self._spawn(self._sample_rss)
+        if not self._watching:
+            self._watching = True
+            for tenant in (self.a, self.b):
+                self._spawn(self._watch, tenant)
+        return process
 
     def _spawn(self, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -282,6 +301,37 @@ class Rig:
             time.sleep(0.02)
         return self.settle(keys)
 
+    def partitions_of(self, tenant: str) -> dict[str, int]:
+        """key -> partition of every arrival of `tenant` in the broker (read back, so it is
+        where the producer's partitioner really put it)."""
+        from consumers.tenancy import kafka_topic
+        from consumers.transports.kafka import GroupReader
+
+        reader = GroupReader(
+            self.kafka,
+            kafka_topic("arrivals", tenant),
+            f"lt-reader-{uuid.uuid4().hex[:8]}",
+            from_beginning=True,
+        )
+        try:
+            records = reader.records(timeout=120)
+            return {(m.key or b"").decode(): cast(int, m.coordinates["partition"]) for m in records}
+        finally:
+            reader.close()
+
+    def events(self, name: str, message: str) -> list[tuple[float, list[str]]]:
+        """(epoch seconds, partitions) of each JSON log line of worker `name` saying `message`
+        (the worker must run with LOG_LEVEL=INFO for the rebalance lines)."""
+        found = []
+        for line in (self.workdir / f"{name}.log").read_text(errors="replace").splitlines():
+            if f'"message": "{message}"' not in line:
+                continue
+            with suppress(ValueError, KeyError):
+                record = json.loads(line)
+                at = datetime.fromisoformat(record["time"].replace("Z", "+00:00")).timestamp()
+                found.append((at, list(record.get("partitions", []))))
+        return found
+
     def count_done(self, keys: list[str]) -> int:
         with self._lock:
             return sum(1 for k in keys if k in self.verdicts)
@@ -291,10 +341,11 @@ class Rig:
         while time.monotonic() < deadline:
             if self.count_done(keys) >= len(keys):
                 return True
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(
-                    f"worker exited with {self.process.returncode}: see {self.workdir}/worker.log"
-                )
+            for name, process in self.processes.items():
+                if process.poll() is not None and process.returncode != 0:
+                    raise RuntimeError(
+                        f"{name} exited with {process.returncode}: see {self.workdir}/{name}.log"
+                    )
             time.sleep(0.05)
         return False
 
@@ -314,24 +365,30 @@ class Rig:
             last = max(self.verdicts[k] for k in keys)
         return count / max(last - started, 1e-3)
 
-    def stop_worker(self, timeout: float = 60.0) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+    def stop_worker(self, timeout: float = 60.0, name: str = "worker") -> int | None:
+        """SIGTERM the worker `name` and wait for it; returns its exit code."""
+        process = self.processes.get(name)
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout)
+                process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.exit_code = self.process.returncode
+                process.kill()
+                process.wait(10)
+        if name != "worker":
+            return process.returncode
+        self.exit_code = process.returncode
         for line in (self.workdir / "worker.log").read_text(errors="replace").splitlines():
             if '"worker stopped"' in line:
                 with suppress(ValueError, KeyError):
                     self.stats = json.loads(line)["stats"]
+        return process.returncode
 
     def close(self) -> None:
-        self.stop_worker()
+        for name in list(self.processes):
+            self.stop_worker(name=name)
         self._stop.set()
         for thread in self._threads:
             thread.join(10)
@@ -340,15 +397,23 @@ class Rig:
 
 
 @contextmanager
-def _rig(bootstrap: str | None, clip_seconds: float) -> Iterator[Rig]:
+def _rig(
+    bootstrap: str | None, clip_seconds: float, partitions: int = 1, keep: Path | None = None
+) -> Iterator[Rig]:
+    """`keep`: a directory for the clips and logs (the workers', the broker's) that is left
+    in place afterwards, instead of a temporary one."""
     from services.local.broker import EmbeddedBroker
 
     with ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audioguard-loadtest-")))
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            workdir = Path(tempfile.mkdtemp(prefix="audioguard-loadtest-", dir=keep))
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audioguard-loadtest-")))
         if bootstrap is None:
             broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "tansu.log"))
             bootstrap = broker.bootstrap_servers
-        rig = Rig(bootstrap, workdir, clip_seconds)
+        rig = Rig(bootstrap, workdir, clip_seconds, partitions)
         stack.callback(rig.close)
         rig.provision()
         yield rig
@@ -497,6 +562,223 @@ def overload(
             worker_alive_throughout=alive,
             worker_exit_code=rig.exit_code,
             worker_stats=rig.stats,
+            publish_errors=rig.publish_errors,
+        )
+
+
+@dataclass
+class PartitionFairnessResult:
+    partitions: int
+    backlog: int
+    #: arrivals of the backlog per partition
+    per_partition: dict[int, int]
+    #: first -> last verdict of the backlog
+    drain_seconds: float
+    #: per partition: the longest time it got no verdict while it still had events waiting
+    #: (from the first verdict of any partition to its own last one)
+    longest_wait_s: dict[int, float]
+    #: verdicts of the other partitions during that longest wait
+    others_during_wait: dict[int, int]
+    #: the least (verdicts in the first half of the drain / its fair part of them) over the
+    #: partitions: 1.0 = every partition progressed in proportion to its backlog, 0 = one starved
+    min_first_half_share: float
+    #: verdicts per partition in each second of the drain
+    timeline: list[list[int]]
+    worker_exit_code: int | None
+    publish_errors: dict[str, int] = field(default_factory=dict)
+
+
+def partition_fairness(
+    *,
+    backlog: int = 1500,
+    partitions: int = 2,
+    clip_seconds: float = 2.0,
+    bootstrap: str | None = None,
+    worker_settings: dict[str, str] | None = None,
+    keep: Path | None = None,
+) -> PartitionFairnessResult:
+    """One tenant, `partitions` partitions, a backlog of `backlog` arrivals published while
+    the worker is stopped; then the worker starts and works it off. Measures, per
+    partition, how long it waited for verdicts while the others got theirs."""
+    settings = worker_settings or {}
+    with _rig(bootstrap, clip_seconds, partitions, keep) as rig:
+        rig.start_worker(**settings)
+        _warm_up(rig)
+        rig.stop_worker()
+        keys = rig.settle(rig.publish(rig.a, backlog))
+        where = rig.partitions_of(rig.a)
+        rig.start_worker(**settings)
+        if not rig.wait_done(keys, timeout=900):
+            raise RuntimeError(f"the worker did not work off the backlog: see {rig.workdir}/worker.log")
+        rig.stop_worker()
+        with rig._lock:
+            done = sorted((rig.verdicts[k], where[k]) for k in keys if k in where)
+        first, last = done[0][0], done[-1][0]
+        counts = {p: sum(1 for k in keys if where.get(k) == p) for p in range(partitions)}
+        longest: dict[int, float] = {}
+        others: dict[int, int] = {}
+        for p in range(partitions):
+            times = [first] + [t for t, q in done if q == p]
+            gaps = [(b - a, a, b) for a, b in zip(times, times[1:], strict=False)]
+            gap, start, end = max(gaps, default=(0.0, first, first))
+            longest[p] = gap
+            others[p] = sum(1 for t, q in done if q != p and start < t < end)
+        half = done[: len(done) // 2]
+        shares = [
+            sum(1 for _t, q in half if q == p) / (len(half) * counts[p] / len(done))
+            for p in range(partitions)
+            if counts[p]
+        ]
+        timeline = [[0] * partitions for _ in range(int(last - first) + 1)]
+        for t, q in done:
+            timeline[int(t - first)][q] += 1
+        return PartitionFairnessResult(
+            partitions=partitions,
+            backlog=len(keys),
+            per_partition=counts,
+            drain_seconds=last - first,
+            longest_wait_s=longest,
+            others_during_wait=others,
+            min_first_half_share=min(shares, default=float("nan")),
+            timeline=timeline,
+            worker_exit_code=rig.exit_code,
+            publish_errors=rig.publish_errors,
+        )
+
+
+@dataclass
+class RollingRestartResult:
+    assignment_strategy: str
+    static_membership: bool
+    workers: int
+    partitions: int
+    rate_per_second: float
+    baseline_p50_ms: float
+    baseline_p99_ms: float
+    baseline_count: int
+    #: latency of the arrivals published from the first SIGTERM to `interval` after the last start
+    restart_p50_ms: float
+    restart_p99_ms: float
+    restart_max_ms: float
+    restart_count: int
+    #: the longest time no verdict at all came out (baseline phase / restart phase)
+    baseline_longest_gap_s: float
+    restart_longest_gap_s: float
+    #: partitions revoked from the workers that kept running, over the restart phase
+    revoked_from_survivors: int
+    #: seconds from each SIGTERM to the restarted worker holding partitions again
+    rejoin_seconds: list[float]
+    exit_codes: list[int | None]
+    publish_errors: dict[str, int] = field(default_factory=dict)
+
+
+def rolling_restart(
+    *,
+    workers: int = 3,
+    partitions: int = 6,
+    rate: float = 5.0,
+    baseline: float = 20.0,
+    interval: float = 20.0,
+    assignment_strategy: str = "cooperative-sticky",
+    static_membership: bool = False,
+    clip_seconds: float = 2.0,
+    bootstrap: str | None = None,
+    worker_settings: dict[str, str] | None = None,
+    keep: Path | None = None,
+) -> RollingRestartResult:
+    """`workers` workers in one group share one tenant's `partitions` partitions while it
+    publishes `rate` arrivals a second: `baseline` seconds undisturbed, then each worker in
+    turn is SIGTERMed, started again once it exited, and left `interval` seconds (counted
+    from holding partitions again) before the next one. Latencies by publish time."""
+    names = [f"w{i}" for i in range(workers)]
+    settings = (worker_settings or {}) | {
+        "LOG_LEVEL": "INFO",
+        "KAFKA__ASSIGNMENT_STRATEGY": assignment_strategy,
+        "KAFKA__STATIC_MEMBERSHIP": "true" if static_membership else "false",
+    }
+    with _rig(bootstrap, clip_seconds, partitions, keep) as rig:
+
+        def start(name: str) -> None:
+            rig.start_worker(name, WORKER_ID=name, KAFKA__GROUP_INSTANCE_ID=name, **settings)
+
+        def wait_holding(name: str, since: float, timeout: float = 180.0) -> float:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                found = [at for at, parts in rig.events(name, "partitions assigned") if at >= since and parts]
+                if found:
+                    return min(found)
+                time.sleep(0.2)
+            raise RuntimeError(f"{name} never got partitions: see {rig.workdir}/{name}.log")
+
+        began = time.time()
+        for name in names:
+            start(name)
+        _warm_up(rig)
+        for name in names:
+            wait_holding(name, began)
+        stop = threading.Event()
+        published: list[str] = []
+        publisher = threading.Thread(
+            target=lambda: published.extend(rig.publish_at(rig.a, rate, 10**9, stop)), daemon=True
+        )
+        publisher.start()
+        # the group settles (a late join's rebalance) before the baseline counts
+        time.sleep(interval / 2)
+        t_baseline = time.time()
+        time.sleep(baseline)
+        t_restart = time.time()
+        rejoin: list[float] = []
+        codes: list[int | None] = []
+        stopping: dict[str, tuple[float, float]] = {}
+        for name in names:
+            stopped_at = time.time()
+            codes.append(rig.stop_worker(name=name))
+            stopping[name] = (stopped_at, time.time())
+            start(name)
+            rejoin.append(wait_holding(name, stopped_at) - stopped_at)
+            time.sleep(interval)
+        t_end = time.time()
+        stop.set()
+        publisher.join(60)
+        rig.wait_done(published, timeout=120)
+        with rig._lock:
+            sent = {k: rig.published[k] for k in published if k in rig.published}
+            seen = {k: rig.verdicts[k] for k in sent if k in rig.verdicts}
+        base_keys = [k for k, at in sent.items() if t_baseline <= at < t_restart]
+        restart_keys = [k for k, at in sent.items() if t_restart <= at < t_end]
+        base_lat, restart_lat = rig.latencies_ms(base_keys), rig.latencies_ms(restart_keys)
+
+        def longest_gap(start_at: float, end_at: float) -> float:
+            times = [start_at] + sorted(t for t in seen.values() if start_at <= t < end_at) + [end_at]
+            return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+        # what a worker gives up while it is the one stopping is expected; count the others'
+        revoked = sum(
+            len(parts)
+            for name in names
+            for at, parts in rig.events(name, "partitions revoked")
+            if t_restart <= at < t_end and not stopping[name][0] <= at <= stopping[name][1]
+        )
+        for name in names:
+            rig.stop_worker(name=name)
+        return RollingRestartResult(
+            assignment_strategy=assignment_strategy,
+            static_membership=static_membership,
+            workers=workers,
+            partitions=partitions,
+            rate_per_second=rate,
+            baseline_p50_ms=_percentile(base_lat, 50),
+            baseline_p99_ms=_percentile(base_lat, 99),
+            baseline_count=len(base_lat),
+            restart_p50_ms=_percentile(restart_lat, 50),
+            restart_p99_ms=_percentile(restart_lat, 99),
+            restart_max_ms=max(restart_lat, default=float("nan")),
+            restart_count=len(restart_lat),
+            baseline_longest_gap_s=longest_gap(t_baseline, t_restart),
+            restart_longest_gap_s=longest_gap(t_restart, t_end),
+            revoked_from_survivors=revoked,
+            rejoin_seconds=[round(r, 2) for r in rejoin],
+            exit_codes=codes,
             publish_errors=rig.publish_errors,
         )
 
