@@ -221,13 +221,17 @@ class Harness:
         }
         if self.transport == "kafka":
             values["kafka"] = {"bootstrap_servers": self.endpoint, "group_id": f"contract-{tenants[0]}"}
+            if "CONTRACT_KAFKA_SESSION_TIMEOUT_MS" in os.environ:
+                # a longer session shows the redelivery bound apart from a slow successor's start
+                values["kafka"]["session_timeout_ms"] = int(os.environ["CONTRACT_KAFKA_SESSION_TIMEOUT_MS"])
             values["storage"] = {"tenant_file_roots": {t: [str(self.workdir / "audio" / t)] for t in tenants}}
         elif self.transport == "pubsub":
-            # the shortest ack deadline, so a dead worker's messages return quickly; plenty of
-            # attempts, since the emulator counts its pushes to a dead stream (consumers.transports.pubsub)
+            # the shortest ack deadline (CONTRACT_PUBSUB_ACK_DEADLINE_SECONDS to measure another), so
+            # a dead worker's messages return quickly; plenty of attempts, since the emulator counts
+            # its pushes to a dead stream (consumers.transports.pubsub)
             values["pubsub"] = {
                 "emulator_host": self.endpoint,
-                "ack_deadline_seconds": 10,
+                "ack_deadline_seconds": int(os.environ.get("CONTRACT_PUBSUB_ACK_DEADLINE_SECONDS", "10")),
                 "max_delivery_attempts": 50,
             }
             values["storage"] = {"tenant_file_roots": {t: [str(self.workdir / "audio" / t)] for t in tenants}}
@@ -514,9 +518,9 @@ class Harness:
             if counts.get("verdicts", 0) >= new_verdicts and counts.get("duplicates", 0) >= duplicates:
                 assert started_at is not None and first_at is not None
                 return Redelivery(bound, started_at - killed_at, first_at - killed_at, now - killed_at)
-            if now > deadline and started_at is None:
-                raise AssertionError(f"{self.transport}: no model loaded in {start_timeout:.0f}s")
             if now > deadline:
+                if started_at is None:
+                    raise AssertionError(f"{self.transport}: no model loaded in {start_timeout:.0f}s")
                 raise AssertionError(
                     f"{self.transport}: the successor had not answered {margin:.0f}s past the "
                     f"redelivery bound ({bound:.1f}s after the kill) and its start "
