@@ -12,9 +12,10 @@ only), so scenario 3, which SIGKILLs a worker process, is not applicable there.
        valid against schemas/verdict.schema.json; nothing scored twice.
     2. poison (malformed JSON, a payload claiming another tenant, silent audio) -> a dead
        letter with its reason on the tenant's dead-letter destination; the rest scored.
-    3. a worker SIGKILLed after it stored verdicts but before they were acked -> the
-       arrivals are delivered again -> the stored verdict is published, the same, and the
-       restarted worker scores only what was never scored.
+    3. a worker SIGKILLed after it stored verdicts but before they were acked (it kills
+       itself the first time it acks: tests/support/die_before_ack.py) -> the arrivals are
+       delivered again within the transport's redelivery bound -> the stored verdict is
+       published, the same, and the restarted worker scores only what was never scored.
     4. backpressure: in-flight never exceeds the tenant's bound; the source is paused and
        resumed; every arrival still gets its verdict.
 """
