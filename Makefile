@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Installed only when one is missing; append here, one name each.
 APT_PACKAGES := prometheus espeak-ng redis-server
 
-.PHONY: setup system-deps demo test chaos bench lint schemas clean
+.PHONY: setup system-deps demo test test-fast chaos bench lint schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,16 @@ system-deps:
 demo: setup
 	$(BIN)/audioguard demo
 
+# Everything: the fast tier and the integration tier on real local servers (README, "Development").
 test: setup system-deps
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
+
+# The fast tier: no server, no subprocess; the conformance suite on the in-memory broker only.
+test-fast: setup
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest tests/unit tests/contract/test_schemas.py
+	$(BIN)/python -m pytest tests/contract/test_transport_contract.py -k memory
 
 # The full-size crash test of issue 4 (CI runs a small one inside `make test`).
 chaos: setup

@@ -29,6 +29,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ import pytest
 
 from consumers.transport import OutRecord
 from consumers.transports.registry import TRANSPORTS
+from services.local.emulators import free_port
 from services.platform import arrival_for
 from services.settings import Settings
 from tests.support.audio import encode, speechlike
@@ -49,10 +52,42 @@ AWS_ENV = {"AWS_ACCESS_KEY_ID": "audioguard-test", "AWS_SECRET_ACCESS_KEY": "aud
 
 @dataclass
 class WorkerProcess:
-    """One `audioguard worker` subprocess; its output goes to `log`."""
+    """One `audioguard worker` subprocess; its output goes to `log`, its metrics to `metrics_port`."""
 
     process: subprocess.Popen[bytes]
     log: Path
+    metrics_port: int
+
+    def counts(self) -> dict[str, float]:
+        """The worker's `audioguard_*` counters and gauges from its /metrics page, summed over
+        their labels (`events_consumed`, `events_acked`, `verdicts`, `duplicates`, `ready`, ...);
+        empty while the page cannot be read yet (the process is still importing)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as page:
+                text = page.read().decode()
+        except OSError:
+            return {}
+        counts: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            name = family.name.removeprefix("audioguard_")
+            for sample in family.samples:
+                if sample.name in (family.name, f"{family.name}_total"):
+                    counts[name] = counts.get(name, 0.0) + sample.value
+        return counts
+
+    def started(self) -> bool:
+        """The model is loaded and warmed up (its /readyz may still wait for the transport:
+        on Kafka until the group assigned it partitions)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=5) as page:
+                return page.status == 200
+        except urllib.error.HTTPError as not_ready:
+            missing = not_ready.read().decode()
+            return "model_loaded" not in missing and "warmed_up" not in missing
+        except OSError:
+            return False
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -138,6 +173,28 @@ class ThreadWorker:
             self.stop()
 
 
+@dataclass(frozen=True)
+class Redelivery:
+    """How a killed worker's successor took over, in seconds after the SIGKILL."""
+
+    #: what the transport's settings promise (`Harness.redelivery_bound`)
+    bound: float
+    #: the successor had loaded and warmed up its model
+    started: float
+    #: the successor received its first arrival: the redelivery
+    first_delivery: float
+    #: the successor had answered everything the dead worker left
+    answered: float
+
+    def line(self, transport: str) -> str:
+        """The one line scripts/crash_loop.sh collects."""
+        return (
+            f"{transport}: redelivery after SIGKILL: bound {self.bound:.1f}s, successor started "
+            f"{self.started:.1f}s, first redelivery {self.first_delivery:.1f}s, every arrival "
+            f"answered {self.answered:.1f}s"
+        )
+
+
 @dataclass
 class Harness:
     """Everything a scenario needs from one transport."""
@@ -164,13 +221,17 @@ class Harness:
         }
         if self.transport == "kafka":
             values["kafka"] = {"bootstrap_servers": self.endpoint, "group_id": f"contract-{tenants[0]}"}
+            if "CONTRACT_KAFKA_SESSION_TIMEOUT_MS" in os.environ:
+                # a longer session shows the redelivery bound apart from a slow successor's start
+                values["kafka"]["session_timeout_ms"] = int(os.environ["CONTRACT_KAFKA_SESSION_TIMEOUT_MS"])
             values["storage"] = {"tenant_file_roots": {t: [str(self.workdir / "audio" / t)] for t in tenants}}
         elif self.transport == "pubsub":
-            # the shortest ack deadline, so a dead worker's messages return quickly; plenty of
-            # attempts, since the emulator counts its pushes to a dead stream (consumers.transports.pubsub)
+            # the shortest ack deadline (CONTRACT_PUBSUB_ACK_DEADLINE_SECONDS to measure another), so
+            # a dead worker's messages return quickly; plenty of attempts, since the emulator counts
+            # its pushes to a dead stream (consumers.transports.pubsub)
             values["pubsub"] = {
                 "emulator_host": self.endpoint,
-                "ack_deadline_seconds": 10,
+                "ack_deadline_seconds": int(os.environ.get("CONTRACT_PUBSUB_ACK_DEADLINE_SECONDS", "10")),
                 "max_delivery_attempts": 50,
             }
             values["storage"] = {"tenant_file_roots": {t: [str(self.workdir / "audio" / t)] for t in tenants}}
@@ -326,9 +387,12 @@ class Harness:
 
     # -- workers -------------------------------------------------------------------------
 
-    def start_worker(self, settings: Settings, **extra_env: str) -> WorkerProcess | ThreadWorker:
+    def start_worker(
+        self, settings: Settings, *, die_before_ack: bool = False, **extra_env: str
+    ) -> WorkerProcess | ThreadWorker:
         """A worker for `settings`: an `audioguard worker` process, or, on a transport that lives
-        inside this process, the same worker on a thread (`extra_env` does not apply there)."""
+        inside this process, the same worker on a thread (`extra_env` does not apply there).
+        `die_before_ack`: the process SIGKILLs itself when it first acks (tests.support.die_before_ack)."""
         if TRANSPORTS[self.transport].in_process:
             assert self.detector is not None
             thread_worker = ThreadWorker(settings, self.detector())
@@ -337,16 +401,19 @@ class Harness:
         log = self.workdir / f"worker-{settings.tenants[0]}-{len(self.workers)}.log"
         program = Path(sys.executable).parent / "audioguard"
         command = [str(program)] if program.exists() else [sys.executable, "-m", "services.cli"]
+        if die_before_ack:
+            command = [sys.executable, "-m", "tests.support.die_before_ack"]
         handle = open(log, "ab")  # noqa: SIM115 - the child owns it
+        metrics_port = free_port()
         process = subprocess.Popen(
             [*command, "worker", "--transport", self.transport],
-            env=self.worker_env(settings, **extra_env),
+            env=self.worker_env(settings, AUDIOGUARD_METRICS_PORT=str(metrics_port), **extra_env),
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         handle.close()
-        worker = WorkerProcess(process, log)
+        worker = WorkerProcess(process, log, metrics_port)
         self.workers.append(worker)
         return worker
 
@@ -387,6 +454,80 @@ class Harness:
                 subscriber.modify_push_config(request={"subscription": path, "push_config": {}})
         finally:
             subscriber.close()
+
+    def redelivery_bound(self, settings: Settings) -> float:
+        """Seconds after a worker's SIGKILL by which the transport hands the arrivals it held
+        to a live successor, from the settings that govern it: the bounds of
+        docs/guarantees.md, "Time to redelivery after a crash". The successor's own start
+        (the model load) is not part of it: `wait_for_successor` waits for that on its own.
+
+            kafka    session.timeout.ms (the coordinator drops the dead member), plus one
+                     more session timeout for the rebalance that hands its partitions over
+                     (Tansu holds a join for about half of it; the successor's own join
+                     and sync)
+            pubsub   one ack deadline: the dead worker's last lease extension asked for at
+                     most `ack_deadline_seconds` (clamped to 10..600, as the adapter does)
+            kinesis  no lease to expire: the successor reads after the checkpoint on its
+                     first GetRecords, one `poll_interval_seconds` after it is ready
+        """
+        if self.transport == "kafka":
+            return 2 * settings.kafka.session_timeout_ms / 1000
+        if self.transport == "pubsub":
+            return float(min(max(settings.pubsub.ack_deadline_seconds, 10), 600))
+        if self.transport == "kinesis":
+            return settings.kinesis.poll_interval_seconds
+        raise AssertionError(f"{self.transport}: no worker process to kill, no redelivery bound")
+
+    def wait_for_successor(
+        self,
+        settings: Settings,
+        successor: WorkerProcess,
+        killed_at: float,
+        *,
+        new_verdicts: int,
+        duplicates: int,
+        start_timeout: float = 120.0,
+        margin: float = 60.0,
+    ) -> Redelivery:
+        """Wait until the successor of a SIGKILLed worker answered what the dead one left:
+        `new_verdicts` arrivals that were never scored, and `duplicates` that the dead worker
+        had scored but not acked (answered from the verdict store). Its counters come from
+        its /metrics page.
+
+        Two stated limits, never "soon": the successor must have loaded its model within
+        `start_timeout` (the first worker had as long to store its first verdict), and must
+        have answered by the transport's `redelivery_bound` after the later of the kill and
+        its start, plus `margin` for scoring and publishing on a loaded machine. Returns
+        when each stage happened, in seconds after the kill."""
+        bound = self.redelivery_bound(settings)
+        started_at: float | None = None
+        first_at: float | None = None
+        counts: dict[str, float] = {}
+        deadline = time.time() + start_timeout
+        while True:
+            now = time.time()
+            failure = successor.failure()
+            if failure is not None:
+                raise AssertionError(failure)
+            counts = successor.counts()
+            if started_at is None and successor.started():
+                started_at = now
+                deadline = max(killed_at + bound, started_at) + margin
+            if first_at is None and counts.get("events_consumed", 0) > 0:
+                first_at = now
+            if counts.get("verdicts", 0) >= new_verdicts and counts.get("duplicates", 0) >= duplicates:
+                assert started_at is not None and first_at is not None
+                return Redelivery(bound, started_at - killed_at, first_at - killed_at, now - killed_at)
+            if now > deadline:
+                if started_at is None:
+                    raise AssertionError(f"{self.transport}: no model loaded in {start_timeout:.0f}s")
+                raise AssertionError(
+                    f"{self.transport}: the successor had not answered {margin:.0f}s past the "
+                    f"redelivery bound ({bound:.1f}s after the kill) and its start "
+                    f"({started_at - killed_at:.1f}s after it): owed {new_verdicts} new verdicts and "
+                    f"{duplicates} duplicates, counts {counts}"
+                )
+            time.sleep(0.2)
 
     def stored_keys(self, settings: Settings) -> set[str]:
         """Idempotency keys in the worker's SQLite verdict store (read-only)."""
