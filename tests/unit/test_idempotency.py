@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from consumers.steps import idempotency_conflict
-from consumers.tenancy import kafka_topic
-from consumers.transports.memory import MemoryBroker, forget_broker, register_broker
+from consumers.transports.memory import MemoryBroker
 from dlq.envelope import dead_letter_from_record
 from schemas import AudioArrival
 from services.platform import arrival_for
@@ -30,16 +25,6 @@ from tests.support.memory import (
 )
 
 TENANT = "acme"
-
-
-@pytest.fixture
-def broker() -> Iterator[tuple[str, MemoryBroker]]:
-    name = f"unit-{uuid.uuid4().hex[:8]}"
-    broker = register_broker(name, MemoryBroker())
-    for kind in ("arrivals", "verdicts", "dlq"):
-        broker.create_topic(kafka_topic(kind, TENANT))
-    yield name, broker
-    forget_broker(name)
 
 
 def event(

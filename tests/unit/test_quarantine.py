@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from consumers.quarantine import CRASHED_WORKER, Quarantine
 from consumers.steps import Step
-from consumers.tenancy import kafka_topic
 from consumers.transport import Message
-from consumers.transports.memory import MemoryBroker, forget_broker, register_broker
+from consumers.transports.memory import MemoryBroker
 from consumers.work import Work
 from dlq.envelope import dead_letter_from_record
 from schemas import AudioArrival
@@ -238,16 +233,6 @@ def test_off_with_zero_or_without_a_counter() -> None:
 
 
 # -- the production chain on the in-memory transport --------------------------------------
-@pytest.fixture
-def broker() -> Iterator[tuple[str, MemoryBroker]]:
-    name = f"unit-{uuid.uuid4().hex[:8]}"
-    broker = register_broker(name, MemoryBroker())
-    for kind in ("arrivals", "verdicts", "dlq"):
-        broker.create_topic(kafka_topic(kind, TENANT))
-    yield name, broker
-    forget_broker(name)
-
-
 def test_after_two_crashes_the_worker_dead_letters_it_and_answers_everyone_else(
     broker: tuple[str, MemoryBroker], tmp_path: Path
 ) -> None:

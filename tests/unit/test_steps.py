@@ -8,8 +8,6 @@ outside, are driven step by step with the real downstream steps behind them.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from consumers.batching import BatchPolicy, MicroBatcher
 from consumers.steps import Commit, Publish, ScoreBatches, Step, Work
 from consumers.tenancy import kafka_topic
 from consumers.transport import Message, OutRecord
-from consumers.transports.memory import MemoryBroker, MemorySink, MemorySource, forget_broker, register_broker
+from consumers.transports.memory import MemoryBroker, MemorySink, MemorySource
 from dlq.envelope import dead_letter_from_record
 from schemas import AudioArrival
 from services.errors import FatalError, RetryableError
@@ -37,16 +35,6 @@ from tests.support.memory import (
 )
 
 TENANT = "acme"
-
-
-@pytest.fixture
-def broker() -> Iterator[tuple[str, MemoryBroker]]:
-    name = f"unit-{uuid.uuid4().hex[:8]}"
-    broker = register_broker(name, MemoryBroker())
-    for kind in ("arrivals", "verdicts", "dlq"):
-        broker.create_topic(kafka_topic(kind, TENANT))
-    yield name, broker
-    forget_broker(name)
 
 
 def worker_for(
