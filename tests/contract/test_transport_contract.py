@@ -252,6 +252,8 @@ def test_backpressure_bounds_in_flight_and_pauses_then_resumes_the_source(
         tenant_defaults={"max_in_flight": bound},
         batch={"max_windows": 4, "max_wait_ms": 20},
         drain_seconds=5.0,
+        # pause once more than 4 are held (the default 500 is far above this scenario's 12)
+        max_held_events=4,
     )
     harness.provision(settings)
     keys, records = harness.arrivals(settings, tenants[0], 12)
