@@ -14,7 +14,9 @@ from services.tools.loadtest import partition_fairness
 
 
 def test_a_backlog_on_one_tenants_partitions_drains_on_all_of_them_together():
-    result = partition_fairness(backlog=800, partitions=2, clip_seconds=2.0)
+    # 3,000: long enough that the drain measures steady-state fairness; with 800 an unloaded
+    # worker drained in 4.5 s and the first fetch of one partition (2.4 s late) was half of it
+    result = partition_fairness(backlog=3000, partitions=2, clip_seconds=2.0)
     print(
         f"\nbacklog {result.backlog} {result.per_partition}, drained in {result.drain_seconds:.1f} s; "
         f"longest waits {result.longest_wait_s}; least first-half share {result.min_first_half_share:.2f}"

@@ -130,7 +130,9 @@ def skewed(value: bytes, now: datetime) -> str:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.datetimes(timezones=st.timezones() | st.just(timezone(timedelta(hours=-14)))),
+    # fixed offsets from -14 h to +14 h: the IANA zones strategy touches the global random state,
+    # which Hypothesis reports as a flaky strategy when another test has used `random`
+    st.datetimes(timezones=st.sampled_from([timezone(timedelta(minutes=m)) for m in range(-840, 841, 15)])),
     st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)),
 )
 def test_any_submitted_at_is_accepted_or_refused_by_the_skew(submitted: datetime, now: datetime) -> None:
