@@ -188,32 +188,29 @@ class MemoryStore(VerdictStore):
         count, expires_at = self._attempts.get(item, (0, now))
         return count if expires_at > now else 0
 
-    def claim_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+    def _update_attempts(
+        self, items: Sequence[tuple[str, str]], step: Callable[[int], tuple[int, int]]
+    ) -> list[int]:
+        """For each item, `step(live count)` -> (count to store, 0 = leave as is; count to report)."""
         for tenant, key in items:
             _check_tenant_key(tenant, key)
         with self._lock:
             now = self._clock()
             counts = []
             for item in items:
-                count = self._live_attempts(item, now)
-                if count <= 0:
-                    self._attempts[item] = (1, now + self.ttl_seconds)
-                counts.append(max(0, count))
+                stored, reported = step(self._live_attempts(item, now))
+                if stored > 0:
+                    self._attempts[item] = (stored, now + self.ttl_seconds)
+                counts.append(reported)
             self._prune_attempts(now)
             return counts
 
+    def claim_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
+        # counts a first attempt; reports the earlier ones of an item that has some
+        return self._update_attempts(items, lambda count: (1 if count <= 0 else 0, max(0, count)))
+
     def begin_attempts(self, items: Sequence[tuple[str, str]]) -> list[int]:
-        for tenant, key in items:
-            _check_tenant_key(tenant, key)
-        with self._lock:
-            now = self._clock()
-            counts = []
-            for item in items:
-                count = self._live_attempts(item, now) + 1
-                self._attempts[item] = (count, now + self.ttl_seconds)
-                counts.append(count)
-            self._prune_attempts(now)
-            return counts
+        return self._update_attempts(items, lambda count: (count + 1, count + 1))
 
     def undo_attempts(self, items: Sequence[tuple[str, str]]) -> None:
         with self._lock:
