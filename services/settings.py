@@ -198,6 +198,12 @@ class StoreSettings(BaseModel):
     quarantine_after: int = Field(default=2, ge=0)
 
 
+class DatabaseSettings(BaseModel):
+    #: PostgreSQL for the reporting pipeline, the API layer's keys and metering (services.database);
+    #: None: those features are off and their commands say how to start one
+    url: str | None = None
+
+
 class TenantSettings(BaseModel):
     weight: float = 1.0
     max_in_flight: int = 64
@@ -255,6 +261,7 @@ class Settings(BaseSettings):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     dlq: DlqSettings = Field(default_factory=DlqSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     tenant_defaults: TenantSettings = Field(default_factory=TenantSettings)
     tenant_overrides: dict[str, TenantSettings] = Field(default_factory=dict)
 

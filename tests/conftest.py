@@ -72,3 +72,20 @@ def audio_root(tmp_path: Path) -> Path:
     root = tmp_path / "audio"
     root.mkdir()
     return root
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A database of its own on the local PostgreSQL server (trust auth on 127.0.0.1:5432, or
+    AUDIOGUARD_TEST_POSTGRES for another server), created for the test and dropped after it."""
+    import psycopg
+
+    admin = os.environ.get("AUDIOGUARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"ag_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
