@@ -65,6 +65,14 @@ histograms with ``_bucket`` / ``_sum`` / ``_count``, the Info metric with ``_inf
     audioguard_worker_restarts_total               counter    worker_process
         children restarted by `worker --processes / --gpus` (served by its supervisor; the
         children's own series carry the same `worker_process` label there)
+    audioguard_reporting_rows_total                counter    table, outcome
+        rows the reporting app offered to PostgreSQL (outcome: inserted / duplicate)
+    audioguard_reporting_invalid_total             counter    reason
+        verdict / dead-letter records that failed validation (sent to the reporting DLQ)
+    audioguard_reporting_lag_messages              gauge      topic, partition
+        high watermark - next offset the reporting app will write (grows while PostgreSQL is down)
+    audioguard_reporting_database_up               gauge      -
+        1 while the reporting app's last write reached PostgreSQL, 0 while it waits for it
 
 Cardinality is bounded on purpose: label values are tenants (validated ids from topic
 names), closed enumerations (labels, categories, stages) or reason codes (checked against
@@ -107,6 +115,10 @@ __all__ = [
     "PAUSED_PARTITIONS",
     "QUEUE_WAIT_SECONDS",
     "READY",
+    "REPORTING_DATABASE_UP",
+    "REPORTING_INVALID",
+    "REPORTING_LAG_MESSAGES",
+    "REPORTING_ROWS",
     "RETRIES",
     "SCORE",
     "SCORE_PSI",
@@ -269,7 +281,28 @@ WORKER_RESTARTS: Final = Counter(
     ["worker_process"],
 )
 
+# --- the reporting pipeline (reporting.app) --------------------------------------------------------
+
+REPORTING_ROWS: Final = Counter(
+    "audioguard_reporting_rows", "Rows offered to the reporting store.", ["table", "outcome"]
+)
+REPORTING_INVALID: Final = Counter(
+    "audioguard_reporting_invalid", "Records the reporting app dead-lettered.", ["reason"]
+)
+REPORTING_LAG_MESSAGES: Final = Gauge(
+    "audioguard_reporting_lag_messages",
+    "High watermark - next offset the reporting app will write.",
+    ["topic", "partition"],
+)
+REPORTING_DATABASE_UP: Final = Gauge(
+    "audioguard_reporting_database_up", "1 while the reporting app's writes reach PostgreSQL."
+)
+
 ALL_METRICS: Final[tuple[MetricWrapperBase, ...]] = (
+    REPORTING_ROWS,
+    REPORTING_INVALID,
+    REPORTING_LAG_MESSAGES,
+    REPORTING_DATABASE_UP,
     EVENTS_CONSUMED,
     EVENTS_ACKED,
     VERDICTS,
