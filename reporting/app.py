@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.admin import AIOKafkaAdminClient
 
 from reporting.records import REPORTING_DLQ_TOPIC, TOPIC_PATTERN, Row, row_for
 from reporting.store import ReportingStore
@@ -49,6 +51,28 @@ class ReportingConfig:
     session_timeout_seconds: float = 6.0
     commit_interval_seconds: float = 1.0
     data_dir: Path = Path("/tmp/audioguard-reporting")
+    #: how often the broker is asked for new tenants' topics
+    discover_seconds: float = 10.0
+    #: only these tenants' topics (empty: every tenant's, by TOPIC_PATTERN)
+    tenants: tuple[str, ...] = ()
+
+    def wants(self, topic: str) -> bool:
+        match = _PATTERN.match(topic)
+        return bool(match) and (not self.tenants or topic.rsplit(".", 1)[1] in self.tenants)
+
+
+_PATTERN = re.compile(TOPIC_PATTERN)
+
+
+async def matching_topics(config: ReportingConfig) -> list[str]:
+    """The verdict and dead-letter topics on the broker now that the app should read."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap_servers.split(","))
+    await admin.start()
+    try:
+        names = await admin.list_topics()
+    finally:
+        await admin.close()
+    return sorted(name for name in names if config.wants(name))
 
 
 def _headers(raw: Any) -> list[tuple[str, bytes]]:
@@ -81,7 +105,11 @@ class _Lag:
             metrics.REPORTING_LAG_MESSAGES.labels(tp.topic, str(tp.partition)).set(behind)
 
 
-def build_app(config: ReportingConfig) -> faust.App:
+def build_app(config: ReportingConfig, topics: Sequence[str]) -> faust.App:
+    """The app, reading `topics` (and those that appear later, found every discover_seconds).
+
+    faust's aiokafka driver cannot subscribe by pattern, so the app lists the broker's topics
+    itself and re-subscribes when a new tenant's topic matches."""
     app = faust.App(
         config.app_id,
         broker=[f"kafka://{server}" for server in config.bootstrap_servers.split(",")],
@@ -95,8 +123,11 @@ def build_app(config: ReportingConfig) -> faust.App:
         broker_commit_interval=config.commit_interval_seconds,
         stream_buffer_maxsize=max(4096, 2 * config.batch_records),
     )
-    source = app.topic(pattern=TOPIC_PATTERN, key_type=bytes, value_type=bytes,
+    source = app.topic(*topics, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")  # fmt: skip
+    # faust waits 45 s after a change before re-subscribing (to batch agent restarts); a new
+    # tenant's topic is the only change here
+    app.topics._resubscribe_sleep_lock_seconds = min(5.0, config.discover_seconds)
     dead_letters = app.topic(REPORTING_DLQ_TOPIC, key_serializer="raw", value_serializer="raw")
     store = ReportingStore(config.database_url)
     lag = _Lag()
@@ -163,6 +194,20 @@ def build_app(config: ReportingConfig) -> faust.App:
     async def refresh_lag() -> None:
         lag.refresh(app)
 
+    @app.timer(interval=config.discover_seconds)  # type: ignore[untyped-decorator]
+    async def discover() -> None:
+        try:
+            found = await matching_topics(config)
+        except Exception as error:  # noqa: BLE001 - the broker briefly away: next tick
+            log.warning("topic discovery failed", extra={"error": repr(error)})
+            return
+        new = sorted(set(found) - set(source.topics))
+        if new:
+            log.info("new tenant topics; re-subscribing", extra={"topics": new})
+            source.topics = sorted(set(source.topics) | set(new))
+            app.topics.discard(source)
+            app.topics.add(source)
+
     @app.timer(interval=60.0)  # type: ignore[untyped-decorator]
     async def close_metering() -> None:
         before = datetime.now(UTC) - config.metering_grace
@@ -179,7 +224,12 @@ def build_app(config: ReportingConfig) -> faust.App:
 def run(config: ReportingConfig, *, log_level: str = "info") -> None:
     """Run the app in this process until SIGTERM / SIGINT (faust's worker handles both)."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    app = build_app(config)
+    topics = asyncio.run(matching_topics(config))
+    while not topics:
+        log.info("no verdict or dead-letter topics yet; waiting", extra={"pattern": TOPIC_PATTERN})
+        time.sleep(config.discover_seconds)
+        topics = asyncio.run(matching_topics(config))
+    app = build_app(config, topics)
     worker = faust.Worker(app, loglevel=log_level, quiet=True)
     started = time.monotonic()
     try:

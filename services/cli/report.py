@@ -42,6 +42,8 @@ def add_parser(subparsers: Any) -> None:
     )
     _where(run)
     run.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: settings)")
+    run.add_argument("--tenant", action="append", dest="tenants", metavar="TENANT",
+                     help="only this tenant's topics (repeatable; default every tenant's)")  # fmt: skip
     run.add_argument("--app-id", default="audioguard-reporting", help="faust app id = consumer group")
     run.add_argument("--batch-records", type=int, default=500, help="rows per INSERT batch at most")
     run.add_argument("--batch-seconds", type=float, default=0.5, help="wait at most this for a batch")
@@ -141,6 +143,7 @@ def _run(args: argparse.Namespace) -> int:
                 metering_grace=timedelta(minutes=args.metering_grace_minutes),
                 session_timeout_seconds=settings.kafka.session_timeout_ms / 1000,
                 data_dir=args.data_dir,
+                tenants=tuple(args.tenants or ()),
             )
         )
         return 0

@@ -1,0 +1,213 @@
+"""The reporting app end to end: Tansu + the faust app in its own process + PostgreSQL.
+
+Verdicts (duplicates and a re-score included), dead letters and invalid records go in; every
+verdict comes out exactly once per (tenant, key, model version), invalid records land in the
+pipeline's own DLQ with their reasons, and a SIGKILL mid-stream loses and duplicates nothing.
+The sink's rate is printed (rows/s), never asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consumers.tenancy import kafka_topic
+from consumers.transport import OutRecord
+from consumers.transports.kafka import KafkaSink, create_topics, read_topic, tenant_topics
+from reporting.records import REPORTING_DLQ_TOPIC
+from reporting.store import migrate_store, query
+from services.local.broker import EmbeddedBroker
+from services.settings import KafkaSettings
+from tests.support.reporting import dead_letter, verdict_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+N_PER_TENANT = int(os.environ.get("AUDIOGUARD_TEST_REPORTING_N", "300"))
+
+
+class ReportingApp:
+    """`audioguard report run` in a process of its own (so it can be SIGKILLed)."""
+
+    def __init__(self, bootstrap: str, url: str, app_id: str, workdir: Path) -> None:
+        self.args = [
+            sys.executable, "-m", "services.cli", "report", "run", "--database-url", url,
+            "--bootstrap-servers", bootstrap, "--app-id", app_id, "--data-dir", str(workdir / "faust"),
+            "--batch-records", "200", "--batch-seconds", "0.2",
+        ]  # fmt: skip
+        self.log = workdir / "reporting.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = os.environ | {"PYTHONPATH": str(ROOT), "AUDIOGUARD_LOG_FORMAT": "text"}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 30) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A broker of this module's own: the app reads every tenant's topics, not only this test's."""
+    with EmbeddedBroker(log_path=tmp_path_factory.mktemp("tansu-reporting") / "tansu.log") as running:
+        yield running
+
+
+@pytest.fixture
+def app_factory(broker: EmbeddedBroker, postgres_url: str, tmp_path: Path) -> Iterator[ReportingApp]:
+    app = ReportingApp(broker.bootstrap_servers, postgres_url, f"reporting-{uuid.uuid4().hex[:6]}", tmp_path)
+    try:
+        yield app
+    finally:
+        app.kill(signal.SIGKILL)
+
+
+def _publish(settings: KafkaSettings, records: list[OutRecord]) -> None:
+    sink = KafkaSink(settings)
+    futures = [sink.publish(r) for r in records]
+    sink.flush(30)
+    for future in futures:
+        future.result(30)
+
+
+def _rows(url: str, tenants: list[str]) -> tuple[int, int]:
+    """(rows, distinct (tenant, key, model version)) of these tenants: the module's broker also
+    holds the other tests' topics, which the app reads too."""
+    _, rows = query(
+        url,
+        "SELECT count(*), count(DISTINCT (tenant_id, idempotency_key, model_version))"
+        " FROM reporting.verdicts WHERE tenant_id = ANY(%s)",
+        (tenants,),
+    )
+    return int(rows[0][0]), int(rows[0][1])
+
+
+def _wait(predicate, timeout: float, app: ReportingApp) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert app.proc is not None and app.proc.poll() is None, f"reporting app exited:\n{app.tail()}"
+        time.sleep(0.25)
+    raise AssertionError(f"timed out; app log:\n{app.tail()}")
+
+
+def _records(tenants: list[str], n: int, offset: int = 0) -> tuple[list[OutRecord], set[tuple[str, str]]]:
+    records, expected = [], set()
+    for tenant in tenants:
+        for i in range(offset, offset + n):
+            key = f"{tenant}:clip-{i}"
+            value = verdict_bytes(tenant, key, (i % 100) / 100)
+            records.append(OutRecord(tenant=tenant, destination="verdicts", key=key.encode(), value=value))
+            expected.add((tenant, key))
+    return records, expected
+
+
+def test_every_verdict_lands_exactly_once_and_invalid_records_are_dead_lettered(
+    broker: EmbeddedBroker, postgres_url: str, tenants: list[str], app_factory: ReportingApp
+) -> None:
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
+    tenants = tenants[:2]
+    create_topics(settings, tenant_topics(tenants, ("verdicts", "dlq")), partitions=2)
+    create_topics(settings, [REPORTING_DLQ_TOPIC])
+    migrate_store(postgres_url)
+    records, expected = _records(tenants, N_PER_TENANT)
+    duplicates = records[: N_PER_TENANT // 5]  # a replay: the same records again
+    rescore_key = f"{tenants[0]}:clip-1"
+    rescore = OutRecord(
+        tenant=tenants[0], destination="verdicts", key=rescore_key.encode(),
+        value=verdict_bytes(tenants[0], rescore_key, 0.99, model_version="2.0.0"),
+    )  # fmt: skip
+    invalid = [
+        OutRecord(tenant=tenants[0], destination="verdicts", key=b"bad-1", value=b"{not json"),
+        OutRecord(tenant=tenants[1], destination="verdicts", key=b"bad-2",
+                  value=verdict_bytes(tenants[0], "someone-else", 0.5)),
+    ]  # fmt: skip
+    letters = []
+    for i in range(3):
+        value, headers = dead_letter(tenants[1], f"poison-{i}")
+        letters.append(OutRecord(tenant=tenants[1], destination="dlq", key=f"p{i}".encode(), value=value,
+                                 headers=tuple(headers)))  # fmt: skip
+    _publish(settings, records + duplicates + [rescore] + invalid + letters)
+
+    app_factory.start()
+    started = time.monotonic()
+    want = len(expected) + 1
+    _wait(lambda: _rows(postgres_url, tenants)[0] >= want, 120, app_factory)
+    elapsed = time.monotonic() - started
+    time.sleep(1.5)  # anything extra (a duplicate) would arrive now
+    total, distinct = _rows(postgres_url, tenants)
+    assert total == distinct == want
+    _, keys = query(
+        postgres_url,
+        "SELECT tenant_id, idempotency_key FROM reporting.verdicts WHERE tenant_id = ANY(%s)",
+        (tenants,),
+    )
+    assert {tuple(k) for k in keys} == expected
+    letters_of = f"reporting.dead_letters WHERE tenant_id = '{tenants[1]}'"
+    _wait(lambda: _count(postgres_url, letters_of) == 3, 30, app_factory)
+    _, span = query(
+        postgres_url, "SELECT extract(epoch FROM max(ingested_at) - min(ingested_at)) FROM reporting.verdicts"
+    )
+    print(f"\nreporting sink: {want} rows in {elapsed:.1f} s from start (join included); "
+          f"{want / max(float(span[0][0]), 1e-3):.0f} rows/s first-to-last insert")  # fmt: skip
+
+    reasons = [
+        dict(h).get("ag-reporting-reason", b"").decode()
+        for _, _, h in read_topic(settings, REPORTING_DLQ_TOPIC, idle=2.0, timeout=30)
+    ]
+    assert sorted(reasons) == ["schema_violation", "tenant_mismatch"]
+
+
+def _count(url: str, table: str) -> int:
+    return int(query(url, f"SELECT count(*) FROM {table}")[1][0][0])
+
+
+def test_a_sigkill_mid_stream_loses_and_duplicates_nothing(
+    broker: EmbeddedBroker, postgres_url: str, tenants: list[str], app_factory: ReportingApp
+) -> None:
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
+    tenant = tenants[0]
+    create_topics(settings, tenant_topics([tenant], ("verdicts", "dlq")), partitions=2)
+    migrate_store(postgres_url)
+    first, expected = _records([tenant], N_PER_TENANT)
+    _publish(settings, first)
+    app_factory.start()
+    _wait(lambda: _rows(postgres_url, [tenant])[0] > 0, 120, app_factory)
+    second, more = _records([tenant], 2 * N_PER_TENANT, offset=N_PER_TENANT)
+    _publish(settings, second)
+    # mid-stream: part of `second` written, its offsets perhaps not yet committed (1 s interval)
+    deadline = time.monotonic() + 60
+    while _rows(postgres_url, [tenant])[0] <= N_PER_TENANT and time.monotonic() < deadline:
+        time.sleep(0.02)
+    app_factory.kill(signal.SIGKILL)
+    killed_at = _rows(postgres_url, [tenant])[0]
+    app_factory.start()
+    want = len(expected | more)
+    _wait(lambda: _rows(postgres_url, [tenant])[0] >= want, 120, app_factory)
+    time.sleep(1.5)
+    topic_records = sum(
+        1 for _ in read_topic(settings, kafka_topic("verdicts", tenant), idle=2.0, timeout=30)
+    )
+    total, distinct = _rows(postgres_url, [tenant])
+    print(
+        f"\nSIGKILL at {killed_at} rows; after the restart {total} ({distinct} distinct); "
+        f"topic {topic_records}"
+    )
+    assert topic_records == total == distinct == want
