@@ -1,6 +1,7 @@
-"""The faust-streaming app that moves every tenant's verdicts and dead letters into PostgreSQL.
+"""The faust-streaming app that moves every tenant's verdicts, dead letters and moderators'
+feedback into PostgreSQL.
 
-    topics ^audioguard\\.(verdicts|dlq)\\.<tenant>$ (pattern) -> validate -> batch -> INSERT ... ON CONFLICT
+    topics ^audioguard\\.(verdicts|dlq|feedback)\\.<tenant>$ -> validate -> batch -> INSERT ... ON CONFLICT
                                                   └ invalid -> audioguard.reporting-dlq (reason in headers)
 
 Delivery: events are acked by hand (`Stream.noack_take`) only after their batch's transaction
@@ -127,7 +128,7 @@ def build_app(config: ReportingConfig, topics: Sequence[str]) -> faust.App:
                        key_serializer="raw", value_serializer="raw")  # fmt: skip
     # faust waits 45 s after a change before re-subscribing (to batch agent restarts); a new
     # tenant's topic is the only change here
-    app.topics._resubscribe_sleep_lock_seconds = min(5.0, config.discover_seconds)
+    app.topics._resubscribe_sleep_lock_seconds = min(5.0, config.discover_seconds)  # type: ignore[attr-defined]
     dead_letters = app.topic(REPORTING_DLQ_TOPIC, key_serializer="raw", value_serializer="raw")
     store = ReportingStore(config.database_url)
     lag = _Lag()
@@ -145,7 +146,7 @@ def build_app(config: ReportingConfig, topics: Sequence[str]) -> faust.App:
                 delay = min(config.retry_max_seconds, delay * 2)
                 continue
             metrics.REPORTING_DATABASE_UP.set(1)
-            for table in ("verdicts", "dead_letters"):
+            for table in ("verdicts", "dead_letters", "feedback"):
                 offered = sum(1 for row in rows if row.table == table)
                 if offered:
                     metrics.REPORTING_ROWS.labels(table, "offered").inc(offered)

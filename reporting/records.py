@@ -19,12 +19,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from dlq.envelope import dead_letter_from_record
-from schemas import SCHEMA_MAJOR, Verdict
+from schemas import SCHEMA_MAJOR, Feedback, Verdict
 from services.errors import PoisonMessage
 
 #: every tenant's verdict and dead-letter topics (the app subscribes by this pattern)
-TOPIC_PATTERN = r"^audioguard\.(verdicts|dlq)\.[a-z0-9-]{1,40}$"
-_TOPIC_RE = re.compile(r"^audioguard\.(verdicts|dlq)\.([a-z0-9-]{1,40})$")
+TOPIC_PATTERN = r"^audioguard\.(verdicts|dlq|feedback)\.[a-z0-9-]{1,40}$"
+_TOPIC_RE = re.compile(r"^audioguard\.(verdicts|dlq|feedback)\.([a-z0-9-]{1,40})$")
 #: the pipeline's own dead letters (not matched by TOPIC_PATTERN)
 REPORTING_DLQ_TOPIC = "audioguard.reporting-dlq"
 
@@ -39,18 +39,19 @@ DEAD_LETTER_COLUMNS = (
     "attempt", "first_seen_at", "last_failed_at", "worker_id", "model_version", "replay_count",
     "payload_size", "envelope",
 )  # fmt: skip
+FEEDBACK_COLUMNS = ("tenant_id", "idempotency_key", "truth", "decided_at", "moderator", "source")
 
 
 @dataclass(frozen=True)
 class Row:
-    """One row for `table` ("verdicts" or "dead_letters"), values in that table's column order."""
+    """One row for `table` ("verdicts", "dead_letters", "feedback"), values in its column order."""
 
     table: str
     values: tuple[Any, ...]
 
 
 def topic_kind(topic: str) -> tuple[str, str]:
-    """-> ("verdicts" | "dlq", tenant); PoisonMessage for a topic outside the pattern."""
+    """-> ("verdicts" | "dlq" | "feedback", tenant); PoisonMessage for a topic outside the pattern."""
     match = _TOPIC_RE.match(topic)
     if not match:
         raise PoisonMessage("unexpected_topic", f"{topic!r} is not a verdict or dead-letter topic")
@@ -103,6 +104,23 @@ def dead_letter_row(
     )  # fmt: skip
 
 
+def feedback_row(topic: str, value: bytes | None) -> Row:
+    _, tenant = topic_kind(topic)
+    if not value:
+        raise PoisonMessage("empty_record", "a feedback record without a value")
+    try:
+        decision = Feedback.model_validate_json(value)
+    except ValidationError as error:
+        raise PoisonMessage("schema_violation", str(error)[:1000]) from error
+    if decision.tenant_id != tenant:
+        raise PoisonMessage("tenant_mismatch", f"feedback of {decision.tenant_id!r} on {topic}")
+    return Row(
+        "feedback",
+        (tenant, decision.idempotency_key, decision.truth, decision.decided_at, decision.moderator,
+         f"topic:{topic}"),
+    )  # fmt: skip
+
+
 def row_for(
     topic: str, partition: int, offset: int, value: bytes | None, headers: Sequence[tuple[str, bytes]]
 ) -> Row:
@@ -110,4 +128,6 @@ def row_for(
     kind, _ = topic_kind(topic)
     if kind == "verdicts":
         return verdict_row(topic, partition, offset, value)
+    if kind == "feedback":
+        return feedback_row(topic, value)
     return dead_letter_row(topic, partition, offset, value, headers)

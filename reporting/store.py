@@ -17,11 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from reporting import COMPONENT
-from reporting.records import DEAD_LETTER_COLUMNS, VERDICT_COLUMNS, Row
+from reporting.records import DEAD_LETTER_COLUMNS, FEEDBACK_COLUMNS, VERDICT_COLUMNS, Row
 from services.database import Connection, connect, mapped_errors, migrate, migrations_in
 from services.errors import PoisonMessage, RetryableError
 
-_COLUMNS = {"verdicts": VERDICT_COLUMNS, "dead_letters": DEAD_LETTER_COLUMNS}
+_COLUMNS = {"verdicts": VERDICT_COLUMNS, "dead_letters": DEAD_LETTER_COLUMNS, "feedback": FEEDBACK_COLUMNS}
+#: verdicts and dead letters never change once written; a later decision replaces an earlier one
+_ON_CONFLICT = {
+    "verdicts": " ON CONFLICT DO NOTHING",
+    "dead_letters": " ON CONFLICT DO NOTHING",
+    "feedback": " ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET truth = excluded.truth,"
+    " decided_at = excluded.decided_at, moderator = excluded.moderator, source = excluded.source,"
+    " loaded_at = now() WHERE reporting.feedback.decided_at <= excluded.decided_at",
+}
 _CASTS = {"payload": "::jsonb", "envelope": "::jsonb"}
 
 
@@ -36,8 +44,18 @@ def _insert_sql(table: str, rows: int) -> str:
     return (
         f"INSERT INTO reporting.{table} ({', '.join(columns)}) VALUES "
         + ", ".join([one] * rows)
-        + " ON CONFLICT DO NOTHING"
+        + _ON_CONFLICT[table]
     )
+
+
+def _latest_decisions(values: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """One feedback row per upload (the latest decision): an upsert may touch a row once only."""
+    latest: dict[tuple[Any, Any], tuple[Any, ...]] = {}
+    for row in values:
+        key = (row[0], row[1])
+        if key not in latest or latest[key][3] <= row[3]:
+            latest[key] = row
+    return list(latest.values())
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,8 @@ class ReportingStore:
             with mapped_errors(), conn.transaction():
                 for table in _COLUMNS:
                     values = [row.values for row in rows if row.table == table]
+                    if table == "feedback":
+                        values = _latest_decisions(values)
                     for start in range(0, len(values), self.chunk_rows):
                         chunk = values[start : start + self.chunk_rows]
                         flat = [v for row in chunk for v in row]
@@ -105,7 +125,6 @@ def query(url: str, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], li
 
 # --- feedback --------------------------------------------------------------------------------------
 
-FEEDBACK_COLUMNS = ("tenant_id", "idempotency_key", "truth", "decided_at", "moderator")
 _TRUTHS = {"synthetic": "synthetic", "bona_fide": "bona_fide", "bonafide": "bona_fide", "spoof": "synthetic"}
 
 

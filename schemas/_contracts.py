@@ -199,10 +199,23 @@ class DeadLetter(_Contract):
     payload_b64: str | None = None
 
 
+class Feedback(_Contract):
+    """A moderator's decision on one upload (topic ``audioguard.feedback.<tenant>``, key: the
+    idempotency key): the ground truth the reporting store joins to verdicts. A later decision
+    for the same upload replaces an earlier one."""
+
+    idempotency_key: str = Field(min_length=1, max_length=200)
+    tenant_id: TenantId
+    truth: Literal["synthetic", "bona_fide"]
+    decided_at: AwareDatetime
+    moderator: str | None = Field(default=None, max_length=200)
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
     """The exported JSON Schema of each contract, by file name."""
     return {
         "audio_arrival.schema.json": AudioArrival.model_json_schema(),
         "verdict.schema.json": Verdict.model_json_schema(),
         "dead_letter.schema.json": DeadLetter.model_json_schema(),
+        "feedback.schema.json": Feedback.model_json_schema(),
     }

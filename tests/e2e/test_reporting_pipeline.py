@@ -19,15 +19,20 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from consumers.tenancy import kafka_topic
 from consumers.transport import OutRecord
 from consumers.transports.kafka import KafkaSink, create_topics, read_topic, tenant_topics
+from reporting.commands import model_eer
 from reporting.records import REPORTING_DLQ_TOPIC
 from reporting.store import migrate_store, query
+from schemas import Feedback
+from services.detector.training.metrics import eer
 from services.local.broker import EmbeddedBroker
 from services.settings import KafkaSettings
 from tests.support.reporting import dead_letter, verdict_bytes
@@ -130,7 +135,8 @@ def test_every_verdict_lands_exactly_once_and_invalid_records_are_dead_lettered(
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
     tenants = tenants[:2]
     create_topics(settings, tenant_topics(tenants, ("verdicts", "dlq")), partitions=2)
-    create_topics(settings, [REPORTING_DLQ_TOPIC])
+    feedback_topic = f"audioguard.feedback.{tenants[1]}"
+    create_topics(settings, [REPORTING_DLQ_TOPIC, feedback_topic])
     migrate_store(postgres_url)
     records, expected = _records(tenants, N_PER_TENANT)
     duplicates = records[: N_PER_TENANT // 5]  # a replay: the same records again
@@ -149,7 +155,14 @@ def test_every_verdict_lands_exactly_once_and_invalid_records_are_dead_lettered(
         value, headers = dead_letter(tenants[1], f"poison-{i}")
         letters.append(OutRecord(tenant=tenants[1], destination="dlq", key=f"p{i}".encode(), value=value,
                                  headers=tuple(headers)))  # fmt: skip
+    # moderators' decisions on tenant 1's uploads, twice for some (the later one wins)
+    truth = {i: "synthetic" if (i * 7919) % 3 else "bona_fide" for i in range(N_PER_TENANT)}
+    decisions = [
+        _decision(tenants[1], f"{tenants[1]}:clip-{i}", truth[i], minute=1) for i in range(N_PER_TENANT)
+    ] + [_decision(tenants[1], f"{tenants[1]}:clip-{i}", "bona_fide", minute=0) for i in range(20)]
+    decisions.append(OutRecord(tenant=tenants[1], destination="verdicts", key=b"x", value=b"{}"))
     _publish(settings, records + duplicates + [rescore] + invalid + letters)
+    _publish_to(settings, feedback_topic, decisions)
 
     app_factory.start()
     started = time.monotonic()
@@ -177,7 +190,31 @@ def test_every_verdict_lands_exactly_once_and_invalid_records_are_dead_lettered(
         dict(h).get("ag-reporting-reason", b"").decode()
         for _, _, h in read_topic(settings, REPORTING_DLQ_TOPIC, idle=2.0, timeout=30)
     ]
-    assert sorted(reasons) == ["schema_violation", "tenant_mismatch"]
+    assert sorted(reasons) == ["schema_violation", "schema_violation", "tenant_mismatch"]
+
+    _wait(lambda: _count(postgres_url, "reporting.feedback") == N_PER_TENANT, 30, app_factory)
+    scores = {i: (i % 100) / 100 for i in range(N_PER_TENANT)}
+    bona = np.array([scores[i] for i in scores if truth[i] == "bona_fide"])
+    synth = np.array([scores[i] for i in scores if truth[i] == "synthetic"])
+    assert model_eer(postgres_url, "1.0.0") == pytest.approx(eer(bona, synth)[0])
+
+
+def _decision(tenant: str, key: str, truth: str, minute: int) -> OutRecord:
+    value = Feedback(
+        idempotency_key=key, tenant_id=tenant, truth=truth,  # type: ignore[arg-type]
+        decided_at=datetime(2026, 11, 5, 12, minute, tzinfo=UTC),
+    ).model_dump_json().encode()  # fmt: skip
+    return OutRecord(tenant=tenant, destination="verdicts", key=key.encode(), value=value)
+
+
+def _publish_to(settings: KafkaSettings, topic: str, records: list[OutRecord]) -> None:
+    """Produce to a topic outside the worker's destinations (the feedback topic)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    for record in records:
+        producer.produce(topic, key=record.key, value=record.value)
+    assert producer.flush(30) == 0
 
 
 def _count(url: str, table: str) -> int:

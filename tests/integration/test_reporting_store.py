@@ -60,6 +60,7 @@ def test_batches_are_idempotent_and_a_rescore_is_its_own_row(postgres_url: str) 
         (VT, b"", "empty_record"),
         ("audioguard.arrivals.acme", b"{}", "unexpected_topic"),
         (f"audioguard.dlq.{T}", b"payload", "bad_dead_letter"),
+        (f"audioguard.feedback.{T}", b'{"idempotency_key": "k", "tenant_id": "acme"}', "schema_violation"),
     ],
 )
 def test_invalid_records_are_poison_with_a_reason(topic: str, value: bytes, reason: str) -> None:
