@@ -110,3 +110,38 @@ def test_an_unreachable_database_is_retryable() -> None:
     store = ReportingStore("postgresql://postgres@127.0.0.1:1/none")
     with pytest.raises(RetryableError):
         store.write([row_for(VT, 0, 0, verdict_bytes(T, "k", 0.1), [])])
+
+
+def test_report_commands_migrate_load_feedback_and_print_the_model_view(
+    postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")  # rich's table width
+    assert main(["report", "migrate", "--database-url", postgres_url]) == 0
+    store = ReportingStore(postgres_url)
+    store.write([row_for(VT, 0, i, verdict_bytes(T, f"k{i}", i / 10), []) for i in range(10)])
+    store.close()
+    csv_file = tmp_path / "decisions.csv"
+    csv_file.write_text(
+        "tenant_id,idempotency_key,truth,moderator\n"
+        + "".join(f"{T},k{i},{'synthetic' if i >= 5 else 'bona_fide'},mod-1\n" for i in range(10))
+        + f"{T},k1,maybe,mod-2\n"
+    )
+    assert main(["report", "feedback", "load", str(csv_file), "--database-url", postgres_url]) == 1
+    out = capsys.readouterr().out
+    assert "feedback loaded: 10 decisions" in out and "line 12 refused" in out
+    assert main(["report", "model", "--database-url", postgres_url]) == 0
+    out = capsys.readouterr().out
+    assert "aasist-lite 1.0.0" in out and "0.0000" in out  # perfectly separated: EER 0
+
+
+def test_report_commands_without_a_database_say_how_to_get_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.cli import main
+
+    monkeypatch.delenv("AUDIOGUARD_DATABASE__URL", raising=False)
+    monkeypatch.delenv("AUDIOGUARD_CONFIG", raising=False)
+    assert main(["report", "model"]) == 2
+    assert "database.url" in capsys.readouterr().err
