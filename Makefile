@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests and tools call as programs (promtool, TTS engines for the detector tests ...).
 # Installed only when one is missing; append here, one name each.
-APT_PACKAGES := prometheus espeak-ng redis-server
+APT_PACKAGES := prometheus espeak-ng redis-server chromium
 
 .PHONY: setup system-deps demo test test-fast chaos bench lint schemas clean
 

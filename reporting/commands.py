@@ -89,3 +89,13 @@ def _ratio(successes: int, total: int) -> str:
         return "-"
     low, high = wilson(successes, total)
     return f"{successes / total:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def tenant_report(url: str, tenant: str, month: str, out_dir: Path, console: Console) -> int:
+    from reporting.customer_report import write_report
+
+    html_path, csv_path, report = write_report(url, tenant, month, out_dir)
+    console.print(f"{tenant} {month}: {report.uploads} uploads, {report.audio_hours:.2f} audio hours, "
+                  f"{report.dead_letters} dead letters")  # fmt: skip
+    console.print(f"wrote {html_path}\nwrote {csv_path}")
+    return 0

@@ -1,4 +1,4 @@
-"""`audioguard report migrate|run|feedback load|model`: the reporting pipeline into PostgreSQL.
+"""`audioguard report migrate|run|feedback load|model|tenant`: the reporting pipeline into PostgreSQL.
 
 Argument parsing only; the work is in `reporting.commands` and `reporting.app`. The database
 comes from --database-url, else settings `database.url` (env AUDIOGUARD_DATABASE__URL); Kafka
@@ -66,10 +66,40 @@ def add_parser(subparsers: Any) -> None:
     load.add_argument("file", type=Path, help="the CSV file")
     load.set_defaults(handler=_feedback_load)
 
+    tenant = sub.add_parser(
+        "tenant",
+        help="a tenant's monthly report: HTML (embedded PNG charts) and CSV",
+        description="Uploads, audio hours, labels, latency and dead letters per day of the month, "
+        "from the reporting views. The HTML is self-contained (no scripts, no external requests).",
+    )
+    _where(tenant)
+    tenant.add_argument("tenant", help="the tenant id")
+    tenant.add_argument("--month", required=True, type=_month, help="YYYY-MM (UTC)")
+    tenant.add_argument("--out", type=Path, default=Path("."), help="directory for the two files")
+    tenant.set_defaults(handler=_tenant)
+
     model = sub.add_parser("model", help="evaluation per model version against feedback (EER, confusion)")
     _where(model)
     model.add_argument("--model-version", help="only this model version")
     model.set_defaults(handler=_model)
+
+
+def _month(text: str) -> str:
+    from datetime import datetime
+
+    try:
+        datetime.strptime(text, "%Y-%m")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected YYYY-MM") from error
+    return text
+
+
+def _tenant(args: argparse.Namespace) -> int:
+    from reporting import commands
+
+    return _guarded(
+        args, lambda url, console: commands.tenant_report(url, args.tenant, args.month, args.out, console)
+    )
 
 
 def _url(args: argparse.Namespace) -> str | None:
