@@ -32,6 +32,7 @@ from reporting.commands import model_eer
 from reporting.records import REPORTING_DLQ_TOPIC
 from reporting.store import migrate_store, query
 from schemas import Feedback
+from services.cli import main as main_cli
 from services.detector.training.metrics import eer
 from services.local.broker import EmbeddedBroker
 from services.settings import KafkaSettings
@@ -299,3 +300,45 @@ def test_database_down_pauses_the_app_and_it_resumes_without_loss(
     finally:
         app.kill(signal.SIGKILL)
         proxy.stop()
+
+
+def test_the_worker_s_verdicts_land_once_each_and_feedback_joins_them(
+    broker: EmbeddedBroker, postgres_url: str, tenants: list[str], audio_root: Path, tmp_path: Path
+) -> None:
+    """The real worker (null scorer) answers arrivals, re-delivered ones included; the app
+    writes each upload once; CSV feedback joins by idempotency key; the model view's EER is the
+    detector metric's on the same scores."""
+    from services.detector.null import load_null_scorer
+    from tests.support.pipeline import RunningWorker, make_settings, provision, publish_clips, verdicts_by_key
+
+    tenant = tenants[0]
+    settings = make_settings(broker.bootstrap_servers, [tenant], audio_root)
+    provision(settings)
+    migrate_store(postgres_url)
+    keys = publish_clips(settings, tenant, audio_root, 24, seconds=1.0)
+    again = publish_clips(settings, tenant, audio_root, 6, seconds=1.0)  # the same arrivals, re-sent
+    assert again == keys[:6]
+    with RunningWorker(settings, load_null_scorer()) as worker:
+        assert worker.wait_for(lambda: len(verdicts_by_key(settings, tenant)) == len(keys), 120)
+    published = verdicts_by_key(settings, tenant)
+    app = ReportingApp(broker.bootstrap_servers, postgres_url, f"reporting-{uuid.uuid4().hex[:6]}", tmp_path)
+    app.args += ["--tenant", tenant]
+    try:
+        app.start()
+        _wait(lambda: _rows(postgres_url, [tenant])[0] >= len(keys), 120, app)
+        time.sleep(1.5)
+        assert _rows(postgres_url, [tenant]) == (len(keys), len(keys))
+        feedback = tmp_path / "feedback.csv"
+        truth = {key: "synthetic" if i % 2 else "bona_fide" for i, key in enumerate(keys)}
+        feedback.write_text(
+            "tenant_id,idempotency_key,truth\n" + "".join(f"{tenant},{k},{t}\n" for k, t in truth.items())
+        )
+        assert main_cli(["report", "feedback", "load", str(feedback), "--database-url", postgres_url]) == 0
+        version = published[keys[0]][0]["model"]["version"]
+        score = {k: published[k][0]["score"] for k in keys}
+        bona = np.array([score[k] for k in keys if truth[k] == "bona_fide"])
+        synth = np.array([score[k] for k in keys if truth[k] == "synthetic"])
+        assert model_eer(postgres_url, version) == pytest.approx(eer(bona, synth)[0])
+        print(f"\nworker -> app: {sum(len(v) for v in published.values())} verdict records, {len(keys)} rows")
+    finally:
+        app.kill(signal.SIGKILL)
