@@ -48,7 +48,7 @@ bench: setup
 	$(BIN)/audioguard bench --out bench-out
 
 lint: setup
-	$(BIN)/ruff check schemas consumers services dlq tests
+	$(BIN)/ruff check schemas consumers services dlq api tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

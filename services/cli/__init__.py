@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "services.cli.dlq",
     "services.cli.loadtest",
     "services.cli.bench",
+    "services.cli.api",
 ]
 
 
