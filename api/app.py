@@ -136,7 +136,10 @@ class DetectionUrlRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     audio_url: str = Field(
-        min_length=1, max_length=2048, description="file:// or s3:// inside the tenant's storage"
+        min_length=1,
+        max_length=2048,
+        pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://",
+        description="file:// or s3:// inside the tenant's storage (other schemes: unsupported_url_scheme)",
     )
     content_id: str | None = Field(default=None, min_length=1, max_length=200)
 
@@ -432,7 +435,12 @@ def create_app(context: ApiContext) -> FastAPI:
             raise Problem(413, "body_too_large", f"the body exceeds {settings.api.max_body_bytes} bytes")
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media == "multipart/form-data":
-            form = await request.form(max_files=1, max_fields=4, max_part_size=settings.api.max_body_bytes)
+            try:
+                form = await request.form(
+                    max_files=1, max_fields=4, max_part_size=settings.api.max_body_bytes
+                )
+            except StarletteHTTPException as error:
+                raise Problem(422, "malformed_multipart", str(error.detail)) from error
             part = form.get("file")
             if not isinstance(part, UploadFile):
                 raise Problem(422, "missing_file", "the multipart body needs a `file` part")

@@ -32,7 +32,8 @@ def api_env(postgres_url: str, redis_url: str, tenants: list[str], tmp_path: Pat
             key_cache_seconds=0,
             rate_limit_url=redis_url,
             rate_limit_key_prefix=f"test-{uuid.uuid4().hex[:8]}",
-            rate_limit_per_second=0.5,
+            # one request per 100 s after the burst: a loaded machine cannot refill a token mid-test
+            rate_limit_per_second=0.01,
             rate_limit_burst=30,
         ),
     )
