@@ -19,11 +19,11 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -154,6 +154,26 @@ class DetectionOut(BaseModel):
     sha256: str | None
     created_at: datetime
     verdict: dict[str, Any] | None = Field(description="the worker's Verdict (schemas/verdict.schema.json)")
+
+
+class UsageHour(BaseModel):
+    hour: datetime
+    requests: int
+    audio_seconds: float
+
+
+class UsageOut(BaseModel):
+    key_id: str
+    tenant: str
+    start: datetime
+    end: datetime
+    requests: int = Field(description="accepted detections (a repeated Idempotency-Key is not counted)")
+    audio_seconds: float = Field(description="seconds of uploaded audio (0 for audio_url detections)")
+    hours: list[UsageHour]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class Health(BaseModel):
@@ -319,7 +339,7 @@ def create_app(context: ApiContext) -> FastAPI:
     ) -> tuple[Detection, bool, bytes]:
         data = part.file.read()
         try:
-            decode_with_limits(data, settings.limits, max_bytes=settings.storage.max_bytes)
+            decoded = decode_with_limits(data, settings.limits, max_bytes=settings.storage.max_bytes)
         except PoisonMessage as error:
             raise Problem(422, error.reason, str(error.message)) from error
         sha = hashlib.sha256(data).hexdigest()
@@ -341,6 +361,7 @@ def create_app(context: ApiContext) -> FastAPI:
             sha256=sha,
             byte_size=len(data),
             key_id=key.key_id,
+            audio_seconds=decoded.duration_seconds,
         )
         return (
             detection,
@@ -492,6 +513,39 @@ def create_app(context: ApiContext) -> FastAPI:
         verdict = _verdict(detection)
         body = _out(detection, verdict).model_dump(mode="json")
         return JSONResponse(body, status_code=200)
+
+    @app.get(
+        "/v1/usage",
+        response_model=UsageOut,
+        summary="This client's metered usage per hour",
+        responses={**errors},
+    )
+    def usage(
+        key: Annotated[ApiKey, Depends(reader)],
+        start: Annotated[
+            datetime | None, Query(alias="from", description="inclusive; default: 24 h ago")
+        ] = None,
+        end: Annotated[datetime | None, Query(alias="to", description="exclusive; default: now")] = None,
+    ) -> UsageOut:
+        now = datetime.now(UTC)
+        end = _aware(end) if end is not None else now
+        start = _aware(start) if start is not None else end - timedelta(hours=24)
+        if start >= end or end - start > timedelta(days=366):
+            raise Problem(422, "invalid_range", "`from` must be before `to`, at most 366 days apart")
+        try:
+            rows = context.detections.usage(key.key_id, start, end)
+        except RetryableError as error:
+            raise Problem(503, "unavailable", "database unavailable", headers={"Retry-After": "5"}) from error
+        hours = [UsageHour(hour=h, requests=r, audio_seconds=round(a, 3)) for h, r, a in rows]
+        return UsageOut(
+            key_id=key.key_id,
+            tenant=key.tenant,
+            start=start,
+            end=end,
+            requests=sum(h.requests for h in hours),
+            audio_seconds=round(sum(h.audio_seconds for h in hours), 3),
+            hours=hours,
+        )
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the process answers")
     def healthz() -> Health:

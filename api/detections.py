@@ -45,6 +45,14 @@ _COLUMNS = (
 )
 
 
+_METER = (
+    "INSERT INTO api_usage (key_id, tenant, hour, requests, audio_seconds)"
+    " VALUES (%s, %s, date_trunc('hour', now()), 1, %s)"
+    " ON CONFLICT (key_id, hour) DO UPDATE SET requests = api_usage.requests + 1,"
+    " audio_seconds = api_usage.audio_seconds + excluded.audio_seconds"
+)
+
+
 class Detections:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -60,9 +68,13 @@ class Detections:
         sha256: str | None,
         byte_size: int | None,
         key_id: str,
+        audio_seconds: float = 0.0,
     ) -> tuple[Detection, bool]:
         """(the detection, whether it was created now). With a client key already used by this
-        tenant: the earlier detection, or IdempotencyConflict when the request differs."""
+        tenant: the earlier detection, or IdempotencyConflict when the request differs.
+
+        A new detection is metered for its client (one request and its audio seconds in the
+        current hour) in the same transaction: counted exactly once, never for a repeat."""
         detection_id = f"det_{uuid.uuid4().hex}"
         pipeline_key = f"api:{client_key}" if client_key else f"api:{detection_id}"
         with connect(self.url) as conn, mapped_errors():
@@ -84,6 +96,7 @@ class Detections:
                 ),
             ).fetchone()
             if row is not None:
+                conn.execute(_METER, (key_id, tenant, audio_seconds))
                 return Detection(*row), True
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM api_detections WHERE tenant = %s AND idempotency_key = %s",
@@ -94,6 +107,17 @@ class Detections:
         if existing.request_sha256 != request_sha256:
             raise IdempotencyConflict(existing.id)
         return existing, False
+
+    def usage(self, key_id: str, start: datetime, end: datetime) -> list[tuple[datetime, int, float]]:
+        """(hour, requests, audio seconds) of one client for the hours in [start, end)."""
+        with connect(self.url) as conn, mapped_errors():
+            rows = conn.execute(
+                "SELECT hour, requests, audio_seconds FROM api_usage"
+                " WHERE key_id = %s AND hour >= date_trunc('hour', %s::timestamptz) AND hour < %s"
+                " ORDER BY hour",
+                (key_id, start, end),
+            ).fetchall()
+        return [(row[0], int(row[1]), float(row[2])) for row in rows]
 
     def mark_published(self, detection_id: str) -> None:
         with connect(self.url) as conn, mapped_errors():

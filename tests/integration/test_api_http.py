@@ -228,3 +228,24 @@ def test_one_client_over_its_limit_leaves_other_clients_alone(api_env) -> None:
             answer = client.get("/v1/detections/det_x", headers=_auth(other.token))
             assert answer.status_code == 404, answer.text
             assert int(answer.headers["ratelimit-remaining"]) == burst - 1
+
+
+def test_usage_counts_each_accepted_detection_once_per_client(api_env) -> None:
+    settings, running, keys = api_env
+    tenant = settings.tenants[0]
+    metered, idle = keys.create(tenant, "metered").token, keys.create(tenant, "idle").token
+    with httpx.Client(base_url=running.url, timeout=20) as client:
+        for seed, key in ((10, "u-1"), (10, "u-1"), (11, "u-2")):
+            assert _upload(client, metered, _clip(seed), **{"Idempotency-Key": key}).status_code == 202
+        usage = client.get("/v1/usage", headers=_auth(metered))
+        assert usage.status_code == 200, usage.text
+        body = usage.json()
+        assert (body["requests"], body["audio_seconds"]) == (2, 2.0)  # two 1-second clips; the repeat is free
+        assert len(body["hours"]) == 1 and body["hours"][0]["requests"] == 2
+        assert client.get("/v1/usage", headers=_auth(idle)).json()["requests"] == 0
+        backwards = client.get(
+            "/v1/usage",
+            params={"from": "2030-01-02T00:00:00Z", "to": "2030-01-01T00:00:00Z"},
+            headers=_auth(idle),
+        )
+        assert (backwards.status_code, backwards.json()["code"]) == (422, "invalid_range")
