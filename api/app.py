@@ -44,6 +44,7 @@ from api.problems import (
     on_validation_error,
 )
 from api.ratelimit import Limiter, open_limiter
+from api.webhooks import CallbackRefused, WebhookDispatcher, check_callback_url
 from consumers.transport import MessageRejected, OutRecord, Sink
 from consumers.transports.registry import open_publisher
 from services.audio import decode_with_limits
@@ -100,25 +101,31 @@ class ApiContext:
     storage: AudioStorage
     sink: Sink
     limiter: Limiter
+    webhooks: WebhookDispatcher | None = None
 
     def close(self) -> None:
+        if self.webhooks is not None:
+            self.webhooks.stop()
         self.sink.close(5.0)
         self.store.close()
         self.limiter.close()
 
 
-def open_context(settings: Settings) -> ApiContext:
+def open_context(settings: Settings, *, webhooks: bool = True) -> ApiContext:
+    """Everything the handlers use; with `webhooks`, the dispatcher thread is started too."""
     if not settings.database.url:
         raise FatalError(
             "bad_config",
             "the API needs database.url (AUDIOGUARD_DATABASE__URL): keys and detections live there",
         )
     api = settings.api
-    return ApiContext(
+    detections = Detections(settings.database.url)
+    store = open_store(settings.store.url, settings.store.ttl_seconds)
+    context = ApiContext(
         settings=settings,
         keys=ApiKeys(settings.database.url, cache_seconds=api.key_cache_seconds),
-        detections=Detections(settings.database.url),
-        store=open_store(settings.store.url, settings.store.ttl_seconds),
+        detections=detections,
+        store=store,
         storage=AudioStorage(settings.storage),
         sink=open_publisher(settings),
         limiter=open_limiter(
@@ -128,6 +135,17 @@ def open_context(settings: Settings) -> ApiContext:
             key_prefix=api.rate_limit_key_prefix,
         ),
     )
+    if webhooks:
+        context.webhooks = WebhookDispatcher(
+            settings.database.url, detections, store, api, render_webhook
+        ).start()
+    return context
+
+
+def render_webhook(detection: Detection, verdict: bytes) -> bytes:
+    """The body of a webhook: the same document GET /v1/detections/{id} answers."""
+    body = {"type": "detection.completed", "detection": _out(detection, verdict).model_dump(mode="json")}
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 class DetectionUrlRequest(BaseModel):
@@ -142,6 +160,9 @@ class DetectionUrlRequest(BaseModel):
         description="file:// or s3:// inside the tenant's storage (other schemes: unsupported_url_scheme)",
     )
     content_id: str | None = Field(default=None, min_length=1, max_length=200)
+    callback_url: str | None = Field(
+        default=None, min_length=1, max_length=2048, description="https:// receiver of a signed webhook"
+    )
 
 
 class DetectionOut(BaseModel):
@@ -179,6 +200,20 @@ def _aware(moment: datetime) -> datetime:
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+def _out(detection: Detection, verdict: bytes | None) -> DetectionOut:
+    return DetectionOut(
+        id=detection.id,
+        status="done" if verdict is not None else "pending",
+        tenant=detection.tenant,
+        idempotency_key=detection.client_key,
+        content_id=detection.content_id,
+        audio_uri=detection.audio_uri,
+        sha256=detection.sha256,
+        created_at=detection.created_at,
+        verdict=json.loads(verdict) if verdict is not None else None,
+    )
 
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer agk_<key id>_<secret>")
@@ -263,19 +298,6 @@ def create_app(context: ApiContext) -> FastAPI:
         code: PROBLEM_SCHEMA for code in (401, 403, 404, 409, 411, 413, 415, 422, 429, 503)
     }
 
-    def _out(detection: Detection, verdict: bytes | None) -> DetectionOut:
-        return DetectionOut(
-            id=detection.id,
-            status="done" if verdict is not None else "pending",
-            tenant=detection.tenant,
-            idempotency_key=detection.client_key,
-            content_id=detection.content_id,
-            audio_uri=detection.audio_uri,
-            sha256=detection.sha256,
-            created_at=detection.created_at,
-            verdict=json.loads(verdict) if verdict is not None else None,
-        )
-
     def _verdict(detection: Detection) -> bytes | None:
         try:
             return context.store.get(detection.tenant, detection.idempotency_key)
@@ -334,9 +356,19 @@ def create_app(context: ApiContext) -> FastAPI:
             raise Problem(503, "storage_not_configured", f"no storage is configured for tenant {tenant}")
         return f"file://{Path(roots[0]).resolve()}/api"
 
+    def _callback(url: str | None) -> str | None:
+        if url is None:
+            return None
+        try:
+            check_callback_url(url, allow_private=settings.api.webhook_allow_private_hosts)
+        except CallbackRefused as refused:
+            raise Problem(422, refused.code, refused.detail) from refused
+        return url
+
     def _accept_upload(
-        key: ApiKey, part: UploadFile, content_id: str | None, client_key: str | None
+        key: ApiKey, part: UploadFile, content_id: str | None, client_key: str | None, callback: str | None
     ) -> tuple[Detection, bool, bytes]:
+        callback = _callback(callback)
         data = part.file.read()
         try:
             decoded = decode_with_limits(data, settings.limits, max_bytes=settings.storage.max_bytes)
@@ -362,6 +394,7 @@ def create_app(context: ApiContext) -> FastAPI:
             byte_size=len(data),
             key_id=key.key_id,
             audio_seconds=decoded.duration_seconds,
+            callback_url=callback,
         )
         return (
             detection,
@@ -374,6 +407,7 @@ def create_app(context: ApiContext) -> FastAPI:
     def _accept_url(
         key: ApiKey, body: DetectionUrlRequest, client_key: str | None
     ) -> tuple[Detection, bool, bytes]:
+        callback = _callback(body.callback_url)
         scheme = body.audio_url.split("://", 1)[0].lower() if "://" in body.audio_url else ""
         if scheme not in URL_SCHEMES:
             raise Problem(
@@ -397,6 +431,7 @@ def create_app(context: ApiContext) -> FastAPI:
             sha256=None,
             byte_size=None,
             key_id=key.key_id,
+            callback_url=callback,
         )
         return (
             detection,
@@ -426,6 +461,7 @@ def create_app(context: ApiContext) -> FastAPI:
                             "properties": {
                                 "file": {"type": "string", "format": "binary"},
                                 "content_id": {"type": "string", "maxLength": 200},
+                                "callback_url": {"type": "string", "maxLength": 2048},
                             },
                         }
                     },
@@ -475,8 +511,11 @@ def create_app(context: ApiContext) -> FastAPI:
                 not isinstance(content_id, str) or not 1 <= len(content_id) <= 200
             ):
                 raise Problem(422, "invalid_request", "content_id must be 1..200 characters")
+            callback = form.get("callback_url")
+            if callback is not None and not isinstance(callback, str):
+                raise Problem(422, "invalid_request", "callback_url must be a text field")
             detection, created, arrival = await run_in_threadpool(
-                _accept_upload, key, part, content_id, idempotency_key
+                _accept_upload, key, part, content_id, idempotency_key, callback
             )
         elif media == "application/json":
             try:

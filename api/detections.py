@@ -69,12 +69,14 @@ class Detections:
         byte_size: int | None,
         key_id: str,
         audio_seconds: float = 0.0,
+        callback_url: str | None = None,
     ) -> tuple[Detection, bool]:
         """(the detection, whether it was created now). With a client key already used by this
         tenant: the earlier detection, or IdempotencyConflict when the request differs.
 
         A new detection is metered for its client (one request and its audio seconds in the
-        current hour) in the same transaction: counted exactly once, never for a repeat."""
+        current hour) in the same transaction: counted exactly once, never for a repeat. Its
+        webhook (`callback_url`) is queued in the same transaction too."""
         detection_id = f"det_{uuid.uuid4().hex}"
         pipeline_key = f"api:{client_key}" if client_key else f"api:{detection_id}"
         with connect(self.url) as conn, mapped_errors():
@@ -97,6 +99,11 @@ class Detections:
             ).fetchone()
             if row is not None:
                 conn.execute(_METER, (key_id, tenant, audio_seconds))
+                if callback_url:
+                    conn.execute(
+                        "INSERT INTO api_webhooks (detection_id, tenant, url) VALUES (%s, %s, %s)",
+                        (detection_id, tenant, callback_url),
+                    )
                 return Detection(*row), True
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM api_detections WHERE tenant = %s AND idempotency_key = %s",

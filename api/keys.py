@@ -49,6 +49,8 @@ class IssuedKey:
     key: ApiKey
     #: the whole token the client sends; shown once
     token: str
+    #: what signs this key's webhooks (AudioGuard-Signature); shown at creation
+    webhook_secret: str
 
 
 def _hash(secret: str, salt: bytes) -> str:
@@ -107,14 +109,15 @@ class ApiKeys:
             raise ValueError(f"scopes must be a non-empty subset of {SCOPES}, got {sorted(scopes)}")
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
+        webhook_secret = f"whsec_{secrets.token_urlsafe(32)}"
         with connect(self.url) as conn, mapped_errors():
             row = conn.execute(
-                "INSERT INTO api_keys (key_id, tenant, name, scopes, secret_hash)"
-                f" VALUES (%s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
-                (key_id, tenant, name, list(scopes), _hash(secret, secrets.token_bytes(16))),
+                "INSERT INTO api_keys (key_id, tenant, name, scopes, secret_hash, webhook_secret)"
+                f" VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+                (key_id, tenant, name, list(scopes), _hash(secret, secrets.token_bytes(16)), webhook_secret),
             ).fetchone()
         assert row is not None
-        return IssuedKey(_row(row), f"agk_{key_id}_{secret}")
+        return IssuedKey(_row(row), f"agk_{key_id}_{secret}", webhook_secret)
 
     def list(self, tenant: str | None = None) -> list[ApiKey]:
         with connect(self.url) as conn, mapped_errors():

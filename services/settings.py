@@ -227,6 +227,20 @@ class ApiSettings(BaseModel):
     rate_limit_per_second: float = Field(default=10.0, gt=0)
     rate_limit_burst: int = Field(default=20, ge=1)
     rate_limit_key_prefix: str = "audioguard"
+    #: webhooks (callback_url): the SSRF guard refuses loopback, private, link-local and other
+    #: non-global addresses unless this is set (tests, a receiver inside the same network)
+    webhook_allow_private_hosts: bool = False
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    #: deliveries tried before the webhook is dead-lettered (state "dead")
+    webhook_max_attempts: int = Field(default=6, ge=1)
+    webhook_initial_backoff_seconds: float = Field(default=2.0, gt=0)
+    webhook_max_backoff_seconds: float = Field(default=300.0, gt=0)
+    #: how much of a receiver's answer is read (the rest is dropped)
+    webhook_max_response_bytes: int = Field(default=65536, ge=0)
+    #: how often due webhooks are looked for
+    webhook_poll_seconds: float = Field(default=0.5, gt=0)
+    #: a webhook whose verdict has not come after this long is dead-lettered (reason no_verdict)
+    webhook_verdict_timeout_seconds: float = Field(default=3600.0, gt=0)
 
 
 class TenantSettings(BaseModel):

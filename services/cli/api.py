@@ -108,10 +108,20 @@ def _keys_create(args: argparse.Namespace) -> int:
         print(f"api keys create: {error}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"key_id": issued.key.key_id, "tenant": issued.key.tenant, "token": issued.token}))
+        print(
+            json.dumps(
+                {
+                    "key_id": issued.key.key_id,
+                    "tenant": issued.key.tenant,
+                    "token": issued.token,
+                    "webhook_secret": issued.webhook_secret,
+                }
+            )
+        )
     else:
         print(f"key {issued.key.key_id} for tenant {issued.key.tenant} ({', '.join(issued.key.scopes)})")
         print(f"token (shown once): {issued.token}")
+        print(f"webhook signing secret: {issued.webhook_secret}")
     return 0
 
 
