@@ -7,8 +7,6 @@ a platform without a broker takes (docs/api.md).
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,32 +18,18 @@ from services.settings import ApiSettings, DatabaseSettings, Settings
 def api_detection(settings: Settings, database_url: str, clip: Path, console: Any) -> bool:
     """True when the HTTP detection came back with a verdict."""
     import httpx
-    import uvicorn
 
-    from api.app import create_app, open_context
-    from api.keys import ApiKeys, migrate_api
+    from api.keys import ApiKeys
+    from api.server import ServerThread
 
     settings = settings.model_copy(
         update={"database": DatabaseSettings(url=database_url), "api": ApiSettings(max_wait_seconds=60)}
     )
-    migrate_api(database_url)
-    context = open_context(settings, webhooks=False)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(context), host="127.0.0.1", port=port, log_level="error", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with ServerThread(settings, webhooks=False) as server:
         tenant = settings.tenants[0]
         token = ApiKeys(database_url).create(tenant, "demo").token
         started = time.monotonic()
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=90) as client:
+        with httpx.Client(base_url=server.url, timeout=90) as client:
             answer = client.post(
                 "/v1/detections",
                 files={"file": (clip.name, clip.read_bytes(), "audio/wav")},
@@ -56,18 +40,14 @@ def api_detection(settings: Settings, database_url: str, clip: Path, console: An
                 },
             )
         took = time.monotonic() - started
-        body = answer.json()
-        verdict = body.get("verdict") or {}
-        outcome = body.get("status", body.get("code"))
-        score = float(verdict.get("score", float("nan")))
-        console.print(
-            f"[bold]api[/] POST /v1/detections ({tenant}, {clip.name}, Prefer: wait=45) -> "
-            f"{answer.status_code} {outcome} label={verdict.get('label', '-')} score={score:.3f} "
-            f"in {took:.2f}s; then GET {answer.headers.get('location')}",
-            highlight=False,
-        )
-        return answer.status_code == 200 and bool(verdict)
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        context.close()
+    body = answer.json()
+    verdict = body.get("verdict") or {}
+    outcome = body.get("status", body.get("code"))
+    score = float(verdict.get("score", float("nan")))
+    console.print(
+        f"[bold]api[/] POST /v1/detections ({tenant}, {clip.name}, Prefer: wait=45) -> "
+        f"{answer.status_code} {outcome} label={verdict.get('label', '-')} score={score:.3f} "
+        f"in {took:.2f}s; then GET {answer.headers.get('location')}",
+        highlight=False,
+    )
+    return answer.status_code == 200 and bool(verdict)
