@@ -48,7 +48,7 @@ bench: setup
 	$(BIN)/audioguard bench --out bench-out
 
 lint: setup
-	$(BIN)/ruff check schemas consumers services dlq reporting tests
+	$(BIN)/ruff check schemas consumers services dlq reporting api tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -73,6 +73,12 @@ histograms with ``_bucket`` / ``_sum`` / ``_count``, the Info metric with ``_inf
         high watermark - next offset the reporting app will write (grows while PostgreSQL is down)
     audioguard_reporting_database_up               gauge      -
         1 while the reporting app's last write reached PostgreSQL, 0 while it waits for it
+    audioguard_api_requests_total                  counter    route, status
+        HTTP API requests answered (route: the path template; status: the HTTP status code)
+    audioguard_api_request_seconds                 histogram  route
+        HTTP API request handling time (a `Prefer: wait` request includes its wait)
+    audioguard_api_rate_limited_total              counter    tenant
+        HTTP API requests refused with 429 by the per-client rate limit
 
 Cardinality is bounded on purpose: label values are tenants (validated ids from topic
 names), closed enumerations (labels, categories, stages) or reason codes (checked against
@@ -298,6 +304,23 @@ REPORTING_DATABASE_UP: Final = Gauge(
     "audioguard_reporting_database_up", "1 while the reporting app's writes reach PostgreSQL."
 )
 
+# --- the HTTP API (api/) ---------------------------------------------------------------------------
+
+API_REQUESTS: Final = Counter(
+    "audioguard_api_requests",
+    "HTTP API requests answered, by route template and status.",
+    ["route", "status"],
+)
+API_REQUEST_SECONDS: Final = Histogram(
+    "audioguard_api_request_seconds",
+    "HTTP API request handling time, a Prefer: wait included.",
+    ["route"],
+    buckets=_END_TO_END_BUCKETS,
+)
+API_RATE_LIMITED: Final = Counter(
+    "audioguard_api_rate_limited", "HTTP API requests refused with 429 by the per-client limit.", ["tenant"]
+)
+
 ALL_METRICS: Final[tuple[MetricWrapperBase, ...]] = (
     REPORTING_ROWS,
     REPORTING_INVALID,
@@ -329,6 +352,9 @@ ALL_METRICS: Final[tuple[MetricWrapperBase, ...]] = (
     READY,
     LAST_HEARTBEAT,
     WORKER_RESTARTS,
+    API_REQUESTS,
+    API_REQUEST_SECONDS,
+    API_RATE_LIMITED,
 )
 
 _SUFFIXES: Final[Mapping[str, tuple[str, ...]]] = {

@@ -15,14 +15,31 @@ from schemas import AudioArrival
 
 def arrival_for(tenant: str, uri: str, data: bytes, *, key: str, content_id: str) -> bytes:
     """The AudioArrival a platform would publish for one stored upload."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    return arrival_for_uri(tenant, uri, key=key, content_id=content_id, sha256=sha256, byte_size=len(data))
+
+
+def arrival_for_uri(
+    tenant: str,
+    uri: str,
+    *,
+    key: str,
+    content_id: str,
+    sha256: str | None = None,
+    byte_size: int | None = None,
+    attributes: dict[str, str] | None = None,
+) -> bytes:
+    """The AudioArrival for audio already in storage, whose bytes the publisher may not have read
+    (the HTTP API's `audio_url`): the worker fetches, checks and scores it."""
     arrival = AudioArrival(
         event_id=str(uuid.uuid4()),
         idempotency_key=key,
         tenant_id=tenant,
         content_id=content_id,
         audio_uri=uri,
-        sha256=hashlib.sha256(data).hexdigest(),
-        byte_size=len(data),
+        sha256=sha256,
+        byte_size=byte_size,
         submitted_at=datetime.now(UTC),
+        attributes=attributes or {},
     )
     return arrival.model_dump_json().encode()

@@ -204,6 +204,45 @@ class DatabaseSettings(BaseModel):
     url: str | None = None
 
 
+class ApiSettings(BaseModel):
+    """The HTTP API (`api/`, `audioguard api serve`); keys and detections live in `database.url`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: the largest request body (an upload, multipart framing included)
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    #: the longest `Prefer: wait=N` honoured; a larger N is cut to this
+    max_wait_seconds: float = Field(default=30.0, ge=0)
+    #: where an upload is stored: a file:// or s3:// prefix naming {tenant}; None: the tenant's
+    #: first storage.tenant_file_roots entry (then storage.file_roots), under "api/"
+    upload_uri: str | None = None
+    #: how long a verified API key is trusted before it is looked up again (a revocation takes
+    #: effect within this); 0: every request looks it up
+    key_cache_seconds: float = Field(default=10.0, ge=0)
+    #: how long one publish of an arrival may take before the request answers 503
+    publish_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: rate limits per client (GCRA): memory:// (this process) or redis://host:port/db (shared by
+    #: every replica); requests per second and the burst allowed above it
+    rate_limit_url: str = "memory://"
+    rate_limit_per_second: float = Field(default=10.0, gt=0)
+    rate_limit_burst: int = Field(default=20, ge=1)
+    rate_limit_key_prefix: str = "audioguard"
+    #: webhooks (callback_url): the SSRF guard refuses loopback, private, link-local and other
+    #: non-global addresses unless this is set (tests, a receiver inside the same network)
+    webhook_allow_private_hosts: bool = False
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    #: deliveries tried before the webhook is dead-lettered (state "dead")
+    webhook_max_attempts: int = Field(default=6, ge=1)
+    webhook_initial_backoff_seconds: float = Field(default=2.0, gt=0)
+    webhook_max_backoff_seconds: float = Field(default=300.0, gt=0)
+    #: how much of a receiver's answer is read (the rest is dropped)
+    webhook_max_response_bytes: int = Field(default=65536, ge=0)
+    #: how often due webhooks are looked for
+    webhook_poll_seconds: float = Field(default=0.5, gt=0)
+    #: a webhook whose verdict has not come after this long is dead-lettered (reason no_verdict)
+    webhook_verdict_timeout_seconds: float = Field(default=3600.0, gt=0)
+
+
 class TenantSettings(BaseModel):
     weight: float = 1.0
     max_in_flight: int = 64
@@ -262,6 +301,7 @@ class Settings(BaseSettings):
     dlq: DlqSettings = Field(default_factory=DlqSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     tenant_defaults: TenantSettings = Field(default_factory=TenantSettings)
     tenant_overrides: dict[str, TenantSettings] = Field(default_factory=dict)
 

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "services.cli.loadtest",
     "services.cli.bench",
     "services.cli.report",
+    "services.cli.api",
 ]
 
 

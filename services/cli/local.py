@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,12 @@ def add_parser(subparsers: Any) -> None:
     demo.add_argument(
         "--clips", type=Path, default=None, help="a folder with labels.csv (file,label,...) to use instead"
     )
+    demo.add_argument(
+        "--api",
+        action="store_true",
+        help="also run one detection over the HTTP API (needs database.url / AUDIOGUARD_DATABASE__URL: "
+        "PostgreSQL for the API's keys and detections)",
+    )
     demo.set_defaults(handler=_demo)
 
 
@@ -55,8 +62,23 @@ def _demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     from services.tools.demo import DEMO_CLIPS
 
+    database_url = None
+    if args.api:
+        from services.cli.common import settings_from
+
+        database_url = settings_from(args).database.url
+        if not database_url:
+            print(
+                "demo --api: set database.url (AUDIOGUARD_DATABASE__URL=postgresql://user@host:5432/db)",
+                file=sys.stderr,
+            )
+            return 2
     code = run_demo(
-        transport=args.transport, repeat=args.repeat, timeout=args.timeout, clips_dir=args.clips or DEMO_CLIPS
+        transport=args.transport,
+        repeat=args.repeat,
+        timeout=args.timeout,
+        clips_dir=args.clips or DEMO_CLIPS,
+        api_database_url=database_url,
     )
     print(f"demo finished in {time.monotonic() - started:.1f}s")
     return code

@@ -197,8 +197,13 @@ def destination_reader(
 
 
 def run_demo(
-    transport: str = "kafka", repeat: int = 1, timeout: float = 110.0, clips_dir: Path = DEMO_CLIPS
+    transport: str = "kafka",
+    repeat: int = 1,
+    timeout: float = 110.0,
+    clips_dir: Path = DEMO_CLIPS,
+    api_database_url: str | None = None,
 ) -> int:
+    """The whole pipeline on bundled clips; with `api_database_url`, one more detection over HTTP."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -323,11 +328,17 @@ def run_demo(
                     break
                 time.sleep(0.1)
         elapsed = time.monotonic() - started
-        stop.set()
-        runner.join(30)
         done.set()
         for reader in readers:
             reader.join(5)
+        api_ok = True
+        if api_database_url is not None:
+            # after the readers stopped (its verdict is not one of the summary's), before the worker
+            from services.tools.demo_api import api_detection
+
+            api_ok = api_detection(settings, api_database_url, clips[0].path, console)
+        stop.set()
+        runner.join(30)
 
     console.print(summary_table(transport, total, expected, results, elapsed))
     missing = total - len(results.verdicts) - len(results.dead_letters)
@@ -335,6 +346,9 @@ def run_demo(
         console.print(
             f"[red]{missing} events got neither a verdict nor a dead letter within {timeout:.0f}s[/]"
         )
+        return 1
+    if not api_ok:
+        console.print("[red]the HTTP detection did not come back with a verdict[/]")
         return 1
     return 0
 

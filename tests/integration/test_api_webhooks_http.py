@@ -1,0 +1,178 @@
+"""Webhooks over real HTTP: a receiver on loopback verifies the signature; a receiver that is
+down gets every retry and then the webhook is dead-lettered (state dead, with the last error).
+
+The verdict is written into the API's verdict store as the worker would (put_if_absent under the
+pipeline key); tests/e2e/test_api_e2e.py runs the real worker."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from api.keys import ApiKeys
+from consumers.transports.memory import provision_memory
+from services.settings import ApiSettings, DatabaseSettings, MemorySettings, Settings, StorageSettings
+from tests.support.api_server import RunningApi, free_port
+from tests.support.audio import encode, speechlike
+
+
+def verify(secret: str, header: str, body: bytes, tolerance: float = 300) -> bool:
+    """The receiver's side, as docs/api.md shows it."""
+    fields = dict(part.split("=", 1) for part in header.split(","))
+    timestamp, signature = int(fields["t"]), fields["v1"]
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature) and abs(time.time() - timestamp) <= tolerance
+
+
+class Receiver:
+    def __init__(self, status: int = 204) -> None:
+        self.deliveries: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.deliveries.append((dict(self.headers.items()), body))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hook_env(postgres_url: str, tenants: list[str], tmp_path: Path):
+    tenant = tenants[0]
+    settings = Settings(
+        transport="memory",
+        tenants=[tenant],
+        memory=MemorySettings(broker=f"hooks-{uuid.uuid4().hex[:8]}"),
+        storage=StorageSettings(tenant_file_roots={tenant: [tmp_path / tenant]}),
+        database=DatabaseSettings(url=postgres_url),
+        api=ApiSettings(
+            webhook_allow_private_hosts=True,
+            webhook_poll_seconds=0.05,
+            webhook_initial_backoff_seconds=0.05,
+            webhook_max_backoff_seconds=0.2,
+            webhook_max_attempts=3,
+            webhook_timeout_seconds=2,
+        ),
+    )
+    provision_memory(settings, [tenant])
+    with RunningApi(settings) as running:
+        yield settings, running, ApiKeys(postgres_url).create(tenant, "hooks")
+
+
+def _post(running: RunningApi, token: str, callback: str) -> dict:
+    with httpx.Client(base_url=running.url, timeout=20) as client:
+        answer = client.post(
+            "/v1/detections",
+            files={"file": ("c.wav", encode(speechlike(1.0, seed=3)), "audio/wav")},
+            data={"callback_url": callback},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert answer.status_code == 202, answer.text
+    return answer.json()
+
+
+def _worker_writes_verdict(running: RunningApi, tenant: str, detection_id: str) -> dict:
+    verdict = {"tenant_id": tenant, "label": "bona_fide", "score": 0.1}
+    row = running.context.detections.get(tenant, detection_id)
+    assert row is not None
+    running.context.store.put_if_absent(tenant, row.idempotency_key, json.dumps(verdict).encode())
+    return verdict
+
+
+def _webhook_row(url: str, detection_id: str) -> tuple:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT state, attempts, last_error FROM api_webhooks WHERE detection_id = %s", (detection_id,)
+        ).fetchone()
+    assert row is not None
+    return row
+
+
+def _until(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_signed_webhook_reaches_the_receiver_once_the_verdict_is_in(hook_env) -> None:
+    settings, running, issued = hook_env
+    tenant = settings.tenants[0]
+    with Receiver() as receiver:
+        body = _post(running, issued.token, receiver.url)
+        time.sleep(0.3)
+        assert receiver.deliveries == []  # no verdict yet: nothing is sent
+        verdict = _worker_writes_verdict(running, tenant, body["id"])
+        assert _until(lambda: len(receiver.deliveries) == 1)
+        headers, raw = receiver.deliveries[0]
+        assert verify(issued.webhook_secret, headers["AudioGuard-Signature"], raw)
+        assert not verify(issued.webhook_secret, headers["AudioGuard-Signature"], raw + b" ")
+        sent = json.loads(raw)
+        assert sent["type"] == "detection.completed"
+        assert sent["detection"]["id"] == body["id"] and sent["detection"]["verdict"] == verdict
+        assert headers["AudioGuard-Delivery"] == body["id"]
+        assert _until(lambda: _webhook_row(settings.database.url, body["id"])[0] == "delivered")
+        time.sleep(0.3)
+        assert len(receiver.deliveries) == 1
+
+
+def test_a_receiver_that_is_down_gets_the_retries_then_the_webhook_is_dead(hook_env) -> None:
+    settings, running, issued = hook_env
+    tenant = settings.tenants[0]
+    with Receiver(status=503) as failing:
+        body = _post(running, issued.token, failing.url)
+        _worker_writes_verdict(running, tenant, body["id"])
+        assert _until(lambda: _webhook_row(settings.database.url, body["id"])[0] == "dead")
+        assert len(failing.deliveries) == settings.api.webhook_max_attempts
+        assert [h["AudioGuard-Attempt"] for h, _ in failing.deliveries] == ["1", "2", "3"]
+    state, attempts, error = _webhook_row(settings.database.url, body["id"])
+    assert (state, attempts, error) == ("dead", 3, "receiver answered 503")
+
+    closed = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    body = _post(running, issued.token, closed)
+    _worker_writes_verdict(running, tenant, body["id"])
+    assert _until(lambda: _webhook_row(settings.database.url, body["id"])[0] == "dead")
+    assert "ConnectError" in _webhook_row(settings.database.url, body["id"])[2]
+
+
+def test_a_callback_url_that_is_not_http_is_refused_at_once(hook_env) -> None:
+    _, running, issued = hook_env
+    with httpx.Client(base_url=running.url, timeout=20) as client:
+        answer = client.post(
+            "/v1/detections",
+            files={"file": ("c.wav", encode(speechlike(1.0, seed=4)), "audio/wav")},
+            data={"callback_url": "gopher://127.0.0.1:70/x"},
+            headers={"Authorization": f"Bearer {issued.token}"},
+        )
+    assert (answer.status_code, answer.json()["code"]) == (422, "unsupported_callback_scheme")
