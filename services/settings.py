@@ -97,6 +97,9 @@ class PubSubSettings(BaseModel):
     max_bytes: int = 64 * 1024 * 1024
     ack_deadline_seconds: int = 60
     max_delivery_attempts: int = 5
+    #: the worker subscription has exactly-once delivery: acks wait for the server's answer
+    #: (`ack_with_response`) and a refused ack means "the message comes again", never "done"
+    exactly_once: bool = False
 
 
 class KinesisSettings(BaseModel):
