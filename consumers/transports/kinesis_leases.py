@@ -260,6 +260,7 @@ class LeaseCoordinator(CheckpointStore):
         self._owned: dict[str, Lease] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failure: FatalError | None = None
         #: leases taken from a live owner, and from a dead (expired) one (tests, logs)
         self.stolen = 0
         self.taken_over = 0
@@ -359,8 +360,10 @@ class LeaseCoordinator(CheckpointStore):
                     self.tick()
                 except RetryableError as exc:
                     log.warning("lease heartbeat failed: %s", exc)
-                except FatalError as exc:  # keep reading nothing rather than kill the loop
+                except FatalError as exc:  # auth, a missing table: the worker must stop
                     log.error("lease heartbeat failed: %s", exc)
+                    self._failure = exc
+                    return
 
         self._thread = threading.Thread(target=beat, name="kinesis-leases", daemon=True)
         self._thread.start()
@@ -369,7 +372,10 @@ class LeaseCoordinator(CheckpointStore):
     # -- what the source asks ------------------------------------------------------------
 
     def owned(self) -> dict[str, str | None]:
-        """key -> checkpoint of every lease held now."""
+        """key -> checkpoint of every lease held now. Raises the `FatalError` that stopped
+        the heartbeat (auth, a missing table), so the worker stops instead of idling."""
+        if self._failure is not None:
+            raise self._failure
         with self._lock:
             return {k: v.checkpoint for k, v in self._owned.items()}
 

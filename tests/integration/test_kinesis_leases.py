@@ -4,6 +4,7 @@ own (so failover is exact, not slept for), then two real Kinesis sources sharing
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ import pytest
 from consumers.transport import OutRecord
 from consumers.transports.kinesis import SHARD_END, KinesisSink, KinesisSource, provision_kinesis
 from consumers.transports.kinesis_leases import Lease, LeaseCoordinator, LeaseTable, open_lease_table
+from services.errors import FatalError
 from services.local.emulators import MotoServer
 from services.settings import Settings
 from services.store import MemoryStore
@@ -171,3 +173,19 @@ def test_two_sources_share_a_stream_and_each_record_is_read_by_one(moto: MotoSer
     for _leases, source in readers:
         source.close(5)  # checkpoint, then release
     assert all(lease.owner is None for lease in table.scan((prefix,)).values())
+
+
+def test_a_lease_table_that_goes_away_stops_the_worker_instead_of_idling(moto: MotoServer) -> None:
+    table, prefix = _table(moto), "kinesis/app/s/"
+    _shards(table, prefix, {"shard-0": ()})
+    leases = LeaseCoordinator(table, "a", [prefix], failover_seconds=0.3).start()
+    try:
+        assert list(leases.owned()) == [f"{prefix}shard-0"]
+        table._client.delete_table(TableName=table.name)
+        deadline = time.monotonic() + 10
+        with pytest.raises(FatalError, match="missing_topic"):
+            while time.monotonic() < deadline:
+                leases.owned()
+                time.sleep(0.05)
+    finally:
+        leases.close()
