@@ -97,6 +97,9 @@ class PubSubSettings(BaseModel):
     max_bytes: int = 64 * 1024 * 1024
     ack_deadline_seconds: int = 60
     max_delivery_attempts: int = 5
+    #: the worker subscription has exactly-once delivery: acks wait for the server's answer
+    #: (`ack_with_response`) and a refused ack means "the message comes again", never "done"
+    exactly_once: bool = False
 
 
 class KinesisSettings(BaseModel):
@@ -104,6 +107,14 @@ class KinesisSettings(BaseModel):
     endpoint_url: str | None = None
     shard_count: int = 1
     poll_interval_seconds: float = 0.2
+    #: share each stream's shards among several workers through a DynamoDB lease table
+    #: (consumers.transports.kinesis_leases); off: every worker reads every shard (one worker per stream)
+    leases: bool = False
+    lease_table: str = "audioguard-kinesis-leases"
+    #: a lease not renewed for this long is taken over; the heartbeat renews every third of it
+    failover_seconds: float = Field(default=10.0, gt=0)
+    #: DynamoDB's endpoint when it is not `endpoint_url` (moto serves both on one)
+    dynamodb_endpoint_url: str | None = None
 
 
 class MemorySettings(BaseModel):

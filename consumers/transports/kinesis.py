@@ -31,10 +31,12 @@ Resharding, and its limits:
   their end and every record of theirs was acked (then their checkpoint is `SHARD_END`),
   so per-content ordering survives a reshard;
 - a parent that aged out of the stream's retention is treated as finished;
-- there is no lease table: every worker reads every shard of its tenants' streams.
-  Running two workers on one stream is safe (idempotent verdicts) but does the work
-  twice; spreading shards over workers needs leases (KCL's DynamoDB table), which this
-  adapter does not implement. Scale a tenant with shards *and* one worker per stream;
+- without leases (`kinesis.leases` off, the default) every worker reads every shard of
+  its tenants' streams: two workers on one stream are safe (idempotent verdicts) but do
+  the work twice. With leases on, the shards are shared through a DynamoDB lease table
+  (`consumers.transports.kinesis_leases`, passed in as `leases`): the source reads only
+  the shards whose lease it holds, its checkpoints go into the lease items, a lost lease
+  forgets that shard's records in flight, and `close` checkpoints, then releases;
 - a worker down for longer than the stream's retention (24 h by default) loses the
   records that expired: Kinesis deletes them, no checkpoint can bring them back.
 
@@ -69,6 +71,7 @@ from services.settings import Settings
 __all__ = [
     "SHARD_END",
     "CheckpointStore",
+    "ShardLeases",
     "KinesisSink",
     "KinesisSource",
     "checkpoint_name",
@@ -117,6 +120,19 @@ class CheckpointStore(Protocol):
     def get_checkpoint(self, name: str) -> str | None: ...
 
     def set_checkpoint(self, name: str, value: str) -> None: ...
+
+
+@runtime_checkable
+class ShardLeases(Protocol):
+    """Which shards this worker may read, when several share a stream
+    (`consumers.transports.kinesis_leases.LeaseCoordinator`, which is also the checkpoint
+    store then). It alone decides whether a child's parents are finished."""
+
+    def register(self, stream: str, shard_id: str, parents: Iterable[str], key: str) -> None: ...
+
+    def owned(self) -> dict[str, str | None]: ...
+
+    def close(self) -> None: ...
 
 
 def _unpack(token: AckToken) -> tuple[str, str, str]:
@@ -254,6 +270,8 @@ class _Shard:
     #: the last checkpoint read or written, and one computed but not yet written
     checkpoint: str | None = None
     unwritten: str | None = None
+    #: with leases: this worker holds the shard's lease (always True without leases)
+    owned: bool = True
     next_fetch: float = 0.0
     backoff: float = 0.0
 
@@ -269,6 +287,7 @@ class KinesisSource(Source):
         *,
         application: str = "audioguard-workers",
         client: Any | None = None,
+        leases: ShardLeases | None = None,
     ) -> None:
         if not tenants:
             raise FatalError("bad_config", "the Kinesis source needs at least one tenant (settings.tenants)")
@@ -276,6 +295,7 @@ class KinesisSource(Source):
         self._tenants = [validate_tenant(t) for t in tenants]
         self._streams = {kinesis_stream("arrivals", t): t for t in self._tenants}
         self._checkpoints = checkpoints
+        self._leases = leases
         self._application = application
         self._client = client if client is not None else _client(settings)
         self._shards: dict[tuple[str, str], _Shard] = {}
@@ -315,13 +335,43 @@ class KinesisSource(Source):
                     parents=parents,
                     checkpoint_key=checkpoint_name(self._application, stream, shard["ShardId"]),
                 )
-                state.checkpoint = self._checkpoints.get_checkpoint(state.checkpoint_key)
-                if state.checkpoint == SHARD_END:
-                    state.exhausted = state.finished = True
+                if self._leases is not None:
+                    # read once its lease is held (`_sync_leases`), from the lease item
+                    state.owned = False
+                    self._leases.register(stream, state.shard_id, parents, state.checkpoint_key)
+                else:
+                    state.checkpoint = self._checkpoints.get_checkpoint(state.checkpoint_key)
+                    if state.checkpoint == SHARD_END:
+                        state.exhausted = state.finished = True
                 self._shards[key] = state
         self._next_discovery = time.monotonic() + _DISCOVERY_SECONDS
 
+    def _sync_leases(self) -> None:
+        """Start reading shards whose lease was gained (from the lease's checkpoint), and
+        forget everything of shards whose lease was lost: their records in flight can no
+        longer be checkpointed here, and their new owner reads them again."""
+        assert self._leases is not None
+        owned = self._leases.owned()
+        for shard in self._shards.values():
+            held = shard.checkpoint_key in owned
+            if held and not shard.owned:
+                shard.owned = True
+                shard.checkpoint = owned[shard.checkpoint_key]
+                shard.finished = shard.exhausted = shard.checkpoint == SHARD_END
+                log.info("reading %s/%s from %s", shard.stream, shard.shard_id, shard.checkpoint)
+            elif not held and shard.owned and not shard.finished:
+                shard.owned = False
+                shard.pending.clear()
+                shard.pending_set.clear()
+                shard.acked.clear()
+                shard.buffer.clear()
+                shard.iterator = shard.last_delivered = shard.unwritten = None
+                shard.exhausted = False
+                log.info("stopped reading %s/%s (lease gone)", shard.stream, shard.shard_id)
+
     def _parents_done(self, shard: _Shard) -> bool:
+        if self._leases is not None:
+            return True  # a child's lease is only taken once its parents' are SHARD_END
         for parent in shard.parents:
             state = self._shards.get((shard.stream, parent))
             # a parent no longer listed has aged out of retention: nothing left to read
@@ -421,12 +471,15 @@ class KinesisSource(Source):
                 except RetryableError as exc:
                     log.warning("shard discovery failed: %s", exc)
                     self._next_discovery = time.monotonic() + min(_DISCOVERY_SECONDS, 1.0)
+            if self._leases is not None:
+                self._sync_leases()
             out: list[Message] = []
             while True:
                 ready = [
                     s
                     for s in self._shards.values()
-                    if s.tenant not in self._paused
+                    if s.owned
+                    and s.tenant not in self._paused
                     and (s.buffer or not s.exhausted)
                     and self._parents_done(s)
                 ]
@@ -540,6 +593,9 @@ class KinesisSource(Source):
                 self._write_checkpoints(self._shards.values())
             except AudioguardError as exc:
                 log.warning("could not write Kinesis checkpoints on close: %s", exc)
+            if self._leases is not None:
+                # checkpoint first (above), then hand the shards over
+                self._leases.close()
             with contextlib.suppress(Exception):
                 self._client.close()
 
@@ -706,15 +762,20 @@ class KinesisSink(Sink):
             self._client.close()
 
 
-def open_kinesis(settings: Settings, checkpoints: CheckpointStore | None = None) -> tuple[Source, Sink]:
+def open_kinesis(
+    settings: Settings, checkpoints: CheckpointStore | None = None, leases: ShardLeases | None = None
+) -> tuple[Source, Sink]:
     """The Source and Sink of `settings.tenants` on Kinesis. Checkpoints go to `checkpoints`,
     else to the verdict store's backend named by `settings.store.url` (memory:// keeps them
-    only for the life of the process: use sqlite:// or redis:// to resume after a restart)."""
+    only for the life of the process: use sqlite:// or redis:// to resume after a restart).
+    With `leases` the source reads only the shards whose lease it holds (pass the lease
+    coordinator as `checkpoints` too: checkpoints then live in the lease items)."""
     if checkpoints is None:
         from services.store import open_store
 
         checkpoints = open_store(settings.store.url, settings.store.ttl_seconds)
-    return KinesisSource(settings, settings.tenants, checkpoints), KinesisSink(settings)
+    source = KinesisSource(settings, settings.tenants, checkpoints, leases=leases)
+    return source, KinesisSink(settings)
 
 
 def read_stream(

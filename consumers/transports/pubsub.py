@@ -15,7 +15,9 @@ How the source works:
   client's lease manager, and our own extender with unary ModifyAckDeadline calls, which
   also covers messages whose stream failed and was replaced);
 - `ack` is a unary Acknowledge RPC, so the caller learns when it failed, and it still
-  works for a message whose stream failed and was replaced;
+  works for a message whose stream failed and was replaced; with `pubsub.exactly_once`
+  (the subscription has exactly-once delivery) it is `ack_with_response`, and an ack the
+  server refuses is counted and the message released: it will come again, never "done";
 - `nack` answers a retryable failure: the ack deadline is set to a backoff that grows with
   the delivery attempt, so the message comes back later, not at once;
 - `pause(tenant)` stops handing out that tenant's messages; its stream stops pulling once
@@ -59,6 +61,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_exception_type
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.publisher import exceptions as pub_exc
+from google.cloud.pubsub_v1.subscriber.exceptions import AcknowledgeError, AcknowledgeStatus
 from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 from google.protobuf import duration_pb2
 
@@ -226,6 +229,7 @@ def provision_pubsub(settings: Settings, tenants: list[str]) -> None:
                         dead_letter_topic=topics["dlq"], max_delivery_attempts=attempts
                     ),
                     "retry_policy": retry_policy,
+                    "enable_exactly_once_delivery": settings.pubsub.exactly_once,
                 },
                 {
                     "name": subscriber.subscription_path(project, pubsub_subscription(tenant, "dlq")),
@@ -299,6 +303,15 @@ class PubSubSource(Source):
             # come back within `ack_deadline_seconds`, not the client's default minute
             max_duration_per_lease_extension=self._deadline,
         )
+        if settings.pubsub.exactly_once:
+            # exactly-once delivery extends leases by at least 60 s (the client's minimum
+            # for it), so a dead worker's messages come back after max(deadline, 60 s)
+            extension = max(self._deadline, 60)
+            self._flow_control = self._flow_control._replace(
+                min_duration_per_lease_extension=extension, max_duration_per_lease_extension=extension
+            )
+        #: acks the server refused under exactly-once delivery: those messages come again
+        self.refused_acks = 0
         self._callback_threads = callback_threads
         self._cond = threading.Condition()
         self._queues: dict[str, deque[str]] = {t: deque() for t in self._tenants}
@@ -463,6 +476,12 @@ class PubSubSource(Source):
         """Acknowledge synchronously (unary Acknowledge); raises RetryableError / FatalError.
         Unknown tokens (already acked or dropped) are ignored: ack is idempotent."""
         groups = self._take(tokens)
+        if self._settings.pubsub.exactly_once:
+            try:
+                self._ack_exactly_once([h for items in groups.values() for h in items])
+            finally:
+                self._release(h for items in groups.values() for h in items)
+            return
         try:
             for subscription, items in groups.items():
                 ids = [h.message.ack_id for h in items]
@@ -475,6 +494,49 @@ class PubSubSource(Source):
                         )
         finally:
             self._release(h for items in groups.values() for h in items)
+
+    def _ack_exactly_once(self, items: list[_Held]) -> None:
+        """Ack each message with `ack_with_response` and wait for the server's answer.
+
+        Under exactly-once delivery an ack can be refused (the ack id expired because the
+        lease lapsed, or the message went to another subscriber): that message was *not*
+        acked and will be delivered again, where the verdict store answers it. So a refusal
+        is logged and counted, never treated as done and never raised; only a permission
+        error is fatal. A message whose stream was replaced is acked with the unary RPC,
+        whose refusal (InvalidArgument / FailedPrecondition) means the same."""
+        futures: list[tuple[_Held, Any]] = []
+        for held in items:
+            if held.stream is None:
+                try:
+                    with _sdk_errors("acknowledge"):
+                        self._subscriber.acknowledge(
+                            request={"subscription": held.subscription, "ack_ids": [held.message.ack_id]},
+                            **self._rpc,
+                        )
+                except FatalError as exc:
+                    if exc.reason == "auth":
+                        raise
+                    self._refused(held, str(exc))
+                continue
+            futures.append((held, held.message.ack_with_response()))
+        budget = time.monotonic() + self._settings.retry.max_total_seconds
+        for held, future in futures:
+            try:
+                future.result(timeout=max(budget - time.monotonic(), 0.1))
+            except AcknowledgeError as exc:
+                if exc.error_code == AcknowledgeStatus.PERMISSION_DENIED:
+                    raise FatalError("auth", f"acknowledge: {exc}") from exc
+                self._refused(held, f"{exc.error_code.name}: {exc.info}")
+            except Exception as exc:  # noqa: BLE001 - a timeout or a stream failure: not acked
+                self._refused(held, f"{type(exc).__name__}: {exc}")
+
+    def _refused(self, held: _Held, why: str) -> None:
+        self.refused_acks += 1
+        log.warning(
+            "Pub/Sub refused the ack of message %s (%s): it will be delivered again",
+            held.message.message_id,
+            why,
+        )
 
     def nack(self, tokens: Sequence[AckToken], delay_seconds: float | None = None) -> None:
         """Give these messages back for redelivery after a backoff.

@@ -136,7 +136,17 @@ def _pubsub_read(
 def _kinesis_open(settings: Settings, **options: Any) -> tuple[Source, Sink]:
     from consumers.transports.kinesis import open_kinesis
 
-    return open_kinesis(settings, **options)
+    if not settings.kinesis.leases:
+        return open_kinesis(settings, **options)
+    from consumers.transports.kinesis_leases import open_coordinator
+    from services.store import open_store
+
+    # the store's checkpoints (written before leases were on) seed the new lease items
+    seed = options.pop("checkpoints", None) or open_store(settings.store.url, settings.store.ttl_seconds)
+    coordinator = open_coordinator(settings, application="audioguard-workers", seed=seed)
+    source, sink = open_kinesis(settings, checkpoints=coordinator, leases=coordinator, **options)
+    coordinator.start()
+    return source, sink
 
 
 def _kinesis_publisher(settings: Settings) -> Sink:
@@ -149,6 +159,10 @@ def _kinesis_provision(settings: Settings, tenants: list[str], _partitions: int)
     from consumers.transports.kinesis import provision_kinesis
 
     provision_kinesis(settings, tenants)
+    if settings.kinesis.leases:
+        from consumers.transports.kinesis_leases import open_lease_table
+
+        open_lease_table(settings).ensure()
 
 
 def _kinesis_read(

@@ -183,9 +183,13 @@ def _supervise(args: argparse.Namespace) -> int:
     envs = child_environments(
         processes, worker_id=settings.worker_id, gpus=gpus, torch_threads=settings.torch_threads
     )
-    if len(envs) > 1 and settings.transport == "kinesis":
-        # consumers/transports/kinesis.py keeps no lease table: two readers would score every record twice
-        print("audioguard worker: Kinesis takes one reader per stream; run one process", file=sys.stderr)
+    if len(envs) > 1 and settings.transport == "kinesis" and not settings.kinesis.leases:
+        # without the lease table every reader reads every shard: two would score every record twice
+        print(
+            "audioguard worker: Kinesis takes one reader per stream unless kinesis.leases is on "
+            "(AUDIOGUARD_KINESIS__LEASES=true); run one process",
+            file=sys.stderr,
+        )
         return 2
     argv = _child_argv(args)
     if gpus is not None and not args.device:

@@ -3,6 +3,7 @@
     kafka    Tansu (services.local.broker.EmbeddedBroker), audio on file://
     pubsub   Google's Pub/Sub emulator (services.local.emulators.PubSubEmulator), audio on file://
     kinesis  moto_server (services.local.emulators.MotoServer) for Kinesis *and* S3: audio on s3://
+    kinesis-leases  the same, with the DynamoDB lease table on (moto too): workers share shards
     memory   the in-process broker (consumers.transports.memory), audio on file://
 
 Each server is started once per session on a free loopback port and stopped at the end.
@@ -204,6 +205,8 @@ class Harness:
     workdir: Path
     #: the shipped detector, for workers on a thread of this process (in-process transports)
     detector: Callable[[], Any] | None = None
+    #: Kinesis only: shards shared through the DynamoDB lease table
+    leases: bool = False
     workers: list[WorkerProcess | ThreadWorker] = field(default_factory=list)
     _seen: dict[tuple[str, str], list[tuple[bytes, list[tuple[str, bytes]]]]] = field(default_factory=dict)
 
@@ -240,6 +243,12 @@ class Harness:
             values["storage"] = {"tenant_file_roots": {t: [str(self.workdir / "audio" / t)] for t in tenants}}
         else:
             values["kinesis"] = {"endpoint_url": self.endpoint, "poll_interval_seconds": 0.05}
+            if self.leases:
+                values["kinesis"].update(
+                    leases=True,
+                    failover_seconds=float(os.environ.get("CONTRACT_KINESIS_FAILOVER_SECONDS", "6")),
+                    lease_table=f"leases-{tenants[0]}",
+                )
             values["storage"] = {
                 "s3_endpoint_url": self.endpoint,
                 "tenant_s3_locations": {t: [f"contract-audio/{t}/"] for t in tenants},
@@ -468,13 +477,20 @@ class Harness:
             pubsub   one ack deadline: the dead worker's last lease extension asked for at
                      most `ack_deadline_seconds` (clamped to 10..600, as the adapter does)
             kinesis  no lease to expire: the successor reads after the checkpoint on its
-                     first GetRecords, one `poll_interval_seconds` after it is ready
+                     first GetRecords, one `poll_interval_seconds` after it is ready;
+                     with leases: the dead worker's leases expire `failover_seconds` after
+                     its last renewal the successor saw, and the successor looks every
+                     heartbeat (a third of it)
         """
         if self.transport == "kafka":
             return 2 * settings.kafka.session_timeout_ms / 1000
         if self.transport == "pubsub":
             return float(min(max(settings.pubsub.ack_deadline_seconds, 10), 600))
         if self.transport == "kinesis":
+            if settings.kinesis.leases:
+                return (
+                    settings.kinesis.failover_seconds * (1 + 1 / 3) + settings.kinesis.poll_interval_seconds
+                )
             return settings.kinesis.poll_interval_seconds
         raise AssertionError(f"{self.transport}: no worker process to kill, no redelivery bound")
 
@@ -585,17 +601,23 @@ def _start_server(transport: str, workdir: Path) -> tuple[Any, str]:
     return moto, moto.endpoint_url
 
 
-@pytest.fixture(scope="session", params=list(TRANSPORTS))
+#: the transports, and Kinesis once more with its DynamoDB lease table on (several workers
+#: may then share a stream; consumers.transports.kinesis_leases)
+KINESIS_LEASES = "kinesis-leases"
+
+
+@pytest.fixture(scope="session", params=[*TRANSPORTS, KINESIS_LEASES])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, str, Path]]:
-    transport = str(request.param)
-    workdir = tmp_path_factory.mktemp(f"contract-{transport}")
+    variant = str(request.param)
+    transport = "kinesis" if variant == KINESIS_LEASES else variant
+    workdir = tmp_path_factory.mktemp(f"contract-{variant}")
     for key, value in AWS_ENV.items():
         os.environ.setdefault(key, value)
     running, endpoint = _start_server(transport, workdir)
     try:
-        yield transport, endpoint, workdir
+        yield variant, endpoint, workdir
     finally:
         running.stop()
 
@@ -604,6 +626,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         callspec = getattr(item, "callspec", None)
         transport = callspec.params.get("server") if callspec is not None else None
+        transport = "kinesis" if transport == KINESIS_LEASES else transport
         in_process = transport in TRANSPORTS and TRANSPORTS[str(transport)].in_process
         if item.get_closest_marker("cross_process") and in_process:
             item.add_marker(
@@ -616,13 +639,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture()
 def harness(server: tuple[str, str, Path], request: pytest.FixtureRequest) -> Iterator[Harness]:
-    transport, endpoint, workdir = server
+    variant, endpoint, workdir = server
+    transport = "kinesis" if variant == KINESIS_LEASES else variant
 
     def detector() -> Any:
         # the session's shipped detector, loaded only when an in-process worker needs it
         return request.getfixturevalue("detector")
 
-    running = Harness(transport, endpoint, workdir, detector=detector)
+    running = Harness(transport, endpoint, workdir, detector=detector, leases=variant == KINESIS_LEASES)
     try:
         yield running
     finally:

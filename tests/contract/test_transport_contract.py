@@ -1,5 +1,6 @@
 """The transport conformance suite: the same scenarios on Kafka (Tansu), Pub/Sub (Google's
-emulator), Kinesis (moto_server, with the audio in moto's S3) and the in-memory broker.
+emulator), Kinesis (moto_server, with the audio in moto's S3; once without and once with the
+DynamoDB lease table, "kinesis-leases") and the in-memory broker.
 
 Each scenario is written once against `Harness` (conftest.py) and runs for every
 transport. Workers are real `audioguard worker --transport X` processes, except in the

@@ -36,6 +36,8 @@ COMMON = {
     "NAMESPACE": "audioguard",
     "IMAGE": "registry.example/audioguard/worker@sha256:" + "0" * 64,
     "KAFKA_BOOTSTRAP_SERVERS": "kafka-0.kafka:9092",
+    "KINESIS_LEASES": "false",
+    "KINESIS_LEASE_TABLE": "",
     "GCP_PROJECT": "my-project",
     "AWS_REGION": "eu-west-1",
     "STORE_URL": "redis://10.0.0.3:6379/0",
@@ -71,6 +73,8 @@ def group(transport: str, tenant: str | None) -> tuple[dict[str, str], list[dict
         "pubsub": bucket["pubsub"],
         "kinesis": f"{bucket['kinesis']}/{tenant}",
     }
+    # one Kinesis group shares its stream through the lease table, the other reads it alone
+    leases = transport == "kinesis" and tenant == "globex"
     values = dict(
         COMMON,
         NAME=name,
@@ -89,6 +93,12 @@ def group(transport: str, tenant: str | None) -> tuple[dict[str, str], list[dict
         HMAC_ACCESS_ID="GOOG1EXAMPLE",
         HMAC_SECRET="example-secret",
     )
+    if transport == "kinesis":
+        values.update(
+            KINESIS_LEASES="true" if leases else "false",
+            KINESIS_LEASE_TABLE=f"audioguard-kinesis-leases-{tenant}",
+            MAX_REPLICAS="4" if leases else "1",
+        )
     files = ["namespace.yaml", "worker.yaml", f"keda/{transport}.yaml"]
     if transport == "pubsub":
         files.append("storage-secret.yaml")
@@ -98,7 +108,13 @@ def group(transport: str, tenant: str | None) -> tuple[dict[str, str], list[dict
     return values, docs
 
 
-GROUPS = [("kafka", None), ("pubsub", "acme"), ("pubsub", "globex"), ("kinesis", "acme")]
+GROUPS = [
+    ("kafka", None),
+    ("pubsub", "acme"),
+    ("pubsub", "globex"),
+    ("kinesis", "acme"),
+    ("kinesis", "globex"),
+]
 
 
 @pytest.fixture(scope="module", params=GROUPS, ids=lambda g: f"{g[0]}-{g[1] or 'all'}")
@@ -279,8 +295,8 @@ def test_selectors_and_references_agree(rendered: tuple[dict[str, str], list[dic
         if "authenticationRef" in trigger:
             assert trigger["authenticationRef"]["name"] in auths
     assert 0 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
-    if values["TRANSPORT"] == "kinesis":
-        # consumers/transports/kinesis.py has no lease table: a second reader of a stream duplicates work
+    if values["TRANSPORT"] == "kinesis" and values["KINESIS_LEASES"] != "true":
+        # without the lease table a second reader of a stream duplicates work
         assert scaled["spec"]["maxReplicaCount"] == 1
 
 

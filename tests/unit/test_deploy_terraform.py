@@ -394,3 +394,21 @@ def test_state_backend_is_configured_and_documented() -> None:
     backend = (TF / "example" / "backend.tf").read_text()
     assert 'backend "gcs"' in backend and "s3" in backend and "use_lockfile" in backend
     assert "State" in (ROOT / "docs" / "deploy.md").read_text()
+
+
+def test_aws_every_tenant_gets_a_lease_table_its_worker_may_use_but_not_create_or_delete(
+    aws: dict[str, Any], tenants: list[str]
+) -> None:
+    table = aws["resource"]["aws_dynamodb_table"]["leases"]
+    assert table["for_each"] == "${var.tenants}"
+    for t in tenants:
+        rendered = render(table, t)
+        assert rendered["name"] == f"audioguard-kinesis-leases-{t}"
+        assert rendered["billing_mode"] == "PAY_PER_REQUEST" and rendered["hash_key"] == "lease_key"
+        assert rendered["server_side_encryption"][0]["kms_key_arn"] == "${aws_kms_key.data.arn}"
+        statements = render(aws["data"]["aws_iam_policy_document"]["worker"], t)["statement"]
+        (leases,) = [s for s in statements if s["sid"] == "OwnShardLeases"]
+        assert leases["resources"] == [f"${{aws_dynamodb_table.leases[{t}].arn}}"]
+        assert {"dynamodb:Scan", "dynamodb:PutItem", "dynamodb:UpdateItem"} <= set(leases["actions"])
+        granted = {a for s in statements for a in s["actions"]}
+        assert not granted & {"dynamodb:CreateTable", "dynamodb:DeleteTable", "dynamodb:DeleteItem"}

@@ -61,6 +61,31 @@ data "aws_iam_policy_document" "worker" {
     ]
   }
 
+  # the shard leases (kinesis_leases): read, create and conditionally update items; the
+  # worker never creates or deletes the table (CreateTable is not granted: Terraform owns it)
+  statement {
+    sid = "OwnShardLeases"
+    actions = [
+      "dynamodb:DescribeTable",
+      "dynamodb:Scan",
+      "dynamodb:GetItem",
+      "dynamodb:PutItem",
+      "dynamodb:UpdateItem",
+    ]
+    resources = [aws_dynamodb_table.leases[each.key].arn]
+  }
+
+  statement {
+    sid       = "UseKeyForOwnLeases"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.data.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:EncryptionContext:aws:dynamodb:tableName"
+      values   = [aws_dynamodb_table.leases[each.key].name]
+    }
+  }
+
   statement {
     sid       = "ReadOwnAudio"
     actions   = ["s3:GetObject", "s3:GetObjectVersion"]

@@ -7,14 +7,16 @@ locals {
 
   worker_values = {
     for t, cfg in var.tenants : t => {
-      NAMESPACE               = var.k8s_namespace
-      NAME                    = "audioguard-worker-${t}"
-      TENANT                  = t
-      TENANTS_JSON            = jsonencode([t])
-      TRANSPORT               = "kinesis"
-      IMAGE                   = var.worker_image
-      # Kinesis: one reader per stream (consumers/transports/kinesis.py keeps no lease table)
+      NAMESPACE    = var.k8s_namespace
+      NAME         = "audioguard-worker-${t}"
+      TENANT       = t
+      TENANTS_JSON = jsonencode([t])
+      TRANSPORT    = "kinesis"
+      IMAGE        = var.worker_image
+      # one process per pod; with kinesis_leases, more pods share the shards (docs/scaling.md)
       PROCESSES               = "1"
+      KINESIS_LEASES          = tostring(cfg.kinesis_leases)
+      KINESIS_LEASE_TABLE     = aws_dynamodb_table.leases[t].name
       IDENTITY_ANNOTATION     = "eks.amazonaws.com/role-arn"
       IDENTITY                = aws_iam_role.worker[t].arn
       KAFKA_BOOTSTRAP_SERVERS = ""
@@ -25,7 +27,7 @@ locals {
       S3_REGION               = data.aws_region.this.name
       S3_LOCATIONS_JSON       = jsonencode({ (t) = ["${aws_s3_bucket.audio.bucket}/${t}"] })
       MIN_REPLICAS            = tostring(cfg.min_workers)
-      MAX_REPLICAS            = "1"
+      MAX_REPLICAS            = tostring(cfg.max_workers)
       LAG_TARGET              = "400"
       ITERATOR_AGE_TARGET_MS  = "30000"
     }

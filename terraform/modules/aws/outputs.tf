@@ -5,6 +5,7 @@ output "tenants" {
       arrivals_stream = aws_kinesis_stream.arrivals[t].name
       verdicts_stream = aws_kinesis_stream.verdicts[t].name
       dlq_stream      = aws_kinesis_stream.dlq[t].name
+      lease_table     = aws_dynamodb_table.leases[t].name
       audio_prefix    = "s3://${aws_s3_bucket.audio.bucket}/${t}/"
       worker_role_arn = aws_iam_role.worker[t].arn
     }

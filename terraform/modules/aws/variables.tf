@@ -18,8 +18,12 @@ variable "tenants" {
     # days an audio object is kept under s3://<bucket>/<tenant>/
     audio_retention_days = optional(number, 30)
     # 0: KEDA stops the tenant's worker (and its GPU) while the stream is idle; 1: always warm.
-    # There is at most one worker per stream (consumers/transports/kinesis.py keeps no lease table).
     min_workers = optional(number, 1)
+    # share the stream's shards through the lease table (docs/scaling.md); off: one reader
+    # per stream, so max_workers must stay 1
+    kinesis_leases = optional(bool, false)
+    # KEDA's upper bound; more than 1 needs kinesis_leases, and more than the shards is idle
+    max_workers = optional(number, 1)
   }))
 
   validation {
@@ -28,7 +32,18 @@ variable "tenants" {
   }
   validation {
     condition     = alltrue([for t in values(var.tenants) : t.min_workers == 0 || t.min_workers == 1])
-    error_message = "One worker per stream: min_workers is 0 (scale to zero) or 1."
+    error_message = "min_workers is 0 (scale to zero) or 1."
+  }
+  validation {
+    condition = alltrue([
+      for t in values(var.tenants) :
+      t.max_workers >= 1 && t.max_workers >= t.min_workers && (t.max_workers == 1 || t.kinesis_leases)
+    ])
+    error_message = "max_workers is at least 1 and min_workers; more than one worker per stream needs kinesis_leases = true."
+  }
+  validation {
+    condition     = alltrue([for t in values(var.tenants) : t.max_workers <= t.arrivals_shards])
+    error_message = "max_workers above arrivals_shards: a worker without a shard lease reads nothing."
   }
 }
 

@@ -19,6 +19,8 @@ locals {
       IDENTITY_ANNOTATION     = "iam.gke.io/gcp-service-account"
       IDENTITY                = google_service_account.worker[t].email
       KAFKA_BOOTSTRAP_SERVERS = ""
+      KINESIS_LEASES          = "false"
+      KINESIS_LEASE_TABLE     = ""
       GCP_PROJECT             = var.project_id
       AWS_REGION              = ""
       STORE_URL               = var.store_url
