@@ -204,6 +204,18 @@ class DatabaseSettings(BaseModel):
     url: str | None = None
 
 
+class RegistrySettings(BaseModel):
+    #: the model registry (services.registry): None = the embedded file registry under the data
+    #: directory ($AUDIOGUARD_DATA_DIR/registry, else ~/.local/share/audioguard/registry); a
+    #: directory or file:// URI; or an MLflow tracking server, http(s)://host:port
+    uri: str | None = None
+    #: how often a worker serving `models:/<name>@<alias>` asks whether the alias moved
+    #: (0 turns hot swap off: the version resolved at start serves until a restart)
+    poll_seconds: float = Field(default=5.0, ge=0)
+    #: where downloaded versions are kept (MLflow backend); None: the system temp directory
+    cache_dir: Path | None = None
+
+
 class TenantSettings(BaseModel):
     weight: float = 1.0
     max_in_flight: int = 64
@@ -225,7 +237,9 @@ class Settings(BaseSettings):
     #: tenants to serve; on Kafka, empty means every topic matching the arrivals pattern
     tenants: list[str] = Field(default_factory=list)
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    model_path: Path | None = None
+    #: the model: None = the shipped artifact; a directory; or `models:/<name>@<alias>` /
+    #: `models:/<name>/<version>` resolved in `registry` (an alias is watched: hot swap)
+    model_path: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: torch's intra-op threads for the model; None: half the cores (at most 4), leaving the rest
     #: to the fetch threads. `worker --processes N` sets cores / N in each child unless this is set.
@@ -262,6 +276,7 @@ class Settings(BaseSettings):
     dlq: DlqSettings = Field(default_factory=DlqSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
     tenant_defaults: TenantSettings = Field(default_factory=TenantSettings)
     tenant_overrides: dict[str, TenantSettings] = Field(default_factory=dict)
 
