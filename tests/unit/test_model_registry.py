@@ -144,7 +144,14 @@ def test_model_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main([*where, "show", f"{NAME}@champion", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["version"] == 1 and shown["aliases"] == ["champion"]
-    assert [e["action"] for e in shown["audit"]] == ["alias", "alias", "promote", "delete", "rollback", "alias"]
+    assert [e["action"] for e in shown["audit"]] == [
+        "alias",
+        "alias",
+        "promote",
+        "delete",
+        "rollback",
+        "alias",
+    ]
     assert main([*where, "show", "nope@champion"]) == 1
     assert "model_not_found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
