@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ class MlflowRegistry:
         # operator at a prompt, wants to hear about an outage in seconds
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(http_retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        # MLflow prints a run URL on stdout when a run ends: the CLI's output is ours
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        os.environ.setdefault("MLFLOW_PRINT_MODEL_URLS_ON_CREATION", "false")
         from mlflow import MlflowClient
 
         self.uri = tracking_uri
@@ -140,7 +144,16 @@ class MlflowRegistry:
     def versions(self, name: str) -> list[ModelVersion]:
         with _mapped(f"versions of {name}"):
             found = self._client.search_model_versions(f"name='{validate_name(name)}'")
-            return sorted((self._to_version(v) for v in found), key=lambda v: v.version)
+        # search results leave the aliases out (MLflow fills them only on get): add them here
+        aliases = self.aliases(name)
+        versions = (self._to_version(v) for v in found)
+        return sorted(
+            (
+                replace(v, aliases=tuple(sorted(a for a, n in aliases.items() if n == v.version)))
+                for v in versions
+            ),
+            key=lambda v: v.version,
+        )
 
     def get(self, name: str, version: int) -> ModelVersion:
         with _mapped(f"{name} version {version}"):
