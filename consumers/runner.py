@@ -50,6 +50,7 @@ from consumers.ports import (
     VerdictStore,
 )
 from consumers.quarantine import Quarantine
+from consumers.shadow import ShadowScorer
 from consumers.steps import (
     BuildVerdict,
     Commit,
@@ -114,6 +115,7 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         hooks: Hooks | None = None,
         models: ModelSlot | None = None,
+        shadow: ShadowScorer | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -121,6 +123,8 @@ class Pipeline:
         self.detector = detector
         #: the serving detector; a hot swap (services.registry.AliasWatcher) replaces it between batches
         self.models = models if models is not None else ModelSlot(detector)
+        #: a challenger scoring the same uploads into an internal table (consumers.shadow)
+        self.shadow = shadow
         self.stats = WorkerStats()
         self.hooks: Hooks = hooks if hooks is not None else NoHooks()
         self._dead_letters = dead_letters
@@ -214,6 +218,7 @@ class Pipeline:
             on_batch=self._batch_scored,
             on_ready=self._ready.set,
             model=self.models.current,
+            on_scored=shadow.offer if shadow is not None else None,
         )
         self.fetch = FetchAudio(
             self.score,

@@ -434,8 +434,11 @@ class ScoreBatches(_Forwarding):
         on_batch: Callable[[list[Work], float], None] | None = None,
         on_ready: Callable[[], None] | None = None,
         model: Callable[[], Detector] | None = None,
+        on_scored: Callable[[list[Work], float], None] | None = None,
     ) -> None:
         super().__init__(next_step)
+        #: sees each batch's successfully scored uploads (shadow scoring: consumers.shadow)
+        self._on_scored = on_scored
         #: with a model slot (consumers.models), each batch is scored by the detector serving when
         #: it starts, and its items carry that detector (`scored_by`) to the verdict
         self._model = model
@@ -481,11 +484,16 @@ class ScoreBatches(_Forwarding):
             results, seconds, detector = future.result()
             if self._on_batch is not None:
                 self._on_batch(batch, seconds)
+            scored: list[Work] = []
             for work, result in zip(batch, results, strict=True):
                 if isinstance(result, Exception):
                     self._dead_letter.submit(replace(work, error=result))
                 else:
-                    self._forward(replace(work, scores=result, scoring_seconds=seconds, scored_by=detector))
+                    done = replace(work, scores=result, scoring_seconds=seconds, scored_by=detector)
+                    scored.append(done)
+                    self._forward(done)
+            if self._on_scored is not None and scored:
+                self._on_scored(scored, seconds)
         # continuous batching: an idle scorer takes whatever is queued at once (waiting for the
         # deadline there only adds latency); behind a running batch only a full one queues, so a
         # partial batch keeps filling while the scorer is busy

@@ -216,6 +216,18 @@ class RegistrySettings(BaseModel):
     cache_dir: Path | None = None
 
 
+class ShadowSettings(BaseModel):
+    #: the challenger to score in shadow, e.g. `models:/audioguard-lfb-cnn@challenger` (or a
+    #: directory); None: no shadow scoring. Results go to the `shadow_scores` table of
+    #: `database.url`, never to a verdict topic (docs/models.md, "Shadow scoring")
+    model: str | None = None
+    #: share of uploads scored in shadow, per tenant with `tenant_share`; stable per upload
+    share: float = Field(default=1.0, ge=0, le=1)
+    tenant_share: dict[str, float] = Field(default_factory=dict)
+    #: shadow batches waiting or running at most; more are skipped (the cost bound)
+    max_pending_batches: int = Field(default=2, ge=0)
+
+
 class TenantSettings(BaseModel):
     weight: float = 1.0
     max_in_flight: int = 64
@@ -277,6 +289,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     tenant_defaults: TenantSettings = Field(default_factory=TenantSettings)
     tenant_overrides: dict[str, TenantSettings] = Field(default_factory=dict)
 

@@ -1,4 +1,4 @@
-"""`audioguard model register|list|show|alias|promote|rollback`: the model registry by hand.
+"""`audioguard model register|list|show|alias|promote|rollback|compare`: the model registry by hand.
 
 Argument parsing and tables only; the work is in services.registry. The registry is
 --registry URI, else `registry.uri` from the settings (AUDIOGUARD_REGISTRY__URI), else the
@@ -105,6 +105,88 @@ def add_parser(subparsers: Any) -> None:
     rollback.add_argument("--to", type=int, help="this version instead of the previous champion")
     rollback.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
     rollback.set_defaults(handler=_rollback)
+
+    compare = commands.add_parser(
+        "compare",
+        help="champion vs challenger over the shadow records: agreement, label flips, shift, cost",
+        description="Reads the shadow_scores table (workers with shadow.model set write it) and prints, per "
+        "tenant and for all tenants (*): agreement rate, the label-flip matrix, mean scores, the two-sample "
+        "Kolmogorov-Smirnov statistic of the score distributions against its critical value at --alpha "
+        "(it falls as samples grow: sqrt((n+m)/(n*m))), and milliseconds per window of each model.",
+    )
+    compare.add_argument("--database", metavar="URL", help="PostgreSQL URL (default: database.url)")
+    compare.add_argument(
+        "--tenant", action="append", dest="tenants", metavar="TENANT", help="only these tenants"
+    )
+    compare.add_argument(
+        "--challenger", metavar="VERSION", help="only this challenger version, e.g. 3.0.0+r4"
+    )
+    compare.add_argument(
+        "--alpha", type=float, default=0.01, help="significance of the shift test (default 0.01)"
+    )
+    compare.add_argument("--json", action="store_true", help="JSON lines instead of tables")
+    compare.set_defaults(handler=_compare)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from services.errors import AudioguardError
+    from services.registry import LABELS, ShadowTable, compare
+
+    url = args.database
+    if url is None:
+        from services.settings import load_settings
+
+        url = load_settings(getattr(args, "config", None)).database.url
+    if not url:
+        print("audioguard model compare: no database (set --database or database.url)", file=sys.stderr)
+        return 1
+    try:
+        rows = ShadowTable(url).read(tenants=args.tenants or (), challenger=args.challenger)
+    except AudioguardError as error:
+        print(f"audioguard model compare: {error}", file=sys.stderr)
+        return 1
+    results = compare(rows, alpha=args.alpha)
+    if args.json:
+        for stats in results:
+            print(json.dumps(stats.to_json(), sort_keys=True))
+        return 0
+    console = _console()
+    if not results:
+        console.print("no shadow records yet")
+        return 0
+    table = Table(title=f"champion vs challenger over {len(rows)} shadow records (tenant * = all)")
+    columns = (
+        "tenant",
+        "champion",
+        "challenger",
+        "n",
+        "agreement",
+        "mean score",
+        "KS D / crit",
+        "shifted",
+        "ms/window",
+    )
+    for column in columns:
+        table.add_column(column)
+    for st in results:
+        table.add_row(
+            st.tenant, st.champion_version, st.challenger_version, str(st.n), f"{st.agreement:.1%}",
+            f"{st.mean_champion:.3f} -> {st.mean_challenger:.3f}", f"{st.ks:.3f} / {st.ks_critical:.3f}",
+            "yes" if st.shifted else "no",
+            f"{st.champion_ms_per_window:.2f} -> {st.challenger_ms_per_window:.2f}",
+        )  # fmt: skip
+    console.print(table)
+    for st in results:
+        flips = Table(title=f"labels, tenant {st.tenant}: champion (rows) -> challenger (columns)")
+        flips.add_column("champion")
+        for label in LABELS:
+            flips.add_column(label)
+        for a in LABELS:
+            flips.add_row(a, *(str(st.flips.get((a, b), 0)) for b in LABELS))
+        console.print(flips)
+    return 0
 
 
 def _open(args: argparse.Namespace) -> ModelRegistry:

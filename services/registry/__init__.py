@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ._compare import LABELS, PairStats, ShadowRow, compare
 from ._file import FileRegistry
 from ._lifecycle import promote, rollback
 from ._model import (
@@ -28,10 +29,12 @@ from ._model import (
     validate_alias,
     validate_name,
 )
+from ._shadow import ShadowTable
 from ._watch import AliasWatcher
 
 __all__ = [
     "ALIASES",
+    "LABELS",
     "AliasEvent",
     "AliasWatcher",
     "FileRegistry",
@@ -40,6 +43,10 @@ __all__ = [
     "ModelVersion",
     "actor",
     "default_registry_dir",
+    "PairStats",
+    "ShadowRow",
+    "ShadowTable",
+    "compare",
     "open_registry",
     "parse_model_uri",
     "promote",

@@ -23,10 +23,18 @@ from services.health import Heartbeat, Readiness
 from services.settings import Settings
 
 if TYPE_CHECKING:
+    from consumers.shadow import ShadowScorer
     from services.registry import AliasWatcher, ModelVersion
     from services.storage import AudioStorage
 
-__all__ = ["build_worker", "dead_letter_writer", "load_model", "load_serving_detector", "watch_model"]
+__all__ = [
+    "build_worker",
+    "dead_letter_writer",
+    "load_model",
+    "load_serving_detector",
+    "shadow_scorer",
+    "watch_model",
+]
 
 log = logging.getLogger("audioguard.worker")
 
@@ -61,6 +69,39 @@ def load_model(settings: Settings, *, scorer: str = "model") -> Detector:
     registry = open_registry(settings.registry.uri, cache_dir=settings.registry.cache_dir)
     version = registry.resolve(ref)
     return _load_version(settings, registry.fetch(version.name, version.version), version, scorer)
+
+
+def shadow_scorer(settings: Settings, *, scorer: str = "model") -> ShadowScorer | None:
+    """The challenger of `shadow.model`, loaded and warmed, recording into the `shadow_scores`
+    table of `database.url` (migrated now, so a bad URL fails at start); None without
+    `shadow.model`. Raises FatalError("bad_config") when there is no database."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from consumers.shadow import ShadowScorer
+    from services.errors import FatalError
+    from services.registry import ShadowTable
+
+    if not settings.shadow.model:
+        return None
+    if not settings.database.url:
+        raise FatalError(
+            "bad_config", "shadow.model needs database.url: shadow results go to its shadow_scores table"
+        )
+    table = ShadowTable(settings.database.url)
+    table.migrate()
+    challenger = load_model(settings.model_copy(update={"model_path": settings.shadow.model}), scorer=scorer)
+    challenger.score_windows(np.zeros((1, challenger.meta.window_samples), dtype=np.float32))
+    shares = dict(settings.shadow.tenant_share)
+    return ShadowScorer(
+        challenger,
+        record=table.write,
+        executor=ThreadPoolExecutor(1, thread_name_prefix="shadow"),
+        share=lambda tenant: shares.get(tenant, settings.shadow.share),
+        max_pending=settings.shadow.max_pending_batches,
+        worker_id=settings.worker_id,
+    )
 
 
 def watch_model(worker: Worker, settings: Settings, *, scorer: str = "model") -> AliasWatcher | None:
@@ -103,7 +144,11 @@ def watch_model(worker: Worker, settings: Settings, *, scorer: str = "model") ->
 
 
 def build_worker(
-    settings: Settings, *, detector: Detector | None = None, hooks: Hooks | None = None
+    settings: Settings,
+    *,
+    detector: Detector | None = None,
+    hooks: Hooks | None = None,
+    shadow: ShadowScorer | None = None,
 ) -> Worker:
     """A worker on `settings.transport`, ready to `run()`. Loads the shipped (or configured)
     model when no detector is given; raises FatalError for a bad config or a tampered model."""
@@ -115,6 +160,8 @@ def build_worker(
         detector = load_model(settings)
     if hooks is None:
         hooks = PipelineHooks.for_detector(detector, max_windows=settings.batch.max_windows)
+    if shadow is None:
+        shadow = shadow_scorer(settings)
     store = open_store(settings.store.url, settings.store.ttl_seconds)
     revoke_handlers: list[Callable[[list[tuple[str, int]]], None]] = []
 
@@ -138,6 +185,7 @@ def build_worker(
         dead_letters=dead_letter_writer(settings, str(detector.meta.version), storage),
         breaker=DlqBreaker(settings.dlq),
         hooks=hooks,
+        shadow=shadow,
     )
     worker = Worker(pipeline)
     revoke_handlers.append(worker.on_revoke)
