@@ -38,6 +38,7 @@ from consumers.admission import Admit, InFlight
 from consumers.batching import BatchPolicy, BatchSizeTuner, MicroBatcher
 from consumers.deadline import Deadline
 from consumers.exactly_once import TransactionalCommit, TransactionalSink, TransactionalSource
+from consumers.models import ModelSlot
 from consumers.ports import (
     AttemptCounter,
     Breaker,
@@ -49,6 +50,7 @@ from consumers.ports import (
     VerdictStore,
 )
 from consumers.quarantine import Quarantine
+from consumers.shadow import ShadowScorer
 from consumers.steps import (
     BuildVerdict,
     Commit,
@@ -112,11 +114,17 @@ class Pipeline:
         breaker: Breaker | None = None,
         clock: Callable[[], float] = time.monotonic,
         hooks: Hooks | None = None,
+        models: ModelSlot | None = None,
+        shadow: ShadowScorer | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
         self.sink = sink
         self.detector = detector
+        #: the serving detector; a hot swap (services.registry.AliasWatcher) replaces it between batches
+        self.models = models if models is not None else ModelSlot(detector)
+        #: a challenger scoring the same uploads into an internal table (consumers.shadow)
+        self.shadow = shadow
         self.stats = WorkerStats()
         self.hooks: Hooks = hooks if hooks is not None else NoHooks()
         self._dead_letters = dead_letters
@@ -153,7 +161,7 @@ class Pipeline:
                 describe="fetch audio",
             )
             audio = decode_with_limits(data, settings.limits)
-            return detector.windows(audio.samples, audio.sample_rate), audio.duration_seconds
+            return self.models.current().windows(audio.samples, audio.sample_rate), audio.duration_seconds
 
         def store_call(fn: Callable[[], T]) -> T:
             from services.retry import retry_call
@@ -209,6 +217,8 @@ class Pipeline:
             clock=clock,
             on_batch=self._batch_scored,
             on_ready=self._ready.set,
+            model=self.models.current,
+            on_scored=shadow.offer if shadow is not None else None,
         )
         self.fetch = FetchAudio(
             self.score,

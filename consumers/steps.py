@@ -28,13 +28,13 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import ValidationError
 
 from consumers.batching import MicroBatcher
-from consumers.ports import Breaker, InFlightLedger, StoreCall, VerdictStore, call_directly
+from consumers.ports import Breaker, Detector, InFlightLedger, StoreCall, VerdictStore, call_directly
 from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
 from consumers.work import Work
 
@@ -413,6 +413,10 @@ def score_items(
         return score_items(score, items[:half]) + score_items(score, items[half:])
 
 
+#: a finished batch: per-item scores or errors, seconds, and the detector that scored it
+_Scored = tuple[list[np.ndarray | Exception], float, Any]
+
+
 class ScoreBatches(_Forwarding):
     """Micro-batches windows fairly across tenants and scores one batch at a time on the
     scorer thread, while the next batch fills."""
@@ -429,8 +433,15 @@ class ScoreBatches(_Forwarding):
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[list[Work], float], None] | None = None,
         on_ready: Callable[[], None] | None = None,
+        model: Callable[[], Detector] | None = None,
+        on_scored: Callable[[list[Work], float], None] | None = None,
     ) -> None:
         super().__init__(next_step)
+        #: sees each batch's successfully scored uploads (shadow scoring: consumers.shadow)
+        self._on_scored = on_scored
+        #: with a model slot (consumers.models), each batch is scored by the detector serving when
+        #: it starts, and its items carry that detector (`scored_by`) to the verdict
+        self._model = model
         self._dead_letter = dead_letter
         # called on the scorer thread when a batch finishes: wakes a loop waiting for work
         self._on_ready = on_ready
@@ -442,7 +453,7 @@ class ScoreBatches(_Forwarding):
         self._on_batch = on_batch
         # the running batch and at most one full batch queued behind it on the scorer thread:
         # the model never waits for the loop's next turn (measured: +20-40 % on 2 CPU cores)
-        self._running: deque[tuple[Future[tuple[list[np.ndarray | Exception], float]], list[Work]]] = deque()
+        self._running: deque[tuple[Future[_Scored], list[Work]]] = deque()
 
     def submit(self, work: Work) -> None:
         assert work.windows is not None and work.arrival is not None
@@ -454,27 +465,35 @@ class ScoreBatches(_Forwarding):
             priority=work.arrival.priority,
         )
 
-    def _finished(self, _future: Future[tuple[list[np.ndarray | Exception], float]]) -> None:
+    def _finished(self, _future: Future[_Scored]) -> None:
         if self._on_ready is not None:
             self._on_ready()
 
-    def _run(self, batch: list[Work]) -> tuple[list[np.ndarray | Exception], float]:
+    def _run(self, batch: list[Work]) -> _Scored:
         started = time.perf_counter()
+        # one detector for the whole batch, read once: a hot swap lands between batches
+        detector = self._model() if self._model is not None else None
+        score = detector.score_windows if detector is not None else self._score
         # submit() refuses work without windows, so every item of a batch has them
-        results = score_items(self._score, [w.windows for w in batch if w.windows is not None])
-        return results, time.perf_counter() - started
+        results = score_items(score, [w.windows for w in batch if w.windows is not None])
+        return results, time.perf_counter() - started, detector
 
     def poll(self) -> None:
         while self._running and self._running[0][0].done():
             future, batch = self._running.popleft()
-            results, seconds = future.result()
+            results, seconds, detector = future.result()
             if self._on_batch is not None:
                 self._on_batch(batch, seconds)
+            scored: list[Work] = []
             for work, result in zip(batch, results, strict=True):
                 if isinstance(result, Exception):
                     self._dead_letter.submit(replace(work, error=result))
                 else:
-                    self._forward(replace(work, scores=result, scoring_seconds=seconds))
+                    done = replace(work, scores=result, scoring_seconds=seconds, scored_by=detector)
+                    scored.append(done)
+                    self._forward(done)
+            if self._on_scored is not None and scored:
+                self._on_scored(scored, seconds)
         # continuous batching: an idle scorer takes whatever is queued at once (waiting for the
         # deadline there only adds latency); behind a running batch only a full one queues, so a
         # partial batch keeps filling while the scorer is busy
@@ -549,9 +568,18 @@ class BuildVerdict(_Forwarding):
             step, work = self._dead_letter, replace(work, error=error)
         step.submit(work)
 
+    def _model_of(self, detector: Detector) -> ModelInfo:
+        meta = detector.meta
+        known = self._model
+        if (meta.name, meta.version, meta.checksum) != (known.name, known.version, known.checksum):
+            self._model = ModelInfo(name=meta.name, version=meta.version, checksum=meta.checksum)
+        return self._model
+
     def _route(self, work: Work) -> tuple[Step, Work]:
         assert work.arrival is not None and work.scores is not None
-        decision = self._decide(work.scores)
+        detector = work.scored_by
+        decision = (detector.decide if detector is not None else self._decide)(work.scores)
+        model = self._model if detector is None else self._model_of(detector)
         now = datetime.now(UTC)
         arrival = work.arrival
         verdict = Verdict(
@@ -572,7 +600,7 @@ class BuildVerdict(_Forwarding):
                 fraction_over_threshold=decision.fraction_over_threshold,
             ),
             duration_seconds=work.duration_seconds,
-            model=self._model,
+            model=model,
             timings=Timings(
                 queued_seconds=max(0.0, (work.scoring_started or work.admitted_at) - work.admitted_at),
                 scoring_seconds=work.scoring_seconds,

@@ -8,7 +8,7 @@ what may be acknowledged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,6 +33,8 @@ class Work:
     scoring_started: float | None = None
     scoring_seconds: float = 0.0
     scores: np.ndarray | None = None
+    #: the detector that scored this upload (consumers.models): it decides, and the verdict names it
+    scored_by: Any = field(default=None, compare=False, repr=False)
     record: OutRecord | None = None
     outcome: Outcome = ""
     label: str | None = None

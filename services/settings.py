@@ -254,6 +254,30 @@ class ApiSettings(BaseModel):
     webhook_verdict_timeout_seconds: float = Field(default=3600.0, gt=0)
 
 
+class RegistrySettings(BaseModel):
+    #: the model registry (services.registry): None = the embedded file registry under the data
+    #: directory ($AUDIOGUARD_DATA_DIR/registry, else ~/.local/share/audioguard/registry); a
+    #: directory or file:// URI; or an MLflow tracking server, http(s)://host:port
+    uri: str | None = None
+    #: how often a worker serving `models:/<name>@<alias>` asks whether the alias moved
+    #: (0 turns hot swap off: the version resolved at start serves until a restart)
+    poll_seconds: float = Field(default=5.0, ge=0)
+    #: where downloaded versions are kept (MLflow backend); None: the system temp directory
+    cache_dir: Path | None = None
+
+
+class ShadowSettings(BaseModel):
+    #: the challenger to score in shadow, e.g. `models:/audioguard-lfb-cnn@challenger` (or a
+    #: directory); None: no shadow scoring. Results go to the `shadow_scores` table of
+    #: `database.url`, never to a verdict topic (docs/models.md, "Shadow scoring")
+    model: str | None = None
+    #: share of uploads scored in shadow, per tenant with `tenant_share`; stable per upload
+    share: float = Field(default=1.0, ge=0, le=1)
+    tenant_share: dict[str, float] = Field(default_factory=dict)
+    #: shadow batches waiting or running at most; more are skipped (the cost bound)
+    max_pending_batches: int = Field(default=2, ge=0)
+
+
 class TenantSettings(BaseModel):
     weight: float = 1.0
     max_in_flight: int = 64
@@ -275,7 +299,9 @@ class Settings(BaseSettings):
     #: tenants to serve; on Kafka, empty means every topic matching the arrivals pattern
     tenants: list[str] = Field(default_factory=list)
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    model_path: Path | None = None
+    #: the model: None = the shipped artifact; a directory; or `models:/<name>@<alias>` /
+    #: `models:/<name>/<version>` resolved in `registry` (an alias is watched: hot swap)
+    model_path: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: torch's intra-op threads for the model; None: half the cores (at most 4), leaving the rest
     #: to the fetch threads. `worker --processes N` sets cores / N in each child unless this is set.
@@ -313,6 +339,8 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     tenant_defaults: TenantSettings = Field(default_factory=TenantSettings)
     tenant_overrides: dict[str, TenantSettings] = Field(default_factory=dict)
 

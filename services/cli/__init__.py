@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "services.cli.platform",
     "services.cli.worker",
     "services.cli.detector",
+    "services.cli.model",
     "services.cli.chaos",
     "services.cli.dlq",
     "services.cli.loadtest",

@@ -27,6 +27,12 @@ def add_parser(subparsers: Any) -> None:
     worker.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port")
     worker.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs")
     worker.add_argument(
+        "--model",
+        metavar="PATH|models:/NAME@ALIAS",
+        help="an artifact directory, or a registry reference (setting model_path; default: the shipped "
+        "model); an alias is followed without a restart every registry.poll_seconds (docs/models.md)",
+    )
+    worker.add_argument(
         "--scorer",
         choices=("model", "null"),
         default="model",
@@ -70,13 +76,15 @@ def _worker(args: argparse.Namespace) -> int:
         return _supervise(args)
     from services.errors import FatalError
     from services.logs import configure_logging
-    from services.tools.worker import build_worker, load_serving_detector
+    from services.tools.worker import build_worker, load_serving_detector, watch_model
 
     extra: dict[str, Any] = {}
     if args.metrics_port is not None:
         extra["metrics_port"] = args.metrics_port
     if args.device:
         extra["device"] = args.device
+    if args.model:
+        extra["model_path"] = args.model
     settings = settings_from(args, **extra)
     if args.store:
         settings = settings.model_copy(
@@ -105,6 +113,8 @@ def _worker(args: argparse.Namespace) -> int:
     try:
         hooks = load_serving_detector(settings, heartbeat, readiness, scorer=args.scorer)
         worker = build_worker(settings, detector=hooks.detector, hooks=hooks)
+        # models:/<name>@<alias>: follow the alias, swapping between batches (docs/models.md)
+        watcher = watch_model(worker, settings, scorer=args.scorer)
     except FatalError as error:
         print(f"audioguard worker: {error}", file=sys.stderr)
         return 3
@@ -118,6 +128,8 @@ def _worker(args: argparse.Namespace) -> int:
         print(f"audioguard worker: stopped on a fatal error: {error}", file=sys.stderr)
         return 3
     finally:
+        if watcher is not None:
+            watcher.stop()
         if health is not None:
             health.stop()
 
@@ -134,6 +146,7 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         ("--store", args.store),
         ("--device", args.device),
         ("--scorer", args.scorer),
+        ("--model", args.model),
     ):
         if value:
             argv += [flag, value]

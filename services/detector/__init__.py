@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._artifact import ModelMeta, default_artifact_dir
+from ._artifact import ModelMeta, default_artifact_dir, read_manifest, sha256_file
 from ._decision import Decision
 
 if TYPE_CHECKING:
@@ -38,4 +38,6 @@ __all__ = [
     "configure_torch_threads",
     "default_artifact_dir",
     "load_detector",
+    "read_manifest",
+    "sha256_file",
 ]

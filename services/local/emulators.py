@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-__all__ = ["EmulatorError", "MotoServer", "PubSubEmulator", "ServerProcess", "free_port"]
+__all__ = ["EmulatorError", "MlflowServer", "MotoServer", "PubSubEmulator", "ServerProcess", "free_port"]
 
 
 class EmulatorError(RuntimeError):
@@ -229,3 +229,58 @@ class MotoServer(ServerProcess):
         request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST", data=b"")
         with urllib.request.urlopen(request, timeout=5.0):
             pass
+
+
+class MlflowServer(ServerProcess):
+    """An MLflow tracking server (`mlflow server`, the registry's production backend): its SQL
+    store in `backend_store_uri` (PostgreSQL: `postgresql+psycopg://...`, the psycopg 3 driver
+    this project installs), artifacts proxied to `artifacts_destination` (e.g. `s3://bucket/x`
+    on moto_server at `s3_endpoint_url`). Clients need only its URL, `tracking_uri`."""
+
+    name = "MLflow tracking server"
+
+    def __init__(
+        self,
+        backend_store_uri: str,
+        artifacts_destination: str,
+        *,
+        s3_endpoint_url: str | None = None,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_path: Path | None = None,
+    ) -> None:
+        super().__init__(port, host, log_path)
+        if backend_store_uri.startswith("postgresql://"):
+            backend_store_uri = "postgresql+psycopg://" + backend_store_uri[len("postgresql://") :]
+        self.backend_store_uri = backend_store_uri
+        self.artifacts_destination = artifacts_destination
+        self.s3_endpoint_url = s3_endpoint_url
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "mlflow", "server",
+            "--host", self.host, "--port", str(self.port),
+            "--backend-store-uri", self.backend_store_uri,
+            "--artifacts-destination", self.artifacts_destination,
+            "--workers", "1",
+        ]  # fmt: skip
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.s3_endpoint_url:
+            env["MLFLOW_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+            env.setdefault("AWS_ACCESS_KEY_ID", "testing")
+            env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+            env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        return env
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.tracking_uri}/health", timeout=1.0) as response:
+                return int(response.status) == 200
+        except OSError:
+            return False

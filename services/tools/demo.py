@@ -158,11 +158,33 @@ def local_server(transport: str) -> contextlib.AbstractContextManager[tuple[str,
     return DEMO_TRANSPORTS[transport].server()
 
 
-def demo_settings(transport: str, root: Path, endpoint: str) -> Any:
-    """Settings of the demo worker for `transport` against a local server at `endpoint`."""
-    from services.settings import Settings, StorageSettings, StoreSettings
+#: the demo's model, as a worker in production names it: the registry's champion
+DEMO_MODEL = "audioguard-lfb-cnn"
 
+
+def register_shipped_model(registry_dir: Path) -> str:
+    """Register the shipped artifact in a file registry at `registry_dir` and make it the
+    champion; returns the model URI a worker loads (`models:/<name>@champion`)."""
+    from services.detector import default_artifact_dir
+    from services.registry import FileRegistry
+
+    registry = FileRegistry(registry_dir)
+    aliases = registry.aliases(DEMO_MODEL) if DEMO_MODEL in registry.names() else {}
+    if "champion" not in aliases:
+        version = registry.register(DEMO_MODEL, default_artifact_dir(), description="the shipped detector")
+        registry.set_alias(DEMO_MODEL, "champion", version.version, reason="demo set-up")
+    return f"models:/{DEMO_MODEL}@champion"
+
+
+def demo_settings(transport: str, root: Path, endpoint: str) -> Any:
+    """Settings of the demo worker for `transport` against a local server at `endpoint`; the
+    model comes from a file registry under `root` where the shipped artifact is the champion."""
+    from services.settings import RegistrySettings, Settings, StorageSettings, StoreSettings
+
+    model_uri = register_shipped_model(root / "registry")
     values: dict[str, Any] = {
+        "model_path": model_uri,
+        "registry": RegistrySettings(uri=str(root / "registry")),
         "transport": transport,
         "tenants": list(DEMO_TENANTS),
         "store": StoreSettings(url=f"sqlite:///{root / 'verdicts.db'}"),
@@ -210,11 +232,10 @@ def run_demo(
     from consumers.transport import OutRecord
     from consumers.transports.registry import open_publisher, provision
     from dlq.envelope import dead_letter_from_record
-    from services.detector import load_detector
     from services.logs import configure_logging
     from services.platform import arrival_for
     from services.storage import AudioStorage
-    from services.tools.worker import build_worker
+    from services.tools.worker import build_worker, load_model
 
     console = Console()
     configure_logging("ERROR", "text")
@@ -227,9 +248,10 @@ def run_demo(
         console.print(f"[bold]{name}[/] on {endpoint}")
         settings = demo_settings(transport, root, endpoint)
         provision(settings, list(DEMO_TENANTS), partitions=2)
-        detector = load_detector(settings.model_path, device=settings.device)
+        detector = load_model(settings)
         console.print(
-            f"[bold]model[/] {detector.meta.name} {detector.meta.version} on {detector.device} "
+            f"[bold]model[/] {settings.model_path} = {detector.meta.name} {detector.meta.version} "
+            f"on {detector.device} "
             f"(sha256 {detector.meta.checksum[:12]}…)"
         )
 

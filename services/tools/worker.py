@@ -8,7 +8,10 @@ The CLI, the demo, the bench and the tests build workers here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from consumers.instrumentation import PipelineHooks
@@ -20,13 +23,132 @@ from services.health import Heartbeat, Readiness
 from services.settings import Settings
 
 if TYPE_CHECKING:
+    from consumers.shadow import ShadowScorer
+    from services.registry import AliasWatcher, ModelVersion
     from services.storage import AudioStorage
 
-__all__ = ["build_worker", "dead_letter_writer", "load_serving_detector"]
+__all__ = [
+    "build_worker",
+    "dead_letter_writer",
+    "load_model",
+    "load_serving_detector",
+    "shadow_scorer",
+    "watch_model",
+]
+
+log = logging.getLogger("audioguard.worker")
+
+
+def _load_directory(settings: Settings, directory: Path | None, scorer: str) -> Detector:
+    if scorer == "null":
+        from services.detector.null import load_null_scorer
+
+        return load_null_scorer(directory)
+    from services.detector import load_detector
+
+    return load_detector(directory, device=settings.device, threads=settings.torch_threads)
+
+
+def _load_version(settings: Settings, directory: Path, version: ModelVersion, scorer: str) -> Detector:
+    detector = _load_directory(settings, directory, scorer)
+    # verdicts name the registered model and version (the artifact's own version, plus +rN)
+    name = detector.meta.name if scorer == "null" else version.name
+    detector.meta = replace(detector.meta, name=name, version=version.serving_version)  # type: ignore[misc]
+    return detector
+
+
+def load_model(settings: Settings, *, scorer: str = "model") -> Detector:
+    """The configured model: `model_path` None (the shipped artifact), a directory, or
+    `models:/<name>@<alias>` / `models:/<name>/<version>` resolved in the registry (its sha256
+    verified on fetch, the manifest's checksum verified on load, as for a directory)."""
+    from services.registry import open_registry, parse_model_uri
+
+    ref = parse_model_uri(settings.model_path) if settings.model_path else None
+    if ref is None:
+        return _load_directory(settings, Path(settings.model_path) if settings.model_path else None, scorer)
+    registry = open_registry(settings.registry.uri, cache_dir=settings.registry.cache_dir)
+    version = registry.resolve(ref)
+    return _load_version(settings, registry.fetch(version.name, version.version), version, scorer)
+
+
+def shadow_scorer(settings: Settings, *, scorer: str = "model") -> ShadowScorer | None:
+    """The challenger of `shadow.model`, loaded and warmed, recording into the `shadow_scores`
+    table of `database.url` (migrated now, so a bad URL fails at start); None without
+    `shadow.model`. Raises FatalError("bad_config") when there is no database."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from consumers.shadow import ShadowScorer
+    from services.errors import FatalError
+    from services.registry import ShadowTable
+
+    if not settings.shadow.model:
+        return None
+    if not settings.database.url:
+        raise FatalError(
+            "bad_config", "shadow.model needs database.url: shadow results go to its shadow_scores table"
+        )
+    table = ShadowTable(settings.database.url)
+    table.migrate()
+    challenger = load_model(settings.model_copy(update={"model_path": settings.shadow.model}), scorer=scorer)
+    challenger.score_windows(np.zeros((1, challenger.meta.window_samples), dtype=np.float32))
+    shares = dict(settings.shadow.tenant_share)
+    return ShadowScorer(
+        challenger,
+        record=table.write,
+        executor=ThreadPoolExecutor(1, thread_name_prefix="shadow"),
+        share=lambda tenant: shares.get(tenant, settings.shadow.share),
+        max_pending=settings.shadow.max_pending_batches,
+        worker_id=settings.worker_id,
+    )
+
+
+def watch_model(worker: Worker, settings: Settings, *, scorer: str = "model") -> AliasWatcher | None:
+    """Hot swap (services.registry.AliasWatcher) for a worker serving `models:/<name>@<alias>`:
+    started, polling every `registry.poll_seconds`; None for a path, a numbered version or
+    poll_seconds 0. The caller stops it when the worker stops."""
+    import numpy as np
+
+    from services.metrics import set_worker_info
+    from services.registry import AliasWatcher, open_registry, parse_model_uri, registry_version_of
+
+    ref = parse_model_uri(settings.model_path) if settings.model_path else None
+    if ref is None or ref.alias is None or settings.registry.poll_seconds <= 0:
+        return None
+    slot = worker.pipeline.models
+
+    def load(directory: Path, version: ModelVersion) -> Detector:
+        detector = _load_version(settings, directory, version, scorer)
+        # warmed beside the serving model: the first forward pass pays for allocator set-up here
+        detector.score_windows(np.zeros((1, detector.meta.window_samples), dtype=np.float32))
+        return detector
+
+    def install(detector: Detector, version: ModelVersion) -> bool:
+        if not slot.swap(detector):
+            log.error(
+                "new model version has another window geometry; it needs a restart, not a hot swap",
+                extra={"model": str(ref), "version": version.version},
+            )
+            return False
+        version_text = str(detector.meta.version)
+        device = str(detector.device)
+        set_worker_info(settings.worker_id, version_text, transport=settings.transport, device=device)
+        return True
+
+    serving = registry_version_of(str(slot.current().meta.version)) or 0
+    registry = open_registry(settings.registry.uri, cache_dir=settings.registry.cache_dir)
+    every = settings.registry.poll_seconds
+    watcher = AliasWatcher(registry, ref, serving=serving, load=load, install=install, poll_seconds=every)
+    return watcher.start()
 
 
 def build_worker(
-    settings: Settings, *, detector: Detector | None = None, hooks: Hooks | None = None
+    settings: Settings,
+    *,
+    detector: Detector | None = None,
+    hooks: Hooks | None = None,
+    shadow: ShadowScorer | None = None,
 ) -> Worker:
     """A worker on `settings.transport`, ready to `run()`. Loads the shipped (or configured)
     model when no detector is given; raises FatalError for a bad config or a tampered model."""
@@ -35,11 +157,11 @@ def build_worker(
     from services.store import open_store
 
     if detector is None:
-        from services.detector import load_detector
-
-        detector = load_detector(settings.model_path, device=settings.device, threads=settings.torch_threads)
+        detector = load_model(settings)
     if hooks is None:
         hooks = PipelineHooks.for_detector(detector, max_windows=settings.batch.max_windows)
+    if shadow is None:
+        shadow = shadow_scorer(settings)
     store = open_store(settings.store.url, settings.store.ttl_seconds)
     revoke_handlers: list[Callable[[list[tuple[str, int]]], None]] = []
 
@@ -63,6 +185,7 @@ def build_worker(
         dead_letters=dead_letter_writer(settings, str(detector.meta.version), storage),
         breaker=DlqBreaker(settings.dlq),
         hooks=hooks,
+        shadow=shadow,
     )
     worker = Worker(pipeline)
     revoke_handlers.append(worker.on_revoke)
@@ -94,15 +217,9 @@ def load_serving_detector(
     far it got."""
     import numpy as np
 
-    from services.detector import load_detector
-    from services.detector.null import load_null_scorer
     from services.metrics import set_worker_info
 
-    detector: Detector
-    if scorer == "null":
-        detector = load_null_scorer(settings.model_path)
-    else:
-        detector = load_detector(settings.model_path, device=settings.device, threads=settings.torch_threads)
+    detector = load_model(settings, scorer=scorer)
     readiness.set(model_loaded=True)
     # the first forward pass pays for allocator and kernel setup; pay it before traffic
     detector.score_windows(np.zeros((1, detector.meta.window_samples), dtype=np.float32))

@@ -24,7 +24,20 @@ def run(
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["broker"], ["topics", "create"], ["publish"], ["worker"], ["verdicts"], ["demo"]]
+    "command",
+    [
+        [],
+        ["broker"],
+        ["topics", "create"],
+        ["publish"],
+        ["worker"],
+        ["verdicts"],
+        ["demo"],
+        ["model"],
+        ["model", "register"],
+        ["model", "promote"],
+        ["model", "rollback"],
+    ],
 )
 def test_every_command_explains_itself(command):
     result = run(*command, "--help")

@@ -31,7 +31,13 @@ RUNBOOKS = ROOT / "runbooks"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "audioguard-dashboard.json"
 PAGES = sorted(p for p in RUNBOOKS.glob("*.md") if p.name != "README.md")
-PROCEDURES = {"replay-after-a-fix.md", "model-rollback.md", "tenant-onboarding.md", "tenant-offboarding.md"}
+PROCEDURES = {
+    "replay-after-a-fix.md",
+    "model-promotion.md",
+    "model-rollback.md",
+    "tenant-onboarding.md",
+    "tenant-offboarding.md",
+}
 PARTS = ("## Symptoms", "## Look first", "## Commands", "## Verify", "## Roll back")
 
 _FENCE = re.compile(

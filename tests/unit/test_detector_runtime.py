@@ -37,6 +37,8 @@ def test_public_names_do_not_drift() -> None:
         "configure_torch_threads",
         "default_artifact_dir",
         "load_detector",
+        "read_manifest",
+        "sha256_file",
     }
 
 
