@@ -167,17 +167,31 @@ def _score(args: argparse.Namespace) -> int:
             "windows": decision.window_count,
             "duration_seconds": round(audio.duration_seconds, 3),
         }
+        # the verdict's own 1.1 fields (reason, speech, timeline, synthetic_span), built the same way
+        record.update({k: _plain(v) for k, v in decision.verdict_fields().items() if v is not None})
         if args.json:
             print(json.dumps(record, allow_nan=False), flush=True)
         else:
+            why = f" ({decision.reason})" if decision.reason else ""
+            speech = "" if decision.speech_fraction is None else f" speech={decision.speech_fraction:.0%}"
+            span = decision.synthetic_span
+            where = "" if span is None else f" span={span.start_seconds:.1f}-{span.end_seconds:.1f}s"
             print(
-                f"{path}: {decision.label} score={decision.score:.4f} "
+                f"{path}: {decision.label}{why} score={decision.score:.4f} "
                 f"threshold={detector.meta.threshold:.4f} "
-                f"windows={decision.window_count} duration={audio.duration_seconds:.2f}s "
+                f"windows={decision.window_count} duration={audio.duration_seconds:.2f}s{speech}{where} "
                 f"model={detector.meta.name}@{detector.meta.version}",
                 flush=True,
             )
     return 1 if failures else 0
+
+
+def _plain(value: Any) -> Any:
+    """A schema model (or a list of them) as JSON-ready data; anything else as it is."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json") if callable(dump) else value
 
 
 def _refused(args: argparse.Namespace, path: Path, reason: str, message: str) -> None:
