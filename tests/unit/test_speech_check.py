@@ -208,3 +208,25 @@ def test_the_worker_says_not_speech_and_where_the_synthetic_part_is(
         and span["start_seconds"] == 0.0
         and span["end_seconds"] == pytest.approx(len(samples) / rate, abs=0.01)
     )
+
+
+def test_the_batched_vad_equals_the_frame_by_frame_core() -> None:
+    """SpeechDetector runs the frames in one batch; the core called frame by frame with its state
+    carried (how the silero wrapper runs) must give the same probabilities."""
+    import torch
+
+    vad = load_speech_detector(RATE)
+    samples, rate = sf.read(DEMO / "16-synthetic-espeak-ng-cs.flac", dtype="float32")
+    windows = np.stack([np.resize(samples, 4 * RATE), white_noise(4.0), tone(4.0)]).astype(np.float32)
+    windows = np.clip(windows, -1.0, 1.0)  # what the VAD does to its input
+    core = vad._core
+    x = torch.from_numpy(windows)
+    state, context, out = torch.zeros(2, 3, 128), torch.zeros(3, 64), []
+    with torch.inference_mode():
+        for i in range(0, windows.shape[1], 512):
+            chunk = torch.cat([context, x[:, i : i + 512]], dim=1)
+            prob, state = core(chunk, state)
+            context = chunk[:, -64:]
+            out.append(prob)
+    expected = torch.cat(out, dim=1).numpy()
+    np.testing.assert_allclose(vad.frame_probabilities(windows), expected, atol=1e-5)
