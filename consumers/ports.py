@@ -53,8 +53,18 @@ class Detector(Protocol):
         """(n, window_samples) -> (n,) scores in [0, 1]; may raise ResourceExhausted on OOM."""
         ...
 
-    def decide(self, window_scores: np.ndarray) -> Decision:
-        """One upload's window scores -> its label and score summary."""
+    def speech(self, windows: np.ndarray) -> np.ndarray | None:
+        """(n, window_samples) -> (n,) share of each window that is speech, or None when the
+        scorer has no speech check. CPU work, called on the fetch threads."""
+        ...
+
+    def decide(
+        self,
+        window_scores: np.ndarray,
+        speech: np.ndarray | None = None,
+        duration_seconds: float | None = None,
+    ) -> Decision:
+        """One upload's window scores (and speech fractions) -> its label, score summary and timeline."""
         ...
 
 

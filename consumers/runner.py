@@ -32,8 +32,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
-import numpy as np
-
 from consumers.admission import Admit, InFlight
 from consumers.batching import BatchPolicy, BatchSizeTuner, MicroBatcher
 from consumers.deadline import Deadline
@@ -56,6 +54,7 @@ from consumers.steps import (
     Commit,
     DeadLetter,
     FetchAudio,
+    Loaded,
     ParseArrival,
     Publish,
     ScoreBatches,
@@ -141,7 +140,7 @@ class Pipeline:
         #: set by the fetch and scorer threads when something finished (see `wait`)
         self._ready = threading.Event()
 
-        def load(arrival: AudioArrival, tenant: str) -> tuple[np.ndarray, float]:
+        def load(arrival: AudioArrival, tenant: str) -> Loaded:
             from services.logs import log_context
 
             # on a fetch thread: its log lines (retries, decode trouble) carry the upload's ids
@@ -150,7 +149,7 @@ class Pipeline:
             ):
                 return fetch_and_cut(arrival, tenant)
 
-        def fetch_and_cut(arrival: AudioArrival, tenant: str) -> tuple[np.ndarray, float]:
+        def fetch_and_cut(arrival: AudioArrival, tenant: str) -> Loaded:
             from services.retry import retry_call
 
             data = retry_call(
@@ -161,7 +160,10 @@ class Pipeline:
                 describe="fetch audio",
             )
             audio = decode_with_limits(data, settings.limits)
-            return self.models.current().windows(audio.samples, audio.sample_rate), audio.duration_seconds
+            current = self.models.current()
+            windows = current.windows(audio.samples, audio.sample_rate)
+            # the speech check runs here, on the fetch threads, beside decoding: never on the scorer
+            return Loaded(windows, audio.duration_seconds, current.speech(windows))
 
         def store_call(fn: Callable[[], T]) -> T:
             from services.retry import retry_call

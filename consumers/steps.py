@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from pydantic import ValidationError
@@ -48,6 +48,7 @@ __all__ = [
     "Commit",
     "DeadLetter",
     "FetchAudio",
+    "Loaded",
     "ParseArrival",
     "Publish",
     "ScoreBatches",
@@ -313,6 +314,15 @@ def verdict_record(tenant: str, verdict_json: bytes) -> OutRecord:
 
 
 # -- fetch and decode ---------------------------------------------------------------------
+class Loaded(NamedTuple):
+    """What a fetch thread hands back: the detector's windows, the audio's length and the
+    per-window speech fractions (None when the scorer has no speech check)."""
+
+    windows: np.ndarray
+    duration_seconds: float
+    speech: np.ndarray | None = None
+
+
 class FetchAudio(_Forwarding):
     """Fetches and decodes audio on a thread pool, then cuts it into the detector's windows."""
 
@@ -322,7 +332,7 @@ class FetchAudio(_Forwarding):
         *,
         dead_letter: Step,
         executor: Executor,
-        load: Callable[[AudioArrival, str], tuple[np.ndarray, float]],
+        load: Callable[[AudioArrival, str], Loaded],
         in_flight: InFlightLedger,
         on_ready: Callable[[], None] | None = None,
     ) -> None:
@@ -333,8 +343,8 @@ class FetchAudio(_Forwarding):
         self._in_flight = in_flight
         # called on the fetch thread when a load finishes: wakes a loop waiting for work
         self._on_ready = on_ready
-        self._running: set[Future[tuple[np.ndarray, float]]] = set()
-        self._owner: dict[Future[tuple[np.ndarray, float]], Work] = {}
+        self._running: set[Future[Loaded]] = set()
+        self._owner: dict[Future[Loaded], Work] = {}
 
     def submit(self, work: Work) -> None:
         assert work.arrival is not None
@@ -344,7 +354,7 @@ class FetchAudio(_Forwarding):
         self._running.add(future)
         self._owner[future] = work
 
-    def _finished(self, _future: Future[tuple[np.ndarray, float]]) -> None:
+    def _finished(self, _future: Future[Loaded]) -> None:
         if self._on_ready is not None:
             self._on_ready()
 
@@ -358,12 +368,19 @@ class FetchAudio(_Forwarding):
                 self._in_flight.release(work.tenant, 0.0)
                 continue
             try:
-                windows, duration = future.result()
+                loaded = future.result()
             except Exception as error:  # noqa: BLE001 - every failure becomes a dead letter
                 self._dead_letter.submit(replace(work, error=error))
                 continue
-            self._in_flight.adjust(work.tenant, duration)
-            self._forward(replace(work, windows=windows, duration_seconds=duration))
+            self._in_flight.adjust(work.tenant, loaded.duration_seconds)
+            self._forward(
+                replace(
+                    work,
+                    windows=loaded.windows,
+                    duration_seconds=loaded.duration_seconds,
+                    speech=loaded.speech,
+                )
+            )
 
     def join(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -518,9 +535,7 @@ class ScoreBatches(_Forwarding):
 
     def join(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while (self._running or len(self._batcher)) and (
-            deadline is None or time.monotonic() < deadline
-        ):
+        while (self._running or len(self._batcher)) and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.002)
             self.poll()
 
@@ -541,7 +556,7 @@ class BuildVerdict(_Forwarding):
         self,
         next_step: Step,
         *,
-        decide: Callable[[np.ndarray], Decision],
+        decide: Callable[[np.ndarray, np.ndarray | None, float | None], Decision],
         model: ModelInfo,
         store: VerdictStore,
         clock: Callable[[], float] = time.monotonic,
@@ -578,7 +593,8 @@ class BuildVerdict(_Forwarding):
     def _route(self, work: Work) -> tuple[Step, Work]:
         assert work.arrival is not None and work.scores is not None
         detector = work.scored_by
-        decision = (detector.decide if detector is not None else self._decide)(work.scores)
+        decide = detector.decide if detector is not None else self._decide
+        decision = decide(work.scores, work.speech, work.duration_seconds)
         model = self._model if detector is None else self._model_of(detector)
         now = datetime.now(UTC)
         arrival = work.arrival
@@ -608,6 +624,7 @@ class BuildVerdict(_Forwarding):
             ),
             processed_at=now,
             attempt=work.message.delivery_attempt,
+            **decision.verdict_fields(),
         )
         try:
             stored = self._store_call(
@@ -765,9 +782,7 @@ class Publish(_Forwarding):
 
     def join(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while (self._waiting or self._retry_at) and (
-            deadline is None or time.monotonic() < deadline
-        ):
+        while (self._waiting or self._retry_at) and (deadline is None or time.monotonic() < deadline):
             self._sink.flush(0.05)
             self.poll()
 

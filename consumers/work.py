@@ -29,6 +29,8 @@ class Work:
     admitted_at: float
     arrival: AudioArrival | None = None
     windows: np.ndarray | None = None
+    #: per-window share of speech (the detector's VAD), None when the scorer has no speech check
+    speech: np.ndarray | None = None
     duration_seconds: float = 0.0
     scoring_started: float | None = None
     scoring_seconds: float = 0.0

@@ -23,6 +23,9 @@ SCHEMA_VERSION = f"{SCHEMA_MAJOR}.0"
 #: DeadLetter 1.1 added the payload_* fields (a payload too large for the DLQ record is stored
 #: elsewhere or cut); a 1.0 reader ignores them, a 1.1 reader takes a 1.0 letter as whole
 DEAD_LETTER_SCHEMA_VERSION = f"{SCHEMA_MAJOR}.1"
+#: Verdict 1.1 added reason, speech, timeline and synthetic_span (all optional): a 1.0 reader
+#: ignores them, a 1.1 reader takes a 1.0 verdict (stored before they existed) as whole
+VERDICT_SCHEMA_VERSION = f"{SCHEMA_MAJOR}.1"
 
 TENANT_PATTERN = r"^[a-z0-9-]{1,40}$"
 TenantId = Annotated[str, Field(pattern=TENANT_PATTERN, description="lowercase [a-z0-9-]{1,40}")]
@@ -96,6 +99,37 @@ class WindowSummary(BaseModel):
     fraction_over_threshold: float = Field(ge=0, le=1)
 
 
+class SpeechSummary(BaseModel):
+    """How much of the audio the detector's voice-activity check found to be speech."""
+
+    model_config = ConfigDict(frozen=True)
+
+    fraction: float = Field(ge=0, le=1, description="share of the analysed audio that is speech")
+    seconds: float = Field(ge=0, description="seconds of speech found")
+
+
+class WindowScore(BaseModel):
+    """One analysis window of the timeline."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start_seconds: float = Field(ge=0)
+    end_seconds: float = Field(ge=0)
+    score: float = Field(ge=0, le=1, description="this window's score; higher = more likely synthetic")
+    speech: float | None = Field(default=None, ge=0, le=1, description="share of the window that is speech")
+
+
+class SyntheticSpan(BaseModel):
+    """The consecutive speech windows most likely synthetic (largest total score over the threshold)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start_seconds: float = Field(ge=0)
+    end_seconds: float = Field(ge=0)
+    score: float = Field(ge=0, le=1, description="mean score of the span's windows")
+    windows: int = Field(ge=1)
+
+
 class ModelInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -113,7 +147,20 @@ class Timings(BaseModel):
 
 
 class Verdict(_Contract):
-    """The answer for one upload, keyed by its idempotency key."""
+    """The answer for one upload, keyed by its idempotency key.
+
+    1.1 (minor: every new field optional, a 1.0 reader ignores them): ``reason`` says why a
+    label is inconclusive (``not_speech``, ``too_little_speech``: the voice-activity check found
+    too little speech for any score to mean something; ``near_threshold``); ``speech``, the
+    voice-activity summary; ``timeline``, every window's (start, end, score, speech); and
+    ``synthetic_span``, where in the clip the synthetic part most likely is.
+    """
+
+    schema_version: str = Field(
+        default=VERDICT_SCHEMA_VERSION,
+        pattern=r"^\d+\.\d+$",
+        description=f"MAJOR.MINOR; this worker reads major {SCHEMA_MAJOR} only",
+    )
 
     idempotency_key: str
     tenant_id: TenantId
@@ -132,6 +179,19 @@ class Verdict(_Contract):
     timings: Timings
     processed_at: AwareDatetime
     attempt: int = Field(ge=1, description="delivery attempt that produced this verdict")
+    reason: str | None = Field(
+        default=None,
+        max_length=100,
+        description="why the label is inconclusive: not_speech, too_little_speech or near_threshold",
+    )
+    speech: SpeechSummary | None = Field(default=None, description="voice-activity summary (1.1)")
+    timeline: list[WindowScore] | None = Field(
+        default=None, max_length=100_000, description="every analysis window, in order (1.1)"
+    )
+    synthetic_span: SyntheticSpan | None = Field(
+        default=None,
+        description="the span most likely synthetic; absent when no speech window reaches the threshold",
+    )
 
 
 class SourceCoordinates(BaseModel):

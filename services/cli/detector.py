@@ -1,4 +1,4 @@
-"""Sub-commands of the detector: `data build`, `train`, `eval`, `score`.
+"""Sub-commands of the detector: `data build|demo-clips|partial-spoof`, `train`, `eval`, `score`.
 
 Every handler imports torch and the heavy modules lazily so `audioguard --help` stays fast.
 This module must never hold logic of its own beyond argument wiring and output formatting.
@@ -38,6 +38,27 @@ def add_parser(subparsers: Any) -> None:
     demo.add_argument("--data", type=Path, default=DEFAULT_DATA)
     demo.add_argument("-n", type=int, default=30)
     demo.set_defaults(handler=_demo_clips)
+    partial = data_sub.add_parser(
+        "partial-spoof",
+        help="build a partial-spoof set (bona fide takes with a synthetic clip spliced in at random "
+        "positions, through the data build's channel chain) and report the model's detection EER and "
+        "localisation accuracy on it",
+        description="Each pair is a host (the bona fide clips of one language, in random order) with one "
+        "synthetic clip spliced in at a random position, and the same host without it; both through one "
+        "channel chain. Writes FLAC files, partial_spoof.csv (the spliced span of each) and report.json.",
+    )
+    partial.add_argument(
+        "--source",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "demo_clips",
+        help="folder with labels.csv (file,label,generator,language) and its clips (default: the demo clips)",
+    )
+    partial.add_argument("--out", type=Path, default=Path("data/partial-spoof"))
+    partial.add_argument("--pairs", type=int, default=40, help="(partial, bona fide) pairs (default 40)")
+    partial.add_argument("--seed", type=int, default=17)
+    partial.add_argument("--model", type=Path, default=None, help="artifact directory (default: shipped)")
+    partial.add_argument("--json", action="store_true", help="print the report as JSON")
+    partial.set_defaults(handler=_partial_spoof)
 
     train = subparsers.add_parser(
         "train", help="train the detector on a built data set and export an artifact"
@@ -96,6 +117,29 @@ def _demo_clips(args: argparse.Namespace) -> int:
 
     rows = export_demo_clips(args.data, n=args.n)
     print(f"wrote {len(rows)} clips to {DEMO_DIR}")
+    return 0
+
+
+def _partial_spoof(args: argparse.Namespace) -> int:
+    from services.detector.training.partial import run
+
+    report = run(args.source, args.out, pairs=args.pairs, seed=args.seed, model=args.model)
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"partial spoof: {report['pairs']} pairs, {report['model']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        if isinstance(value, float):
+            table.add_row(key, f"{value:.3f}")
+        elif isinstance(value, int):
+            table.add_row(key, str(value))
+    Console().print(table)
+    print(f"set and report.json written to {args.out}")
     return 0
 
 
@@ -167,17 +211,31 @@ def _score(args: argparse.Namespace) -> int:
             "windows": decision.window_count,
             "duration_seconds": round(audio.duration_seconds, 3),
         }
+        # the verdict's own 1.1 fields (reason, speech, timeline, synthetic_span), built the same way
+        record.update({k: _plain(v) for k, v in decision.verdict_fields().items() if v is not None})
         if args.json:
             print(json.dumps(record, allow_nan=False), flush=True)
         else:
+            why = f" ({decision.reason})" if decision.reason else ""
+            speech = "" if decision.speech_fraction is None else f" speech={decision.speech_fraction:.0%}"
+            span = decision.synthetic_span
+            where = "" if span is None else f" span={span.start_seconds:.1f}-{span.end_seconds:.1f}s"
             print(
-                f"{path}: {decision.label} score={decision.score:.4f} "
+                f"{path}: {decision.label}{why} score={decision.score:.4f} "
                 f"threshold={detector.meta.threshold:.4f} "
-                f"windows={decision.window_count} duration={audio.duration_seconds:.2f}s "
+                f"windows={decision.window_count} duration={audio.duration_seconds:.2f}s{speech}{where} "
                 f"model={detector.meta.name}@{detector.meta.version}",
                 flush=True,
             )
     return 1 if failures else 0
+
+
+def _plain(value: Any) -> Any:
+    """A schema model (or a list of them) as JSON-ready data; anything else as it is."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json") if callable(dump) else value
 
 
 def _refused(args: argparse.Namespace, path: Path, reason: str, message: str) -> None:

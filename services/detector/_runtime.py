@@ -4,9 +4,12 @@ The worker codes against `Detector` with numpy arrays only, so torch stays insid
 services/detector/. Scores are calibrated probabilities in [0, 1] (higher = more likely
 synthetic): score = sigmoid(scale * logit + bias), with scale and bias fitted on the dev split.
 
-Decision rule (documented in docs/model-card.md): the upload's score is the mean of its window
-scores; it is "inconclusive" when that mean lies within `inconclusive_margin` of the EER
-threshold, otherwise "synthetic" at or above the threshold and "bona_fide" below it.
+Decision rule (services.detector._decision, documented in docs/model-card.md): audio with too
+little speech (Silero VAD, services.detector._vad) is "inconclusive" with reason not_speech or
+too_little_speech; otherwise the upload's score is the speech-weighted mean of its window scores,
+"inconclusive" within `inconclusive_margin` of the EER threshold, else "synthetic" at or above
+the threshold and "bona_fide" below it. The verdict also carries the per-window timeline and the
+span most likely synthetic.
 
 This module must never fetch audio, talk to a broker or pick a device other than the one it
 was given; CUDA out-of-memory is translated once, here, into ResourceExhausted("cuda_oom").
@@ -26,9 +29,10 @@ import torch
 from services.errors import FatalError, ResourceExhausted, RetryableError
 
 from ._artifact import WEIGHTS_FILE, ModelMeta, default_artifact_dir, read_manifest
-from ._decision import Decision, decide
+from ._decision import Decision, SpeechPolicy, decide
 from ._frontend import FrontEndConfig
 from ._model import DetectorNet, NetConfig
+from ._vad import SpeechDetector, load_speech_detector
 from ._windows import cut_windows, resample
 
 _threads_lock = threading.Lock()
@@ -63,10 +67,19 @@ def _is_oom(exc: BaseException) -> bool:
 class Detector:
     """A loaded, verified model. `windows` is thread-safe CPU work; `score_windows` runs the net."""
 
-    def __init__(self, meta: ModelMeta, net: DetectorNet, device: str) -> None:
+    def __init__(
+        self,
+        meta: ModelMeta,
+        net: DetectorNet,
+        device: str,
+        vad: SpeechDetector | None = None,
+        speech_policy: SpeechPolicy | None = None,
+    ) -> None:
         self.meta = meta
         self.device = device
+        self.speech_policy = speech_policy or SpeechPolicy()
         self._net = net
+        self._vad = vad
         self._forward = _trace(net, meta.window_samples, device)
         self._lock = threading.Lock()  # one forward pass at a time; batches are the parallelism
 
@@ -111,14 +124,37 @@ class Detector:
         inference mode, no dropout, no randomness. Raises ResourceExhausted("cuda_oom") on CUDA OOM."""
         return self.calibrate(self.logits(windows))
 
-    def decide(self, window_scores: np.ndarray) -> Decision:
-        """Mean of the window scores against the EER threshold, with an inconclusive band of
-        +/- meta.inconclusive_margin around it."""
-        return decide(window_scores, self.meta.threshold, self.meta.inconclusive_margin)
+    def speech(self, windows: np.ndarray) -> np.ndarray | None:
+        """(n, window_samples) -> (n,) share of each window that is speech; None when this
+        detector was loaded without a VAD. CPU work, safe from the worker's fetch threads."""
+        if self._vad is None:
+            return None
+        return self._vad.speech_fraction(windows)
+
+    def decide(
+        self,
+        window_scores: np.ndarray,
+        speech: np.ndarray | None = None,
+        duration_seconds: float | None = None,
+    ) -> Decision:
+        """The rule of the module docstring: speech check (when `speech` is given), then the
+        speech-weighted mean against the EER threshold with an inconclusive band of
+        +/- meta.inconclusive_margin, and the timeline of the windows."""
+        return decide(
+            window_scores,
+            self.meta.threshold,
+            self.meta.inconclusive_margin,
+            speech,
+            window_seconds=self.meta.window_seconds,
+            duration_seconds=duration_seconds,
+            policy=self.speech_policy,
+        )
 
     def score_samples(self, samples: np.ndarray, sample_rate: int) -> Decision:
-        """Convenience for one clip: windows -> scores -> decision."""
-        return self.decide(self.score_windows(self.windows(samples, sample_rate)))
+        """One clip, the worker's path: windows -> scores and speech -> decision."""
+        windows = self.windows(samples, sample_rate)
+        duration = len(samples) / float(sample_rate) if sample_rate > 0 else None
+        return self.decide(self.score_windows(windows), self.speech(windows), duration)
 
     def memory_stats(self) -> dict[str, int] | None:
         """CUDA memory of this detector's device (allocated, reserved, total bytes); None on CPU.
@@ -164,9 +200,13 @@ def build_net(meta_frontend: dict[str, Any], meta_network: dict[str, Any]) -> De
 
 
 def load_detector(
-    path: str | Path | None = None, device: str = "auto", threads: int | None = None
+    path: str | Path | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    speech_check: bool = True,
 ) -> Detector:
-    """Load and verify an artifact directory (default: the shipped one).
+    """Load and verify an artifact directory (default: the shipped one), with the VAD of the
+    speech check unless `speech_check` is False (calibration and evaluation score raw windows).
 
     Raises FatalError("model_checksum") when the weights' sha256 differs from the manifest,
     FatalError("model_missing" / "model_manifest") when the artifact is absent or malformed.
@@ -183,4 +223,5 @@ def load_detector(
     except Exception as exc:  # a verified file that does not fit the declared network
         raise FatalError("model_manifest", f"weights do not match the manifest's network: {exc}") from exc
     net.eval().to(dev)
-    return Detector(meta, net, dev)
+    vad = load_speech_detector(meta.sample_rate) if speech_check else None
+    return Detector(meta, net, dev, vad)

@@ -44,8 +44,24 @@ class NullScorer:
     def score_windows(self, windows: np.ndarray) -> np.ndarray:
         return np.full(len(windows), NULL_SCORE, dtype=np.float32)
 
-    def decide(self, window_scores: np.ndarray) -> Decision:
-        return decide(window_scores, self.meta.threshold, self.meta.inconclusive_margin)
+    def speech(self, windows: np.ndarray) -> np.ndarray | None:
+        # no speech check: the null scorer measures the framework, and costs nothing per window
+        return None
+
+    def decide(
+        self,
+        window_scores: np.ndarray,
+        speech: np.ndarray | None = None,
+        duration_seconds: float | None = None,
+    ) -> Decision:
+        return decide(
+            window_scores,
+            self.meta.threshold,
+            self.meta.inconclusive_margin,
+            speech,
+            window_seconds=self.meta.window_seconds,
+            duration_seconds=duration_seconds,
+        )
 
     def memory_stats(self) -> dict[str, int] | None:
         return None

@@ -527,7 +527,11 @@ class NaiveThread:
         data = storage.fetch(arrival.audio_uri, message.tenant, expected_sha256=arrival.sha256)
         audio = decode_with_limits(data, self.settings.limits)
         detector = self.rig.detector
-        decision = detector.decide(detector.score_windows(detector.windows(audio.samples, audio.sample_rate)))
+        windows = detector.windows(audio.samples, audio.sample_rate)
+        # the worker's decision, speech check included, so the baseline does the same work per upload
+        decision = detector.decide(
+            detector.score_windows(windows), detector.speech(windows), audio.duration_seconds
+        )
         verdict = json.dumps(
             {"idempotency_key": arrival.idempotency_key, "label": decision.label, "score": decision.score}
         ).encode()

@@ -222,7 +222,9 @@ def load_serving_detector(
     detector = load_model(settings, scorer=scorer)
     readiness.set(model_loaded=True)
     # the first forward pass pays for allocator and kernel setup; pay it before traffic
-    detector.score_windows(np.zeros((1, detector.meta.window_samples), dtype=np.float32))
+    warm = np.zeros((1, detector.meta.window_samples), dtype=np.float32)
+    detector.score_windows(warm)
+    detector.speech(warm)  # the speech check's first call pays for its own setup too
     readiness.set(warmed_up=True)
     set_worker_info(
         settings.worker_id, str(detector.meta.version), transport=settings.transport, device=detector.device

@@ -37,8 +37,11 @@ class SlowDetector:
     def windows(self, samples: np.ndarray, rate: int) -> np.ndarray:
         return self._detector.windows(samples, rate)  # type: ignore[no-any-return]
 
-    def decide(self, scores: np.ndarray) -> Any:
-        return self._detector.decide(scores)
+    def speech(self, windows: np.ndarray) -> Any:
+        return self._detector.speech(windows)
+
+    def decide(self, scores: np.ndarray, speech: Any = None, duration_seconds: float | None = None) -> Any:
+        return self._detector.decide(scores, speech, duration_seconds)
 
     def score_windows(self, windows: np.ndarray) -> np.ndarray:
         self.calls += 1

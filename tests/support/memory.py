@@ -59,9 +59,14 @@ class ConstantDetector:
         self.windows_scored += len(windows)
         return np.full(len(windows), self.score, dtype=np.float32)
 
-    def decide(self, scores: np.ndarray) -> Decision:
+    def speech(self, windows: np.ndarray) -> np.ndarray | None:
+        return None  # no speech check: these tests are about the pipeline, not the audio
+
+    def decide(
+        self, scores: np.ndarray, speech: np.ndarray | None = None, duration_seconds: float | None = None
+    ) -> Decision:
         # the production rule, with no inconclusive band: every upload gets a firm label
-        return decide(scores, self.meta.threshold, 0.0)
+        return decide(scores, self.meta.threshold, 0.0, speech)
 
 
 def memory_settings(broker_name: str, tenants: list[str], audio_root: Path, **overrides: Any) -> Settings:
