@@ -68,3 +68,19 @@ def test_the_pipeline_s_own_dead_letters_are_not_read_back() -> None:
 
     assert not re.match(TOPIC_PATTERN, REPORTING_DLQ_TOPIC)
     assert topic_kind("audioguard.feedback.acme") == ("feedback", "acme")
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.text(max_size=300))
+def test_any_feedback_csv_is_decisions_refusals_or_a_clear_error(body: str, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    from reporting.store import parse_feedback_csv
+
+    path = tmp_path_factory.mktemp("csv") / "f.csv"
+    path.write_text("tenant_id,idempotency_key,truth,decided_at\n" + body, encoding="utf-8")
+    try:
+        good, bad = parse_feedback_csv(path)
+    except PoisonMessage as error:
+        assert error.reason == "bad_feedback_csv"
+        return
+    assert all(d.truth in ("synthetic", "bona_fide") for d in good)
+    assert all(line >= 2 for line, _ in bad)
