@@ -391,7 +391,10 @@ def dead_letter_from_record(value: bytes, headers: Sequence[tuple[str, bytes]]) 
         if field not in ENVELOPE_FIELDS:
             continue  # a field from a newer minor version: ignore it, like the contract does
         text = raw.decode("utf-8", errors="replace")
-        fields[field] = json.loads(text) if field == "source" else text
+        try:
+            fields[field] = json.loads(text) if field == "source" else text
+        except ValueError as error:
+            raise PoisonMessage("bad_dead_letter", f"header {name} is not JSON: {error}") from error
     try:
         if fields:
             return DeadLetter.model_validate(fields), value

@@ -199,6 +199,9 @@ def test_every_verdict_lands_exactly_once_and_invalid_records_are_dead_lettered(
     synth = np.array([scores[i] for i in scores if truth[i] == "synthetic"])
     assert model_eer(postgres_url, "1.0.0") == pytest.approx(eer(bona, synth)[0])
 
+    app_factory.kill(signal.SIGTERM)  # faust's worker stops, commits what was acked, exits
+    assert app_factory.proc is not None and app_factory.proc.returncode == 0, app_factory.tail()
+
 
 def _decision(tenant: str, key: str, truth: str, minute: int) -> OutRecord:
     value = Feedback(
