@@ -4,6 +4,7 @@ tests/integration/test_worker_processes.py."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -205,3 +206,19 @@ def test_several_readers_of_a_kinesis_stream_are_refused() -> None:
         cwd=ROOT,
     )
     assert done.returncode == 2 and "one reader per stream" in done.stderr
+
+
+def test_with_kinesis_leases_several_readers_are_started() -> None:
+    # the children start (and here stop at once on a missing model: exit 3, the fatal code)
+    env = {**os.environ, "AUDIOGUARD_KINESIS__LEASES": "true", "AUDIOGUARD_MODEL_PATH": "/nonexistent/model"}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "worker", "--transport", "kinesis", "--processes", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+    assert "one reader per stream" not in done.stderr
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert done.stderr.count('"message": "child started"') == 2, done.stderr[-2000:]
