@@ -102,6 +102,8 @@ class ApiContext:
     sink: Sink
     limiter: Limiter
     webhooks: WebhookDispatcher | None = None
+    #: seconds of uploaded audio per client (api.rate_limit_audio_seconds_per_second), if set
+    audio_limiter: Limiter | None = None
 
     def close(self) -> None:
         if self.webhooks is not None:
@@ -109,6 +111,8 @@ class ApiContext:
         self.sink.close(5.0)
         self.store.close()
         self.limiter.close()
+        if self.audio_limiter is not None:
+            self.audio_limiter.close()
 
 
 def open_context(settings: Settings, *, webhooks: bool = True) -> ApiContext:
@@ -135,6 +139,13 @@ def open_context(settings: Settings, *, webhooks: bool = True) -> ApiContext:
             key_prefix=api.rate_limit_key_prefix,
         ),
     )
+    if api.rate_limit_audio_seconds_per_second is not None:
+        context.audio_limiter = open_limiter(
+            api.rate_limit_url,
+            api.rate_limit_audio_seconds_per_second,
+            api.rate_limit_audio_burst_seconds,
+            key_prefix=f"{api.rate_limit_key_prefix}:audio",
+        )
     if webhooks:
         context.webhooks = WebhookDispatcher(
             settings.database.url, detections, store, api, render_webhook
@@ -374,6 +385,17 @@ def create_app(context: ApiContext) -> FastAPI:
             decoded = decode_with_limits(data, settings.limits, max_bytes=settings.storage.max_bytes)
         except PoisonMessage as error:
             raise Problem(422, error.reason, str(error.message)) from error
+        if context.audio_limiter is not None:
+            spent = context.audio_limiter.hit(key.key_id, cost=decoded.duration_seconds)
+            if not spent.allowed:
+                API_RATE_LIMITED.labels(key.tenant).inc()
+                raise Problem(
+                    429,
+                    "audio_rate_limited",
+                    f"over {context.audio_limiter.rate:g} audio seconds/s (burst "
+                    f"{context.audio_limiter.burst} s) for this key",
+                    headers={"Retry-After": spent.headers().get("Retry-After", "1")},
+                )
         sha = hashlib.sha256(data).hexdigest()
         suffix = Path(part.filename or "").suffix.lower()
         uri = f"{_upload_base(key.tenant)}/{sha}{suffix if _SUFFIX.match(suffix) else ''}"
