@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.backpressure import LagGauge
 from api.detections import Detection, Detections, IdempotencyConflict
 from api.keys import ApiKey, ApiKeys
 from api.problems import (
@@ -104,6 +105,8 @@ class ApiContext:
     webhooks: WebhookDispatcher | None = None
     #: seconds of uploaded audio per client (api.rate_limit_audio_seconds_per_second), if set
     audio_limiter: Limiter | None = None
+    #: the workers' lag per tenant (api.max_tenant_lag_messages), if set
+    lag: LagGauge | None = None
 
     def close(self) -> None:
         if self.webhooks is not None:
@@ -146,6 +149,8 @@ def open_context(settings: Settings, *, webhooks: bool = True) -> ApiContext:
             api.rate_limit_audio_burst_seconds,
             key_prefix=f"{api.rate_limit_key_prefix}:audio",
         )
+    if api.max_tenant_lag_messages is not None:
+        context.lag = LagGauge(settings)
     if webhooks:
         context.webhooks = WebhookDispatcher(
             settings.database.url, detections, store, api, render_webhook
@@ -367,6 +372,22 @@ def create_app(context: ApiContext) -> FastAPI:
             raise Problem(503, "storage_not_configured", f"no storage is configured for tenant {tenant}")
         return f"file://{Path(roots[0]).resolve()}/api"
 
+    def _backpressure(tenant: str) -> None:
+        assert context.lag is not None and settings.api.max_tenant_lag_messages is not None
+        try:
+            lag = context.lag.lag(tenant)
+        except Exception as error:  # noqa: BLE001 - a broker hiccup must not refuse detections
+            log.warning("cannot measure the lag of %s, not refusing: %s", tenant, error)
+            return
+        if lag is not None and lag > settings.api.max_tenant_lag_messages:
+            raise Problem(
+                503,
+                "pipeline_backpressure",
+                f"the workers are {lag} arrivals behind on this tenant (bound "
+                f"{settings.api.max_tenant_lag_messages}); retry later",
+                headers={"Retry-After": "5"},
+            )
+
     def _callback(url: str | None) -> str | None:
         if url is None:
             return None
@@ -507,6 +528,8 @@ def create_app(context: ApiContext) -> FastAPI:
             str | None, Header(description="wait=N: answer 200 with the verdict if ready within N s")
         ] = None,
     ) -> Response:
+        if context.lag is not None:
+            await run_in_threadpool(_backpressure, key.tenant)
         length = request.headers.get("content-length")
         if length is None:
             raise Problem(411, "length_required", "send Content-Length (chunked uploads are not accepted)")
