@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.backpressure import LagGauge
 from api.detections import Detection, Detections, IdempotencyConflict
 from api.keys import ApiKey, ApiKeys
 from api.problems import (
@@ -102,6 +103,10 @@ class ApiContext:
     sink: Sink
     limiter: Limiter
     webhooks: WebhookDispatcher | None = None
+    #: seconds of uploaded audio per client (api.rate_limit_audio_seconds_per_second), if set
+    audio_limiter: Limiter | None = None
+    #: the workers' lag per tenant (api.max_tenant_lag_messages), if set
+    lag: LagGauge | None = None
 
     def close(self) -> None:
         if self.webhooks is not None:
@@ -109,6 +114,8 @@ class ApiContext:
         self.sink.close(5.0)
         self.store.close()
         self.limiter.close()
+        if self.audio_limiter is not None:
+            self.audio_limiter.close()
 
 
 def open_context(settings: Settings, *, webhooks: bool = True) -> ApiContext:
@@ -135,6 +142,15 @@ def open_context(settings: Settings, *, webhooks: bool = True) -> ApiContext:
             key_prefix=api.rate_limit_key_prefix,
         ),
     )
+    if api.rate_limit_audio_seconds_per_second is not None:
+        context.audio_limiter = open_limiter(
+            api.rate_limit_url,
+            api.rate_limit_audio_seconds_per_second,
+            api.rate_limit_audio_burst_seconds,
+            key_prefix=f"{api.rate_limit_key_prefix}:audio",
+        )
+    if api.max_tenant_lag_messages is not None:
+        context.lag = LagGauge(settings)
     if webhooks:
         context.webhooks = WebhookDispatcher(
             settings.database.url, detections, store, api, render_webhook
@@ -356,6 +372,22 @@ def create_app(context: ApiContext) -> FastAPI:
             raise Problem(503, "storage_not_configured", f"no storage is configured for tenant {tenant}")
         return f"file://{Path(roots[0]).resolve()}/api"
 
+    def _backpressure(tenant: str) -> None:
+        assert context.lag is not None and settings.api.max_tenant_lag_messages is not None
+        try:
+            lag = context.lag.lag(tenant)
+        except Exception as error:  # noqa: BLE001 - a broker hiccup must not refuse detections
+            log.warning("cannot measure the lag of %s, not refusing: %s", tenant, error)
+            return
+        if lag is not None and lag > settings.api.max_tenant_lag_messages:
+            raise Problem(
+                503,
+                "pipeline_backpressure",
+                f"the workers are {lag} arrivals behind on this tenant (bound "
+                f"{settings.api.max_tenant_lag_messages}); retry later",
+                headers={"Retry-After": "5"},
+            )
+
     def _callback(url: str | None) -> str | None:
         if url is None:
             return None
@@ -374,6 +406,17 @@ def create_app(context: ApiContext) -> FastAPI:
             decoded = decode_with_limits(data, settings.limits, max_bytes=settings.storage.max_bytes)
         except PoisonMessage as error:
             raise Problem(422, error.reason, str(error.message)) from error
+        if context.audio_limiter is not None:
+            spent = context.audio_limiter.hit(key.key_id, cost=decoded.duration_seconds)
+            if not spent.allowed:
+                API_RATE_LIMITED.labels(key.tenant).inc()
+                raise Problem(
+                    429,
+                    "audio_rate_limited",
+                    f"over {context.audio_limiter.rate:g} audio seconds/s (burst "
+                    f"{context.audio_limiter.burst} s) for this key",
+                    headers={"Retry-After": spent.headers().get("Retry-After", "1")},
+                )
         sha = hashlib.sha256(data).hexdigest()
         suffix = Path(part.filename or "").suffix.lower()
         uri = f"{_upload_base(key.tenant)}/{sha}{suffix if _SUFFIX.match(suffix) else ''}"
@@ -485,6 +528,8 @@ def create_app(context: ApiContext) -> FastAPI:
             str | None, Header(description="wait=N: answer 200 with the verdict if ready within N s")
         ] = None,
     ) -> Response:
+        if context.lag is not None:
+            await run_in_threadpool(_backpressure, key.tenant)
         length = request.headers.get("content-length")
         if length is None:
             raise Problem(411, "length_required", "send Content-Length (chunked uploads are not accepted)")

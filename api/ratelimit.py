@@ -49,12 +49,14 @@ class Decision:
         return values
 
 
-def _decide(tat: float, now: float, rate: float, burst: int) -> tuple[Decision, float | None]:
-    """GCRA on one TAT: (decision, the new TAT to store or None)."""
+def _decide(
+    tat: float, now: float, rate: float, burst: int, cost: float = 1.0
+) -> tuple[Decision, float | None]:
+    """GCRA on one TAT for a request of `cost` units: (decision, the new TAT to store or None)."""
     interval = 1.0 / rate
     tolerance = interval * burst
     tat = max(tat, now)
-    new_tat = tat + interval
+    new_tat = tat + interval * cost
     allow_at = new_tat - tolerance
     if now < allow_at:
         remaining = 0
@@ -69,8 +71,9 @@ class Limiter(ABC):
         self.burst = burst
 
     @abstractmethod
-    def hit(self, client: str) -> Decision:
-        """Count one request of `client` if the limit allows it. Blocks for at most one round trip."""
+    def hit(self, client: str, cost: float = 1.0) -> Decision:
+        """Count `cost` units (one request; or seconds of audio) of `client` if the limit allows
+        them. Blocks for at most one round trip."""
 
     def close(self) -> None:  # noqa: B027 - nothing to release in memory
         """Release connections."""
@@ -85,10 +88,10 @@ class MemoryLimiter(Limiter):
         self._lock = threading.Lock()
         self._tat: dict[str, float] = {}
 
-    def hit(self, client: str) -> Decision:
+    def hit(self, client: str, cost: float = 1.0) -> Decision:
         with self._lock:
             now = self._clock()
-            decision, new_tat = _decide(self._tat.get(client, now), now, self.rate, self.burst)
+            decision, new_tat = _decide(self._tat.get(client, now), now, self.rate, self.burst, cost)
             if new_tat is not None:
                 self._tat[client] = new_tat
             if len(self._tat) > 100_000:
@@ -96,18 +99,19 @@ class MemoryLimiter(Limiter):
             return decision
 
 
-# KEYS[1]: the client's TAT; ARGV: emission interval (s), burst. Returns
+# KEYS[1]: the client's TAT; ARGV: emission interval (s), burst, cost. Returns
 # {allowed, remaining, reset_ms, retry_after_ms} as integers (Lua numbers lose their fraction
 # on the way back to Redis, so milliseconds).
 _GCRA = """
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local tolerance = interval * burst
-local new_tat = tat + interval
+local new_tat = tat + interval * cost
 local allow_at = new_tat - tolerance
 if now < allow_at then
   return {0, 0, math.ceil((tat - now) * 1000), math.ceil((allow_at - now) * 1000)}
@@ -138,10 +142,10 @@ class RedisLimiter(Limiter):
             raise FatalError("bad_config", f"bad rate-limit Redis URL: {error}") from error
         self._script = self._client.register_script(_GCRA)
 
-    def hit(self, client: str) -> Decision:
+    def hit(self, client: str, cost: float = 1.0) -> Decision:
         try:
             allowed, remaining, reset_ms, retry_ms = self._script(
-                keys=[f"{self._prefix}:ratelimit:{client}"], args=[1.0 / self.rate, self.burst]
+                keys=[f"{self._prefix}:ratelimit:{client}"], args=[1.0 / self.rate, self.burst, cost]
             )
         except self._errors as error:
             log.warning("rate limit store unavailable, letting the request through: %s", error)

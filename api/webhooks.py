@@ -35,7 +35,14 @@ from services.database import connect, mapped_errors
 from services.settings import ApiSettings
 from services.store import VerdictStore
 
-__all__ = ["CallbackRefused", "WebhookDispatcher", "check_callback_url", "sign"]
+__all__ = [
+    "CallbackRefused",
+    "WebhookDispatcher",
+    "check_callback_url",
+    "list_webhooks",
+    "retry_webhook",
+    "sign",
+]
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "AudioGuard-Signature"
@@ -206,3 +213,30 @@ class WebhookDispatcher:
                 " delivered_at = CASE WHEN %s = 'delivered' THEN now() END WHERE detection_id = %s",
                 (state, error, attempts, state, detection_id),
             )
+
+
+def list_webhooks(
+    database_url: str, *, tenant: str | None = None, state: str | None = None
+) -> list[dict[str, object]]:
+    """Webhook rows, newest first (at most 1000): for `audioguard api webhooks list`."""
+    with connect(database_url) as conn, mapped_errors():
+        rows = conn.execute(
+            "SELECT detection_id, tenant, url, state, attempts, last_error, created_at, delivered_at"
+            " FROM api_webhooks WHERE (%s::text IS NULL OR tenant = %s) AND (%s::text IS NULL OR state = %s)"
+            " ORDER BY created_at DESC LIMIT 1000",
+            (tenant, tenant, state, state),
+        ).fetchall()
+    names = ("detection_id", "tenant", "url", "state", "attempts", "last_error", "created_at", "delivered_at")
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def retry_webhook(database_url: str, detection_id: str) -> bool:
+    """Send a dead webhook again from attempt 1 (the replay of a dead one); False when there is
+    no dead webhook with this detection id."""
+    with connect(database_url) as conn, mapped_errors():
+        cur = conn.execute(
+            "UPDATE api_webhooks SET state = 'pending', attempts = 0, next_attempt_at = now(),"
+            " created_at = now() WHERE detection_id = %s AND state = 'dead'",
+            (detection_id,),
+        )
+        return cur.rowcount == 1

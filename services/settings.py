@@ -238,6 +238,15 @@ class ApiSettings(BaseModel):
     rate_limit_per_second: float = Field(default=10.0, gt=0)
     rate_limit_burst: int = Field(default=20, ge=1)
     rate_limit_key_prefix: str = "audioguard"
+    #: a second limit per client in seconds of uploaded audio per second (None: off), with this
+    #: many seconds allowed at once; an upload over it answers 429 audio_rate_limited
+    rate_limit_audio_seconds_per_second: float | None = Field(default=None, gt=0)
+    rate_limit_audio_burst_seconds: int = Field(default=600, ge=1)
+    #: backpressure (Kafka): when the workers' group is more than this many arrivals behind on a
+    #: tenant's arrivals topic, a new detection answers 503 pipeline_backpressure (None: off)
+    max_tenant_lag_messages: int | None = Field(default=None, ge=0)
+    #: how long a measured lag is reused before it is measured again
+    lag_refresh_seconds: float = Field(default=2.0, ge=0)
     #: webhooks (callback_url): the SSRF guard refuses loopback, private, link-local and other
     #: non-global addresses unless this is set (tests, a receiver inside the same network)
     webhook_allow_private_hosts: bool = False

@@ -24,6 +24,7 @@ import os
 import re
 import tempfile
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -243,7 +244,11 @@ class AudioStorage:
         if parts.scheme == "file":
             path = Path(unquote(parts.path))
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            # write aside, then rename: a reader (a worker fetching the same content-addressed
+            # upload that another request is rewriting) never sees a half-written file
+            partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+            partial.write_bytes(data)
+            os.replace(partial, path)
         elif parts.scheme == "s3":
             from botocore.exceptions import ClientError
 

@@ -62,6 +62,19 @@ def add_parser(subparsers: Any) -> None:
     revoke.add_argument("key_id", help="the 16 hex characters after agk_")
     revoke.set_defaults(handler=_keys_revoke)
 
+    hooks = sub.add_parser("webhooks", help="list webhook deliveries and send dead ones again")
+    hooks_sub = hooks.add_subparsers(dest="webhooks_command", required=True)
+    hooks_list = hooks_sub.add_parser("list", help="webhooks as a table (newest first, at most 1000)")
+    hooks_list.add_argument("--tenant", help="only this tenant's")
+    hooks_list.add_argument("--state", choices=("pending", "delivered", "dead"), help="only in this state")
+    hooks_list.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    hooks_list.set_defaults(handler=_webhooks_list)
+    hooks_retry = hooks_sub.add_parser(
+        "retry", help="send a dead webhook again from its first attempt (a running `api serve` delivers it)"
+    )
+    hooks_retry.add_argument("detection_id", help="det_...")
+    hooks_retry.set_defaults(handler=_webhooks_retry)
+
     openapi = sub.add_parser("openapi", help="write the OpenAPI document (default api/openapi.json)")
     openapi.add_argument("--output", type=Path, default=None, help="where to write it; '-' for stdout")
     openapi.set_defaults(handler=_openapi)
@@ -184,4 +197,46 @@ def _openapi(args: argparse.Namespace) -> int:
         print(json.dumps(openapi_document(), indent=2, sort_keys=True))
         return 0
     print(write_openapi(args.output or OPENAPI_PATH))
+    return 0
+
+
+def _webhooks_list(args: argparse.Namespace) -> int:
+    from api.webhooks import list_webhooks
+
+    if _keys(args) is None:
+        return 2
+    rows = list_webhooks(settings_from(args).database.url, tenant=args.tenant, state=args.state)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="webhooks")
+    for column in ("detection", "tenant", "url", "state", "attempts", "last error", "created"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row["detection_id"]),
+            str(row["tenant"]),
+            str(row["url"])[:60],
+            str(row["state"]),
+            str(row["attempts"]),
+            str(row["last_error"] or "")[:60],
+            str(row["created_at"])[:19],
+        )
+    Console().print(table)
+    return 0
+
+
+def _webhooks_retry(args: argparse.Namespace) -> int:
+    from api.webhooks import retry_webhook
+
+    if _keys(args) is None:
+        return 2
+    if not retry_webhook(settings_from(args).database.url, args.detection_id):
+        print(f"api webhooks retry: no dead webhook for {args.detection_id}", file=sys.stderr)
+        return 1
+    print(f"webhook for {args.detection_id} queued again")
     return 0

@@ -27,6 +27,24 @@ def add_parser(subparsers: Any) -> None:
         "unless --bootstrap-servers is given) and prints the measured numbers.",
     )
     scenarios = loadtest.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
+    api = scenarios.add_parser(
+        "api",
+        help="upload+wait through the HTTP API under locust: req/s, p50/p99, 200s vs 202/429/503, API memory",
+        description="Starts the embedded broker, one `audioguard worker` and one `audioguard api serve` "
+        "process, then runs locust headless on loopback at each --users count for --seconds. Needs "
+        "database.url (PostgreSQL) and a shared verdict store (--store-url, default Redis on localhost).",
+    )
+    api.add_argument(
+        "--users", type=int, nargs="+", default=[1, 4, 16, 64], help="concurrent clients per phase"
+    )
+    api.add_argument("--seconds", type=float, default=20.0, help="length of each phase (default 20)")
+    api.add_argument(
+        "--clip-seconds", type=float, default=2.0, help="seconds of audio per upload (default 2)"
+    )
+    api.add_argument("--wait", type=int, default=20, help="Prefer: wait=N of each upload (default 20)")
+    api.add_argument("--store-url", default="redis://127.0.0.1:6379/0", help="verdict store shared by both")
+    api.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    api.set_defaults(handler=_api)
     nn = scenarios.add_parser(
         "noisy-neighbour",
         help="tenant B's p50/p99 latency alone and while tenant A floods at 10x capacity",
@@ -214,3 +232,49 @@ def _worker_settings(pairs: list[str]) -> dict[str, str]:
             raise SystemExit(f"--worker-setting wants NAME=VALUE, got {pair!r}")
         settings[name.removeprefix("AUDIOGUARD_")] = value
     return settings
+
+
+def _api(args: argparse.Namespace) -> int:
+    import sys
+
+    from services.cli.common import settings_from
+    from services.tools.api_loadtest import api_load
+
+    database_url = settings_from(args).database.url
+    if not database_url:
+        print("loadtest api: set database.url (AUDIOGUARD_DATABASE__URL=postgresql://...)", file=sys.stderr)
+        return 2
+    rows = api_load(database_url, args.store_url, args.users, args.seconds, args.clip_seconds, args.wait)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"HTTP API upload+wait ({args.clip_seconds:g} s clips, Prefer: wait={args.wait})")
+    for column in (
+        "users",
+        "requests",
+        "200 + verdict",
+        "req/s",
+        "p50 (s)",
+        "p99 (s)",
+        "other answers",
+        "API RSS MiB",
+    ):
+        table.add_column(column)
+    for row in rows:
+        other = ", ".join(f"{k}: {v}" for k, v in row["other"].items()) or "-"
+        table.add_row(
+            str(row["users"]),
+            str(row["requests"]),
+            str(row["ok_200"]),
+            f"{row['rps']:.1f}",
+            f"{row['p50_s']:.2f}",
+            f"{row['p99_s']:.2f}",
+            other,
+            f"{row['api_rss_mib']:.0f}",
+        )
+    Console().print(table)
+    return 0

@@ -249,3 +249,19 @@ def test_usage_counts_each_accepted_detection_once_per_client(api_env) -> None:
             headers=_auth(idle),
         )
         assert (backwards.status_code, backwards.json()["code"]) == (422, "invalid_range")
+
+
+def test_audio_seconds_limit_refuses_the_upload_past_it(api_env) -> None:
+    settings, _, keys = api_env
+    limited = settings.model_copy(
+        update={
+            "api": settings.api.model_copy(
+                update={"rate_limit_audio_seconds_per_second": 0.01, "rate_limit_audio_burst_seconds": 2}
+            )
+        }
+    )
+    token = keys.create(settings.tenants[0], "audio").token
+    with RunningApi(limited) as running, httpx.Client(base_url=running.url, timeout=20) as client:
+        answers = [_upload(client, token, _clip(20 + i)) for i in range(3)]  # 1 s each
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    assert answers[2].json()["code"] == "audio_rate_limited" and int(answers[2].headers["retry-after"]) >= 1

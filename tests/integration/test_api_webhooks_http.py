@@ -37,13 +37,14 @@ def verify(secret: str, header: str, body: bytes, tolerance: float = 300) -> boo
 class Receiver:
     def __init__(self, status: int = 204) -> None:
         self.deliveries: list[tuple[dict[str, str], bytes]] = []
+        self.status = status
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.deliveries.append((dict(self.headers.items()), body))
-                self.send_response(status)
+                self.send_response(outer.status)
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
@@ -176,3 +177,23 @@ def test_a_callback_url_that_is_not_http_is_refused_at_once(hook_env) -> None:
             headers={"Authorization": f"Bearer {issued.token}"},
         )
     assert (answer.status_code, answer.json()["code"]) == (422, "unsupported_callback_scheme")
+
+
+def test_a_dead_webhook_is_listed_and_sent_again_by_the_cli(hook_env, monkeypatch, capsys) -> None:
+    from services.cli import main
+
+    settings, running, issued = hook_env
+    monkeypatch.setenv("AUDIOGUARD_DATABASE__URL", settings.database.url)
+    with Receiver(status=500) as receiver:
+        body = _post(running, issued.token, receiver.url)
+        _worker_writes_verdict(running, settings.tenants[0], body["id"])
+        assert _until(lambda: _webhook_row(settings.database.url, body["id"])[0] == "dead")
+        capsys.readouterr()
+        assert main(["api", "webhooks", "list", "--state", "dead", "--json"]) == 0
+        listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [(r["detection_id"], r["attempts"]) for r in listed] == [(body["id"], 3)]
+        receiver.status = 204  # the receiver is fixed
+        assert main(["api", "webhooks", "retry", body["id"]]) == 0
+        assert _until(lambda: _webhook_row(settings.database.url, body["id"])[0] == "delivered")
+        assert len(receiver.deliveries) == 4
+        assert main(["api", "webhooks", "retry", body["id"]]) == 1  # only a dead one can be retried

@@ -32,3 +32,13 @@ def test_gcra_allows_the_burst_then_one_per_interval() -> None:
     assert limiter.hit("a").allowed and not limiter.hit("a").allowed
     now[0] += 10
     assert [limiter.hit("a").allowed for _ in range(4)] == [True, True, True, False]
+
+
+def test_gcra_with_costs_limits_audio_seconds() -> None:
+    now = [0.0]
+    limiter = MemoryLimiter(rate=1.0, burst=10, clock=lambda: now[0])  # 1 audio s/s, 10 s at once
+    assert limiter.hit("a", cost=6).allowed
+    refused = limiter.hit("a", cost=6)
+    assert not refused.allowed and refused.retry_after_seconds == 2.0
+    now[0] += 2
+    assert limiter.hit("a", cost=6).allowed
