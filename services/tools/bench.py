@@ -850,7 +850,6 @@ def bench_naive_point(rig: Rig, result: BenchResult, rate: float) -> None:
             result.naive_point = point
         else:
             result.pipeline_point = point
-        result.same_rate.append(point)
 
 
 # -- f. every core: threads and processes -------------------------------------------------
@@ -1147,10 +1146,7 @@ def report(result: BenchResult) -> None:
         table = Table(title="d. open loop (Poisson, several tenants)")
         for column in ("consumer", "offered/s", "achieved/s", "published", "completed", "p50 s", "p99 s"):
             table.add_column(column, justify="right" if column != "consumer" else "left")
-        points = result.same_rate or [
-            *result.curve,
-            *(p for p in (result.naive_point, result.pipeline_point) if p is not None),
-        ]
+        points = [*result.curve, *(p for p in (result.naive_point, result.pipeline_point) if p is not None)]
         for p in points:
             table.add_row(
                 p.consumer,
@@ -1279,6 +1275,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
                 rate = 0.7 * result.naive.steady_rate
             for _ in range(config.repeats):
                 bench_naive_point(rig, result, rate)
+                result.same_rate += [p for p in (result.naive_point, result.pipeline_point) if p is not None]
             return result
         bench_stages(rig, result, progress)
         bench_decode(rig, result)
