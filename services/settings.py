@@ -66,6 +66,9 @@ class KafkaSettings(BaseModel):
     # revoke and at close): a crash re-delivers at most this long's worth, and the verdict
     # store answers those again with the same verdicts
     commit_interval_ms: int = 200
+    #: librdkafka's linger.ms for verdicts, dead letters and retries: how long a record waits
+    #: for others to share its produce request
+    linger_ms: float = 5.0
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None

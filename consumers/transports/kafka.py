@@ -268,7 +268,7 @@ class KafkaSource(Source):
         self._release_due()
         # acks that came in since the last commit go out even when no more acks follow
         self._commit_due()
-        records = self._consumer.consume(num_messages=max_messages, timeout=timeout)
+        records = self._consume(max_messages, timeout)
         holding: set[tuple[str, int]] = set()
         for record in records:
             error = record.error()
@@ -307,12 +307,27 @@ class KafkaSource(Source):
                     continue
                 message = replace(message, delivery_attempt=state.attempt)
             self._fair.add((topic, partition), message)
-        messages = self._fair.take(max_messages, self._readable())
+        messages = self._fair.take(max_messages, self._competing())
         for message in messages:
             topic, partition, offset = cast(tuple[str, int, int], message.token)
             self._tracker.add((topic, partition), offset)
         self._balance()
         return messages
+
+    def _consume(self, max_messages: int, timeout: float) -> list[Any]:
+        """Wait up to `timeout` for the first record only, then take what is already buffered.
+
+        librdkafka's batch consume returns only when the batch is full or the whole timeout has
+        passed: at low load every idle turn held the records that came in for the full 50 ms,
+        so the worker ran in 50 ms ticks and its p99 was worse than a consumer polling one at a
+        time (docs/BENCHMARKS.md, issue 16). Records already fetched and not handed out yet do
+        not wait at all."""
+        if timeout <= 0 or (len(self._fair) and set(self._fair.sizes()) & set(self._readable())):
+            return self._consumer.consume(num_messages=max_messages, timeout=0)
+        first = self._consumer.consume(num_messages=1, timeout=timeout)
+        if not first or max_messages <= 1:
+            return first
+        return first + self._consumer.consume(num_messages=max_messages - 1, timeout=0)
 
     def _readable(self) -> list[tuple[str, int]]:
         return [
@@ -320,6 +335,16 @@ class KafkaSource(Source):
             for key in self._assigned
             if key not in self._held and tenant_of_kafka_topic(key[0]) not in self._paused_tenants
         ]
+
+    def _competing(self) -> list[tuple[str, int]]:
+        """The readable partitions that share a poll: every arrivals partition, and a retry
+        partition only while it holds records. An idle retry tier counted for the share too,
+        so a one-partition tenant with three tiers got a quarter of each poll, its queue filled
+        up in two polls and was paused, and every pause threw librdkafka's prefetch away and made
+        it fetch again: 15-19 pauses per 3,000 arrivals of the null-scorer bench, none after
+        (docs/BENCHMARKS.md, issue 16). Retry records wait seconds for their tier anyway."""
+        queued = self._fair.sizes()
+        return [key for key in self._readable() if not is_retry_topic(key[0]) or queued.get(key)]
 
     def _balance(self) -> None:
         """Pause the fetch of partitions holding a poll's worth; resume the drained ones."""
@@ -525,7 +550,7 @@ class KafkaSink(Sink):
         config = _client_config(settings) | {
             "enable.idempotence": True,
             "acks": "all",
-            "linger.ms": 5,
+            "linger.ms": settings.linger_ms,
             "message.timeout.ms": 60_000,
             # bounded local buffer: a full buffer is backpressure, not memory growth
             "queue.buffering.max.messages": 10_000,

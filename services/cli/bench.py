@@ -51,8 +51,16 @@ def add_parser(subparsers: Any) -> None:
     bench.add_argument("--target-p99", type=float, default=2.0, help="sizing: end-to-end p99 in seconds")
     bench.add_argument(
         "--only",
-        choices=("processes",),
-        help="processes: only part f (forward alone by threads, worker vs worker --processes N)",
+        choices=("processes", "same-rate"),
+        help="processes: only part f (forward alone by threads, worker vs worker --processes N); "
+        "same-rate: only the naive consumer and the pipeline at one open-loop rate, --repeats "
+        "interleaved pairs (low-load latency)",
+    )
+    bench.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="--only same-rate: uploads/s offered (default: 0.7x the naive consumer's measured capacity)",
     )
     bench.add_argument(
         "--process-repeats", type=int, default=None, help="part f: interleaved rounds (0: skip part f)"
@@ -77,6 +85,7 @@ def _bench_cmd(args: argparse.Namespace) -> int:
         "out": args.out,
         "ceiling_only": args.ceiling,
         "only": args.only,
+        "rate": args.rate,
     }
     if args.fixed_batches is not None:
         options["fixed_batch_windows"] = args.fixed_batches

@@ -122,6 +122,8 @@ class BenchResult:
     curve: list[LoadPoint] = field(default_factory=list)
     naive_point: LoadPoint | None = None
     pipeline_point: LoadPoint | None = None
+    #: `--only same-rate`: naive, pipeline, naive, pipeline, ... at one rate, in the order run
+    same_rate: list[LoadPoint] = field(default_factory=list)
     breaking_rate: float | None = None
     sizing: dict[str, Any] = field(default_factory=dict)
     cold_start: list[dict[str, float]] = field(default_factory=list)
@@ -203,8 +205,11 @@ class BenchConfig:
     process_events: int = 800
     process_repeats: int = 3
     forward_threads: tuple[int, ...] = (1, 2)
-    #: "processes": part f alone (the in-process parts a-e take minutes)
+    #: "processes": part f alone (the in-process parts a-e take minutes); "same-rate": the
+    #: naive consumer and the pipeline at one open-loop rate, `repeats` interleaved pairs
     only: str | None = None
+    #: the same-rate point's uploads/s (None: 0.7x the naive consumer's measured capacity)
+    rate: float | None = None
 
     @classmethod
     def smoke_run(cls, **overrides: Any) -> BenchConfig:
@@ -1171,6 +1176,31 @@ def report(result: BenchResult) -> None:
         console.print(f"[bold]e. sizing[/bold]: {json.dumps(result.sizing)}")
         for start in result.cold_start:
             console.print(f"cold start (s after process start): {json.dumps(start)}")
+    if result.same_rate and not result.stages:  # `--only same-rate`
+        if result.naive is not None:
+            console.print(f"naive consumer at saturation: {result.naive.steady_rate:.1f} uploads/s (steady)")
+        table = Table(title="same rate, interleaved pairs (latency = publish -> verdict committed)")
+        for column in ("consumer", "offered/s", "achieved/s", "completed", "p50 s", "p99 s", *LEGS):
+            table.add_column(column, justify="right" if column != "consumer" else "left")
+        for p in result.same_rate:
+            legs = [f"{1000 * leg:.1f} ms" for leg in p.legs_p50] or [""] * len(LEGS)
+            table.add_row(
+                p.consumer,
+                f"{p.offered:.1f}",
+                f"{p.achieved:.1f}",
+                f"{p.completed}/{p.published}",
+                f"{p.p50:.3f}",
+                f"{p.p99:.3f}",
+                *legs,
+            )
+        console.print(table)
+        naive = [p.p99 for p in result.same_rate if p.consumer == "naive"]
+        pipeline = [p.p99 for p in result.same_rate if p.consumer == "pipeline"]
+        if naive and pipeline:
+            console.print(
+                f"  p99 pipeline / naive (medians of {len(pipeline)} pairs): "
+                f"[bold]{float(np.median(pipeline)) / float(np.median(naive)):.2f}x[/bold]"
+            )
     if result.forward_threads or result.process_runs:
         table = Table(title="f. every core: forward alone by torch threads (best batch, windows/s)")
         for column in ("threads", "min", "median", "max", "uploads/s (median)"):
@@ -1241,6 +1271,15 @@ def run_bench(config: BenchConfig) -> BenchResult:
             audio = decode_with_limits(clip, LimitsSettings())
             result.windows_per_upload = len(detector.windows(audio.samples, audio.sample_rate))
             bench_processes(rig, result, progress)
+            return result
+        if config.only == "same-rate":
+            rate = config.rate
+            if rate is None:
+                result.naive = saturate_naive(rig, config.events, progress)
+                rate = 0.7 * result.naive.steady_rate
+            for _ in range(config.repeats):
+                bench_naive_point(rig, result, rate)
+                result.same_rate += [p for p in (result.naive_point, result.pipeline_point) if p is not None]
             return result
         bench_stages(rig, result, progress)
         bench_decode(rig, result)

@@ -64,3 +64,18 @@ def test_bench_smoke_produces_every_part(tmp_path: Path):
     assert "every core" in result.stdout
     png = out / "bench-smoke.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_same_rate_runs_interleaved_pairs(tmp_path: Path):
+    """`--only same-rate`: naive, pipeline, naive, pipeline at one rate, each fully answered."""
+    out = tmp_path / "bench"
+    command = [sys.executable, "-m", "services.cli", "bench", "--smoke", "--scorer", "null"]
+    command += ["--only", "same-rate", "--rate", "20", "--repeats", "2", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    assert "p99 pipeline / naive" in result.stdout, result.stdout[-3000:]
+    data = json.loads((out / "bench-same-rate-smoke.json").read_text())
+    points = data["same_rate"]
+    assert [p["consumer"] for p in points] == ["naive", "pipeline", "naive", "pipeline"]
+    assert all(p["offered"] == 20 and 0 < p["completed"] == p["published"] for p in points)
+    assert all(len(p["legs_p50"]) == 4 for p in points if p["consumer"] == "pipeline")
