@@ -38,7 +38,7 @@ import json
 import logging
 import re
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePath
@@ -488,15 +488,19 @@ class DeadLetterWriter:
     payloads: PayloadStore | None = None
     prefix_bytes: int = 4096
     retry: RetrySettings | None = None
+    #: the serving model's version now (a hot swap changes it); None: `model_version`
+    current_model_version: Callable[[], str] | None = None
 
     def __call__(self, message: Message, error: BaseException, *, first_seen_at: datetime) -> OutRecord:
+        current = self.current_model_version
+        version = current() if current is not None else self.model_version
         envelope = build_dead_letter(
             message,
             error,
             attempt=message.delivery_attempt,
             first_seen_at=first_seen_at,
             worker_id=self.worker_id,
-            model_version=self.model_version,
+            model_version=version,
             transport=self.transport,
         )
         # Kinesis records carry no headers: the envelope travels in the body there

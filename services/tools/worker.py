@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from consumers.instrumentation import PipelineHooks
+from consumers.models import ModelSlot
 from consumers.ports import Detector, Hooks
 from consumers.runner import Pipeline, Worker
 from dlq.breaker import DlqBreaker
@@ -173,6 +174,8 @@ def build_worker(
     options: dict[str, Any] = {"on_revoke": on_revoke} if rebalances else {}
     source, sink = open_transport(settings, **options)
     storage = AudioStorage(settings.storage)
+    # the serving model, replaced between batches by a hot swap (watch_model)
+    models = ModelSlot(detector)
     pipeline = Pipeline(
         settings,
         source=source,
@@ -182,17 +185,26 @@ def build_worker(
         store=store,
         # the crash-loop quarantine counts attempts in the same store (consumers.quarantine)
         attempts=store,
-        dead_letters=dead_letter_writer(settings, str(detector.meta.version), storage),
+        dead_letters=dead_letter_writer(
+            settings, str(detector.meta.version), storage, current=lambda: str(models.current().meta.version)
+        ),
         breaker=DlqBreaker(settings.dlq),
         hooks=hooks,
         shadow=shadow,
+        models=models,
     )
     worker = Worker(pipeline)
     revoke_handlers.append(worker.on_revoke)
     return worker
 
 
-def dead_letter_writer(settings: Settings, model_version: str, storage: AudioStorage) -> DeadLetterWriter:
+def dead_letter_writer(
+    settings: Settings,
+    model_version: str,
+    storage: AudioStorage,
+    *,
+    current: Callable[[], str] | None = None,
+) -> DeadLetterWriter:
     """The worker's dead-letter writer: a dead letter always fits its DLQ, a payload over the
     transport's record limit goes to the tenant's dead-letter area (`dlq.payload_uri`)."""
     from consumers.transports.registry import transport
@@ -206,6 +218,7 @@ def dead_letter_writer(settings: Settings, model_version: str, storage: AudioSto
         payloads=DeadLetterPayloads(storage, settings.dlq.payload_uri) if settings.dlq.payload_uri else None,
         prefix_bytes=settings.dlq.payload_prefix_bytes,
         retry=settings.retry,
+        current_model_version=current,
     )
 
 

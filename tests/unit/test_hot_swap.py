@@ -144,3 +144,27 @@ def test_the_slot_refuses_another_window_geometry() -> None:
     assert slot.swap(other) is False and slot.current() is served
     same = load_null_scorer()
     assert slot.swap(same) is True and slot.current() is same
+
+
+def test_dead_letters_name_the_model_serving_when_they_are_written(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from consumers.transport import Message
+    from services.errors import PoisonMessage
+    from services.storage import AudioStorage
+    from services.tools.worker import dead_letter_writer
+    from tests.support.memory import memory_settings as settings_for
+
+    settings = settings_for("unused", [TENANT], tmp_path)
+    slot = ModelSlot(load_null_scorer())
+    write = dead_letter_writer(
+        settings, "at-start", AudioStorage(settings.storage), current=lambda: str(slot.current().meta.version)
+    )
+    swapped = load_null_scorer()
+    swapped.meta = replace(swapped.meta, version="3.0.0+r9")
+    assert slot.swap(swapped)
+    message = Message(
+        tenant=TENANT, key=b"k", value=b"{", headers=(), token=("t", 0, 0), topic="audioguard.arrivals.acme"
+    )
+    record = write(message, PoisonMessage("malformed_json", "bad"), first_seen_at=datetime.now(UTC))
+    assert b"3.0.0+r9" in record.value + b"".join(v for _, v in record.headers)
