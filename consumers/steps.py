@@ -236,6 +236,8 @@ def parse_arrival(
     depth = nesting_depth(message.value, stop_above=max_depth)
     if depth > max_depth:
         raise PoisonMessage("too_deep", f"event nests more than {max_depth} levels deep")
+    if message.rejection is not None:
+        raise PoisonMessage(*message.rejection)
     try:
         document = json.loads(message.value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
