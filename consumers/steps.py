@@ -686,7 +686,10 @@ class DeadLetter(_Forwarding):
                 self._forward(replace(work, record=record, outcome="retry"))
                 return
         reason = getattr(error, "reason", type(error).__name__)
-        if self._breaker is not None:
+        # a record the transport refused before parsing (a shared-topic record whose tenant is
+        # not proven) says who wrote it, not that this worker is failing: counted, it would let
+        # anyone able to write to the shared topic open the breaker and stop every tenant on it
+        if self._breaker is not None and work.message.rejection is None:
             # before publishing: a tripping breaker must not let one more dead letter out
             self._breaker.record_dead_letter(reason)
         log.warning(

@@ -24,6 +24,7 @@ from consumers.tenancy import (
     tenant_of_record,
 )
 from consumers.transports.memory import MemoryBroker, MemorySource, forget_broker, register_broker
+from dlq.breaker import DlqBreaker
 from dlq.envelope import dead_letter_from_record
 from services.platform import arrival_for_uri, shared_headers, sign_tenant
 from tests.support.memory import ConstantDetector, Uploads, build_memory_worker, memory_settings, records
@@ -272,3 +273,22 @@ def test_moving_a_tenant_between_dedicated_and_shared_rescored_nothing(broker, t
     assert detector.windows_scored - scored == scored // 3
     assert sorted(set(_verdict_keys(memory, "acme"))) == sorted([*keys, new])
     assert _reasons(memory, "acme") == _reasons(memory, SHARED) == []
+
+
+def test_a_flood_of_forged_records_does_not_open_the_dead_letter_breaker(broker, tmp_path):
+    name, memory = broker
+    _provision(memory, ["acme"])
+    settings = _settings(name, tmp_path, dedicated=[], shared=["acme"], dlq={"max_consecutive": 2})
+    breaker = DlqBreaker(settings.dlq, min_outcomes=1)
+    worker = build_memory_worker(settings, memory, ConstantDetector(), breaker=breaker)
+    for i in range(6):
+        memory.produce(SHARED_ARRIVALS_TOPIC, _arrival("acme", f"forged-{i}"))
+    uploads = Uploads(memory, tmp_path)
+    good = _publish_shared(uploads, "acme", "after")
+    try:
+        drive_worker(
+            worker, lambda: len(_reasons(memory, SHARED)) == 6 and bool(_verdict_keys(memory, "acme"))
+        )
+    finally:
+        worker.shutdown()
+    assert _verdict_keys(memory, "acme") == [good]
