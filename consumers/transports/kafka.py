@@ -168,7 +168,7 @@ class KafkaSource(Source):
         # the shared arrivals topic (consumers.tenancy): a paused tenant's records are held
         # here; past `max_held` of them the shared partitions' fetch is paused as well
         self._shared = shared
-        self._hold = TenantHold()
+        self._tenant_hold = TenantHold()
         self._max_held = max(1, max_held)
         self._hold_paused: set[tuple[str, int]] = set()
         config = _client_config(settings) | {
@@ -270,7 +270,7 @@ class KafkaSource(Source):
             self._on_revoke(keys)
         if commit:
             self._commit(only=set(keys))
-        self._hold.forget(keys)
+        self._tenant_hold.forget(keys)
         for key in keys:
             self._assigned.discard(key)
             self._tracker.forget(key)
@@ -327,7 +327,7 @@ class KafkaSource(Source):
             if topic == SHARED_ARRIVALS_TOPIC and tenant in self._paused_tenants:
                 # tracked now, so no commit passes it while it waits for its tenant's resume
                 self._tracker.add((topic, partition), offset)
-                self._hold.add(tenant, (topic, partition), message)
+                self._tenant_hold.add(tenant, (topic, partition), message)
                 continue
             if is_retry_topic(topic):
                 state = retry_state(message)
@@ -337,7 +337,7 @@ class KafkaSource(Source):
                     continue
                 message = replace(message, delivery_attempt=state.attempt)
             self._fair.add((topic, partition), message)
-        released = cast(list[Message], self._hold.release(self._paused_tenants, max_messages))
+        released = cast(list[Message], self._tenant_hold.release(self._paused_tenants, max_messages))
         messages = self._fair.take(max_messages - len(released), self._readable())
         for message in messages:
             topic, partition, offset = cast(tuple[str, int, int], message.token)
@@ -347,7 +347,7 @@ class KafkaSource(Source):
         return released + messages
 
     def _hold_is_full(self) -> bool:
-        return len(self._hold) >= self._max_held
+        return len(self._tenant_hold) >= self._max_held
 
     def _bound_hold(self) -> None:
         """Past `max_held` held records the shared partitions are paused too (every shared
@@ -357,7 +357,7 @@ class KafkaSource(Source):
             if new:
                 self._hold_paused.update(new)
                 self._consumer.pause([TopicPartition(*key) for key in new])
-        elif self._hold_paused and len(self._hold) <= self._max_held // 2:
+        elif self._hold_paused and len(self._tenant_hold) <= self._max_held // 2:
             back = [k for k in self._hold_paused if k in self._assigned and k not in self._full]
             self._hold_paused.clear()
             if back:

@@ -253,7 +253,7 @@ class MemorySource(Source):
         self._shared = shared
         # records of paused tenants read from the shared topic (consumers.tenancy.TenantHold);
         # past `max_held` of them the shared topic is not read until they drop below
-        self._hold = TenantHold()
+        self._tenant_hold = TenantHold()
         self._max_held = max(1, max_held)
         self.group = group
         self.member = member or f"memory-{uuid.uuid4().hex[:8]}"
@@ -282,7 +282,7 @@ class MemorySource(Source):
                 # the runner drains or abandons the in-flight work of these partitions
                 self._on_revoke(gone)
             self._commit(only=set(gone))
-            self._hold.forget(gone)
+            self._tenant_hold.forget(gone)
             for partition in gone:
                 del self._positions[partition]
                 self._tracker.forget(partition)
@@ -309,7 +309,7 @@ class MemorySource(Source):
 
     def _fetch(self, max_messages: int) -> list[Message]:
         # held shared-topic records of tenants resumed since go first, in their order
-        messages = cast(list[Message], self._hold.release(self._paused_tenants, max_messages))
+        messages = cast(list[Message], self._tenant_hold.release(self._paused_tenants, max_messages))
         readable = sorted(
             p for p in self._positions if tenant_of_kafka_topic(p[0]) not in self._paused_tenants
         )
@@ -324,7 +324,7 @@ class MemorySource(Source):
             for topic, partition in order:
                 if len(messages) >= max_messages:
                     break
-                if topic == SHARED_ARRIVALS_TOPIC and len(self._hold) >= self._max_held:
+                if topic == SHARED_ARRIVALS_TOPIC and len(self._tenant_hold) >= self._max_held:
                     continue
                 offset = self._positions[(topic, partition)]
                 records = self._broker.read(topic, partition, offset, 1)
@@ -339,7 +339,7 @@ class MemorySource(Source):
                 )
                 progressed = True
                 if topic == SHARED_ARRIVALS_TOPIC and tenant in self._paused_tenants:
-                    self._hold.add(cast(str, tenant), (topic, partition), message)
+                    self._tenant_hold.add(tenant, (topic, partition), message)
                     continue
                 messages.append(message)
             if not progressed:
@@ -396,7 +396,7 @@ class MemorySource(Source):
 
     def _leave(self) -> None:
         self._closed = True
-        self._hold.forget(list(self._positions))
+        self._tenant_hold.forget(list(self._positions))
         self._positions.clear()
         self._broker.leave(self.group, self.member)
 
