@@ -23,7 +23,13 @@ from consumers.tenancy import (
     tenant_of_kafka_topic,
     tenant_of_record,
 )
-from consumers.transports.memory import MemoryBroker, MemorySource, forget_broker, register_broker
+from consumers.transports.memory import (
+    MemoryBroker,
+    MemorySource,
+    forget_broker,
+    read_memory_topic,
+    register_broker,
+)
 from dlq.breaker import DlqBreaker
 from dlq.envelope import dead_letter_from_record
 from services.platform import arrival_for_uri, shared_headers, sign_tenant
@@ -292,3 +298,27 @@ def test_a_flood_of_forged_records_does_not_open_the_dead_letter_breaker(broker,
     finally:
         worker.shutdown()
     assert _verdict_keys(memory, "acme") == [good]
+
+
+def test_publish_shared_signs_what_the_worker_accepts(broker, tmp_path, monkeypatch):
+    from services.cli import main
+
+    name, memory = broker
+    _provision(memory, ["acme"])
+    (tmp_path / "acme").mkdir()
+    clip = tmp_path / "clip.wav"
+    Uploads(memory, tmp_path).clip("acme", "x.wav")
+    clip.write_bytes((tmp_path / "acme" / "x.wav").read_bytes())
+    monkeypatch.setenv("AUDIOGUARD_TRANSPORT", "memory")
+    monkeypatch.setenv("AUDIOGUARD_MEMORY__BROKER", name)
+    monkeypatch.setenv("AUDIOGUARD_SHARED_TENANTS", '["acme"]')
+    monkeypatch.setenv("AUDIOGUARD_TENANT_SECRETS", '{"acme": "acme-secret"}')
+    monkeypatch.setenv(
+        "AUDIOGUARD_STORAGE__TENANT_FILE_ROOTS", json.dumps({"acme": [str(tmp_path / "acme")]})
+    )
+    monkeypatch.delenv("AUDIOGUARD_CONFIG", raising=False)
+    assert main(["publish", "--tenant", "acme", "--shared", str(clip)]) == 0
+    ((_key, value, headers),) = read_memory_topic(memory, SHARED_ARRIVALS_TOPIC)
+    assert SHARED_TOPIC.resolve(headers, value) == ("acme", None)
+    # not a shared-topic transport
+    assert main(["publish", "--transport", "pubsub", "--tenant", "acme", "--shared", str(clip)]) == 2
