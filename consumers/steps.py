@@ -236,6 +236,8 @@ def parse_arrival(
     depth = nesting_depth(message.value, stop_above=max_depth)
     if depth > max_depth:
         raise PoisonMessage("too_deep", f"event nests more than {max_depth} levels deep")
+    if message.rejection is not None:
+        raise PoisonMessage(*message.rejection)
     try:
         document = json.loads(message.value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -684,7 +686,10 @@ class DeadLetter(_Forwarding):
                 self._forward(replace(work, record=record, outcome="retry"))
                 return
         reason = getattr(error, "reason", type(error).__name__)
-        if self._breaker is not None:
+        # a record the transport refused before parsing (a shared-topic record whose tenant is
+        # not proven) says who wrote it, not that this worker is failing: counted, it would let
+        # anyone able to write to the shared topic open the breaker and stop every tenant on it
+        if self._breaker is not None and work.message.rejection is None:
             # before publishing: a tripping breaker must not let one more dead letter out
             self._breaker.record_dead_letter(reason)
         log.warning(

@@ -67,6 +67,9 @@ class Message:
     #: how many times the transport has delivered this message (Pub/Sub delivery_attempt; else 1)
     delivery_attempt: int = 1
     received_at: float = field(default_factory=time.time)
+    #: (reason, detail) when the transport already knows it must be dead-lettered: a
+    #: shared-topic record whose tenant is not proven (consumers.tenancy.SharedTopic)
+    rejection: tuple[str, str] | None = None
 
     def header(self, name: str) -> bytes | None:
         for key, value in self.headers:

@@ -7,10 +7,17 @@ build arrivals here, so they publish what a real platform would.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import uuid
 from datetime import UTC, datetime
 
 from schemas import AudioArrival
+
+#: the shared arrivals topic and its signed tenant headers (consumers.tenancy checks them)
+SHARED_ARRIVALS_TOPIC = "audioguard.arrivals._shared"
+TENANT_HEADER = "ag-tenant"
+SIGNATURE_HEADER = "ag-tenant-signature"
 
 
 def arrival_for(tenant: str, uri: str, data: bytes, *, key: str, content_id: str) -> bytes:
@@ -43,3 +50,18 @@ def arrival_for_uri(
         attributes=attributes or {},
     )
     return arrival.model_dump_json().encode()
+
+
+def sign_tenant(secret: bytes, tenant: str, idempotency_key: str, payload: bytes) -> str:
+    """The `ag-tenant-signature` of a shared-topic record: hex HMAC-SHA256(secret, tenant +
+    "\\n" + idempotency key + "\\n" + hex sha256 of the payload)."""
+    message = f"{tenant}\n{idempotency_key}\n{hashlib.sha256(payload).hexdigest()}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def shared_headers(tenant: str, secret: bytes, arrival: bytes) -> list[tuple[str, bytes]]:
+    """The headers that prove `arrival` is `tenant`'s on the shared topic (`sign_tenant`).
+    Only the API layer and the tenant's own producer hold `secret`; the worker checks it
+    (consumers.tenancy.SharedTopic). Publish the arrival with them to SHARED_ARRIVALS_TOPIC."""
+    signature = sign_tenant(secret, tenant, json.loads(arrival)["idempotency_key"], arrival)
+    return [(TENANT_HEADER, tenant.encode()), (SIGNATURE_HEADER, signature.encode())]

@@ -310,6 +310,11 @@ class Settings(BaseSettings):
     transport: Literal["kafka", "pubsub", "kinesis", "memory"] = "kafka"
     #: tenants to serve; on Kafka, empty means every topic matching the arrivals pattern
     tenants: list[str] = Field(default_factory=list)
+    #: tenants served from the shared arrivals topic `audioguard.arrivals._shared` (Kafka and
+    #: memory); their records there must carry a signed `ag-tenant` header (consumers.tenancy)
+    shared_tenants: list[str] = Field(default_factory=list)
+    #: per-tenant HMAC secrets for that signature; held by the worker and the API layer only
+    tenant_secrets: dict[str, SecretStr] = Field(default_factory=dict)
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     #: the model: None = the shipped artifact; a directory; or `models:/<name>@<alias>` /
     #: `models:/<name>/<version>` resolved in `registry` (an alias is watched: hot swap)
@@ -360,8 +365,11 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         from schemas import validate_tenant
 
-        for tenant in self.tenants:
+        for tenant in [*self.tenants, *self.shared_tenants]:
             validate_tenant(tenant)
+        missing = [t for t in self.shared_tenants if not self.tenant_secrets.get(t)]
+        if missing:
+            raise ValueError(f"shared_tenants without a tenant_secrets entry: {', '.join(missing)}")
         return self
 
     @classmethod

@@ -36,7 +36,16 @@ from confluent_kafka.cimpl import NewTopic
 from consumers.commits import OffsetTracker
 from consumers.partition_queues import PartitionQueues
 from consumers.retry_topics import RETRY_PATTERN, RetryGate, is_retry_topic, retry_state
-from consumers.tenancy import KAFKA_ARRIVALS_PATTERN, kafka_topic, tenant_of_kafka_topic
+from consumers.tenancy import (
+    KAFKA_ARRIVALS_PATTERN,
+    SHARED_ARRIVALS_TOPIC,
+    SharedTopic,
+    TenantHold,
+    kafka_topic,
+    shared_topic,
+    tenant_of_kafka_topic,
+    tenant_of_record,
+)
 from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
 from services.errors import AudioguardError, FatalError, RetryableError
 from services.settings import KafkaSettings, Settings
@@ -153,7 +162,15 @@ class KafkaSource(Source):
         on_revoke: Callable[[list[tuple[str, int]]], None] | None = None,
         retry_tiers: int = 0,
         transactional: bool = False,
+        shared: SharedTopic | None = None,
+        max_held: int = 500,
     ) -> None:
+        # the shared arrivals topic (consumers.tenancy): a paused tenant's records are held
+        # here; past `max_held` of them the shared partitions' fetch is paused as well
+        self._shared = shared
+        self._tenant_hold = TenantHold()
+        self._max_held = max(1, max_held)
+        self._hold_paused: set[tuple[str, int]] = set()
         config = _client_config(settings) | {
             "group.id": settings.group_id,
             "enable.auto.commit": False,
@@ -197,9 +214,12 @@ class KafkaSource(Source):
         #: how often a retry partition was paused for a head record that was not due
         self.retry_holds = 0
         topics = [kafka_topic("arrivals", t) for t in tenants] if tenants else [KAFKA_ARRIVALS_PATTERN]
+        if shared is not None:
+            topics.append(SHARED_ARRIVALS_TOPIC)
         if retry_tiers:
+            retried = [*tenants, *sorted(shared.tenants)] if shared is not None else list(tenants)
             topics += (
-                [kafka_topic("retry", t, tier) for t in tenants for tier in range(retry_tiers)]
+                [kafka_topic("retry", t, tier) for t in retried for tier in range(retry_tiers)]
                 if tenants
                 else [RETRY_PATTERN]
             )
@@ -226,6 +246,7 @@ class KafkaSource(Source):
             for tp in partitions
             if tenant_of_kafka_topic(tp.topic) in self._paused_tenants
             or (tp.topic, tp.partition) in self._held
+            or (tp.topic == SHARED_ARRIVALS_TOPIC and self._hold_is_full())
         ]
         if paused:
             consumer.pause(paused)
@@ -249,11 +270,13 @@ class KafkaSource(Source):
             self._on_revoke(keys)
         if commit:
             self._commit(only=set(keys))
+        self._tenant_hold.forget(keys)
         for key in keys:
             self._assigned.discard(key)
             self._tracker.forget(key)
             self._gate.forget(key)
             self._held.discard(key)
+            self._hold_paused.discard(key)
             # fetched, never handed out, never tracked: the next owner reads them again
             self._fair.forget(key)
             self._full.discard(key)
@@ -283,22 +306,29 @@ class KafkaSource(Source):
             topic, partition, offset = cast(str, record.topic()), cast(int, record.partition()), cast(
                 int, record.offset()
             )
-            tenant = tenant_of_kafka_topic(topic)
-            if tenant is None:  # a pattern match we do not understand; never ours to process
-                continue
             if (topic, partition) in holding:
                 continue  # behind a retry record that is not due: re-read after the seek
+            headers, value = tuple(_headers(record)), record.value() or b""
+            tenant, rejection = tenant_of_record(topic, headers, value, self._shared)
+            if tenant is None:  # a pattern match we do not understand; never ours to process
+                continue
             _, ts = record.timestamp()
             message = Message(
                 token=(topic, partition, offset),
                 tenant=tenant,
                 topic=topic,
-                value=record.value() or b"",
+                value=value,
                 key=record.key(),
-                headers=tuple(_headers(record)),
+                headers=headers,
                 timestamp=ts / 1000 if ts and ts > 0 else None,
                 coordinates={"partition": partition, "offset": offset, "timestamp_ms": ts},
+                rejection=rejection,
             )
+            if topic == SHARED_ARRIVALS_TOPIC and tenant in self._paused_tenants:
+                # tracked now, so no commit passes it while it waits for its tenant's resume
+                self._tracker.add((topic, partition), offset)
+                self._tenant_hold.add(tenant, (topic, partition), message)
+                continue
             if is_retry_topic(topic):
                 state = retry_state(message)
                 if self._gate.not_due(state.due):
@@ -307,12 +337,31 @@ class KafkaSource(Source):
                     continue
                 message = replace(message, delivery_attempt=state.attempt)
             self._fair.add((topic, partition), message)
-        messages = self._fair.take(max_messages, self._competing())
+        released = cast(list[Message], self._tenant_hold.release(self._paused_tenants, max_messages))
+        messages = self._fair.take(max_messages - len(released), self._competing())
         for message in messages:
             topic, partition, offset = cast(tuple[str, int, int], message.token)
             self._tracker.add((topic, partition), offset)
         self._balance()
-        return messages
+        self._bound_hold()
+        return released + messages
+
+    def _hold_is_full(self) -> bool:
+        return len(self._tenant_hold) >= self._max_held
+
+    def _bound_hold(self) -> None:
+        """Past `max_held` held records the shared partitions are paused too (every shared
+        tenant waits then: the bound on memory costs the isolation); resumed below half."""
+        if self._hold_is_full():
+            new = [k for k in self._assigned if k[0] == SHARED_ARRIVALS_TOPIC and k not in self._hold_paused]
+            if new:
+                self._hold_paused.update(new)
+                self._consumer.pause([TopicPartition(*key) for key in new])
+        elif self._hold_paused and len(self._tenant_hold) <= self._max_held // 2:
+            back = [k for k in self._hold_paused if k in self._assigned and k not in self._full]
+            self._hold_paused.clear()
+            if back:
+                self._consumer.resume([TopicPartition(*key) for key in back])
 
     def _consume(self, max_messages: int, timeout: float) -> list[Any]:
         """Wait up to `timeout` for the first record only, then take what is already buffered.
@@ -333,7 +382,9 @@ class KafkaSource(Source):
         return [
             key
             for key in self._assigned
-            if key not in self._held and tenant_of_kafka_topic(key[0]) not in self._paused_tenants
+            if key not in self._held
+            and key not in self._hold_paused
+            and tenant_of_kafka_topic(key[0]) not in self._paused_tenants
         ]
 
     def _competing(self) -> list[tuple[str, int]]:
@@ -642,12 +693,21 @@ def open_kafka(settings: Settings, **options: Any) -> tuple[KafkaSource, KafkaSi
     must stay the same across restarts of one worker so a restart fences its predecessor."""
     tiers = len(settings.retry.tier_delays_seconds)
     eos = settings.kafka.exactly_once
+    shared = shared_topic(settings.shared_tenants, settings.tenant_secrets)
     if tiers and settings.tenants:
         from consumers.retry_topics import RetryPolicy, retry_topics
 
         policy = RetryPolicy(tuple(settings.retry.tier_delays_seconds))
-        create_topics(settings.kafka, retry_topics(settings.tenants, policy))
-    source = KafkaSource(settings.kafka, settings.tenants, retry_tiers=tiers, transactional=eos, **options)
+        create_topics(settings.kafka, retry_topics([*settings.tenants, *settings.shared_tenants], policy))
+    source = KafkaSource(
+        settings.kafka,
+        settings.tenants,
+        retry_tiers=tiers,
+        transactional=eos,
+        shared=shared,
+        max_held=settings.max_held_events,
+        **options,
+    )
     sink = KafkaSink(
         settings.kafka, transactional_id=f"{settings.kafka.group_id}.{settings.worker_id}" if eos else None
     )

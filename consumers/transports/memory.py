@@ -37,7 +37,17 @@ from dataclasses import dataclass
 from typing import cast
 
 from consumers.commits import OffsetTracker
-from consumers.tenancy import KAFKA_ARRIVALS_PATTERN, kafka_topic, tenant_of_kafka_topic
+from consumers.tenancy import (
+    KAFKA_ARRIVALS_PATTERN,
+    SHARED,
+    SHARED_ARRIVALS_TOPIC,
+    SharedTopic,
+    TenantHold,
+    kafka_topic,
+    shared_topic,
+    tenant_of_kafka_topic,
+    tenant_of_record,
+)
 from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
 from services.errors import FatalError, RetryableError
 from services.settings import Settings
@@ -236,8 +246,15 @@ class MemorySource(Source):
         group: str = "audioguard-workers",
         member: str | None = None,
         on_revoke: Callable[[list[Partition]], None] | None = None,
+        shared: SharedTopic | None = None,
+        max_held: int = 500,
     ) -> None:
         self._broker = broker
+        self._shared = shared
+        # records of paused tenants read from the shared topic (consumers.tenancy.TenantHold);
+        # past `max_held` of them the shared topic is not read until they drop below
+        self._tenant_hold = TenantHold()
+        self._max_held = max(1, max_held)
         self.group = group
         self.member = member or f"memory-{uuid.uuid4().hex[:8]}"
         self._on_revoke = on_revoke
@@ -250,6 +267,8 @@ class MemorySource(Source):
         topics = frozenset(kafka_topic("arrivals", t) for t in tenants)
 
         def subscribes(topic: str) -> bool:
+            if topic == SHARED_ARRIVALS_TOPIC:
+                return shared is not None
             return topic in topics if topics else bool(_ARRIVALS_RE.match(topic))
 
         broker.join(group, self.member, subscribes)
@@ -263,6 +282,7 @@ class MemorySource(Source):
                 # the runner drains or abandons the in-flight work of these partitions
                 self._on_revoke(gone)
             self._commit(only=set(gone))
+            self._tenant_hold.forget(gone)
             for partition in gone:
                 del self._positions[partition]
                 self._tracker.forget(partition)
@@ -288,14 +308,15 @@ class MemorySource(Source):
             self._broker.wait(min(remaining, 0.05))
 
     def _fetch(self, max_messages: int) -> list[Message]:
+        # held shared-topic records of tenants resumed since go first, in their order
+        messages = cast(list[Message], self._tenant_hold.release(self._paused_tenants, max_messages))
         readable = sorted(
             p for p in self._positions if tenant_of_kafka_topic(p[0]) not in self._paused_tenants
         )
         if not readable:
-            return []
+            return messages
         self._turn = (self._turn + 1) % len(readable)
         order = readable[self._turn :] + readable[: self._turn]
-        messages: list[Message] = []
         now = self._broker.clock()
         # round robin, one record per partition per pass, so one busy partition cannot fill a poll
         while len(messages) < max_messages:
@@ -303,6 +324,8 @@ class MemorySource(Source):
             for topic, partition in order:
                 if len(messages) >= max_messages:
                     break
+                if topic == SHARED_ARRIVALS_TOPIC and len(self._tenant_hold) >= self._max_held:
+                    continue
                 offset = self._positions[(topic, partition)]
                 records = self._broker.read(topic, partition, offset, 1)
                 if not records:
@@ -310,9 +333,15 @@ class MemorySource(Source):
                 record = records[0]
                 self._positions[(topic, partition)] = offset + 1
                 self._tracker.add((topic, partition), offset)
-                tenant = cast(str, tenant_of_kafka_topic(topic))
-                messages.append(_message(topic, partition, offset, record, tenant, received_at=now))
+                tenant, rejection = tenant_of_record(topic, record.headers, record.value, self._shared)
+                message = _message(
+                    topic, partition, offset, record, cast(str, tenant), received_at=now, rejection=rejection
+                )
                 progressed = True
+                if topic == SHARED_ARRIVALS_TOPIC and tenant in self._paused_tenants:
+                    self._tenant_hold.add(tenant, (topic, partition), message)
+                    continue
+                messages.append(message)
             if not progressed:
                 break
         return messages
@@ -367,6 +396,7 @@ class MemorySource(Source):
 
     def _leave(self) -> None:
         self._closed = True
+        self._tenant_hold.forget(list(self._positions))
         self._positions.clear()
         self._broker.leave(self.group, self.member)
 
@@ -379,6 +409,7 @@ def _message(
     record: StoredRecord,
     tenant: str,
     received_at: float | None = None,
+    rejection: tuple[str, str] | None = None,
 ) -> Message:
     """The Kafka-shaped Message of one stored record (the same token and coordinates as Kafka's)."""
     return Message(
@@ -391,6 +422,7 @@ def _message(
         timestamp=record.timestamp,
         coordinates={"partition": partition, "offset": offset, "timestamp_ms": int(record.timestamp * 1000)},
         received_at=time.time() if received_at is None else received_at,
+        rejection=rejection,
     )
 
 
@@ -476,6 +508,12 @@ def provision_memory(settings: Settings, tenants: Iterable[str], partitions: int
     for tenant in tenants:
         for kind in ("arrivals", "verdicts", "dlq"):
             broker.create_topic(kafka_topic(kind, tenant), partitions)
+    if settings.shared_tenants:
+        for tenant in settings.shared_tenants:
+            for kind in ("verdicts", "dlq"):
+                broker.create_topic(kafka_topic(kind, tenant), partitions)
+        for kind in ("arrivals", "dlq"):
+            broker.create_topic(kafka_topic(kind, SHARED), partitions)
 
 
 def open_memory(
@@ -495,6 +533,8 @@ def open_memory(
         group=settings.memory.group_id,
         member=member or f"{settings.worker_id}-{uuid.uuid4().hex[:6]}",
         on_revoke=on_revoke,
+        shared=shared_topic(settings.shared_tenants, settings.tenant_secrets),
+        max_held=settings.max_held_events,
     )
     return source, MemorySink(broker)
 

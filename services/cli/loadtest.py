@@ -51,6 +51,12 @@ def add_parser(subparsers: Any) -> None:
     )
     nn.add_argument("--seconds", type=float, default=30.0, help="length of each phase (default 30)")
     nn.add_argument("--b-rate", type=float, default=2.0, help="tenant B's arrivals per second (default 2)")
+    nn.add_argument(
+        "--shared",
+        action="store_true",
+        help="both tenants on the shared arrivals topic audioguard.arrivals._shared (signed "
+        "ag-tenant headers) instead of their own topics",
+    )
     ov = scenarios.add_parser(
         "overload", help="10x capacity sustained: resident memory, crashes, losses, lag in the broker"
     )
@@ -114,6 +120,7 @@ def _noisy_neighbour_cmd(args: argparse.Namespace) -> int:
         clip_seconds=args.clip_seconds,
         bootstrap=args.bootstrap_servers,
         worker_settings=_worker_settings(args.worker_setting),
+        shared=args.shared,
     )
     print(
         f"capacity {result.capacity_per_second:.1f} events/s; "

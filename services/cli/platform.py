@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from services.cli.common import settings_from, transport_flags
-from services.platform import arrival_for
+from services.platform import arrival_for, shared_headers
 
 
 def add_parser(subparsers: Any) -> None:
@@ -36,6 +36,12 @@ def add_parser(subparsers: Any) -> None:
     publish.add_argument("files", nargs="+", type=Path, metavar="FILE")
     publish.add_argument("--storage-uri", help="where to put the audio: file:///dir or s3://bucket/prefix")
     publish.add_argument("--key-prefix", default="", help="prefix of the idempotency keys")
+    publish.add_argument(
+        "--shared",
+        action="store_true",
+        help="publish to the shared arrivals topic audioguard.arrivals._shared with the ag-tenant "
+        "headers signed by the tenant's secret (tenant_secrets; Kafka and memory only)",
+    )
     publish.set_defaults(handler=_publish)
 
 
@@ -68,6 +74,16 @@ def _publish(args: argparse.Namespace) -> int:
             print("publish: give --storage-uri or configure storage.file_roots", file=sys.stderr)
             return 2
         base = f"file://{Path(roots[0]).resolve()}"
+    secret = settings.tenant_secrets.get(tenant)
+    if args.shared and settings.transport not in ("kafka", "memory"):
+        print(
+            f"publish --shared: the shared topic exists on kafka and memory, not {settings.transport}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.shared and secret is None:
+        print(f"publish --shared: no tenant_secrets entry for {tenant}", file=sys.stderr)
+        return 2
     storage = AudioStorage(settings.storage)
     sink = open_publisher(settings)
     futures = []
@@ -77,9 +93,11 @@ def _publish(args: argparse.Namespace) -> int:
         uri = storage.put(data, f"{base.rstrip('/')}/{content_id}{path.suffix}")
         key = f"{args.key_prefix}{tenant}:{content_id}"
         value = arrival_for(tenant, uri, data, key=key, content_id=content_id)
-        futures.append(
-            sink.publish(OutRecord(tenant=tenant, destination="arrivals", key=key.encode(), value=value))
-        )
+        record = OutRecord(tenant=tenant, destination="arrivals", key=key.encode(), value=value)
+        if args.shared and secret is not None:
+            headers = shared_headers(tenant, secret.get_secret_value().encode(), value)
+            record = OutRecord("_shared", "arrivals", key.encode(), value, headers=tuple(headers))
+        futures.append(sink.publish(record))
         print(json.dumps({"tenant": tenant, "idempotency_key": key, "audio_uri": uri}))
     sink.flush(30)
     for future in futures:

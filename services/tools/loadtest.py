@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -96,8 +96,13 @@ class OverloadResult:
 class Rig:
     """A broker, two tenants' topics and clips, one worker process and a verdict watcher."""
 
-    def __init__(self, bootstrap: str, workdir: Path, clip_seconds: float, partitions: int = 1) -> None:
+    def __init__(
+        self, bootstrap: str, workdir: Path, clip_seconds: float, partitions: int = 1, shared: bool = False
+    ) -> None:
         from services.settings import KafkaSettings
+
+        #: both tenants on the shared arrivals topic (signed headers) instead of their own
+        self.shared = shared
 
         suffix = uuid.uuid4().hex[:6]
         self.a, self.b = f"lt-a-{suffix}", f"lt-b-{suffix}"
@@ -151,7 +156,14 @@ class Rig:
     def provision(self) -> None:
         from consumers.transports.kafka import KafkaSink, create_topics, tenant_topics
 
-        create_topics(self.kafka, tenant_topics([self.a, self.b]), partitions=self.partitions)
+        if self.shared:
+            from services.platform import SHARED_ARRIVALS_TOPIC
+
+            topics = tenant_topics([self.a, self.b], ("verdicts", "dlq"))
+            topics += [SHARED_ARRIVALS_TOPIC, SHARED_ARRIVALS_TOPIC.replace(".arrivals.", ".dlq.")]
+            create_topics(self.kafka, topics, partitions=self.partitions)
+        else:
+            create_topics(self.kafka, tenant_topics([self.a, self.b]), partitions=self.partitions)
         self._sinks = {t: KafkaSink(self.kafka) for t in (self.a, self.b)}
 
     def start_worker(self, name: str = "worker", **settings: str) -> subprocess.Popen[bytes]:
@@ -171,6 +183,13 @@ class Rig:
                 "AUDIOGUARD_DEVICE": "cpu",
             }
         )
+        if self.shared:
+            # no dedicated topics: the pattern finds none on the rig's own broker
+            env["AUDIOGUARD_TENANTS"] = "[]"
+            env["AUDIOGUARD_SHARED_TENANTS"] = json.dumps([self.a, self.b])
+            env["AUDIOGUARD_TENANT_SECRETS"] = json.dumps(
+                {t: self._secret(t).decode() for t in (self.a, self.b)}
+            )
         env.update({f"AUDIOGUARD_{k.upper()}": v for k, v in settings.items()})
         env.pop("AUDIOGUARD_CONFIG", None)
         log = (self.workdir / f"{name}.log").open("ab")
@@ -231,6 +250,12 @@ class Rig:
                 .replace(b"@AT@", datetime.now(UTC).isoformat().encode())
             )
             record = OutRecord(tenant=tenant, destination="arrivals", key=key.encode(), value=value)
+            if self.shared:
+                from services.platform import SIGNATURE_HEADER, TENANT_HEADER, sign_tenant
+
+                signature = sign_tenant(self._secret(tenant), tenant, key, value).encode()
+                headers = ((TENANT_HEADER, tenant.encode()), (SIGNATURE_HEADER, signature))
+                record = replace(record, tenant="_shared", headers=headers)
             while True:
                 try:
                     future = self._sinks[tenant].publish(record)
@@ -243,6 +268,9 @@ class Rig:
             keys.append(key)
         self._sinks[tenant].poll()
         return keys
+
+    def _secret(self, tenant: str) -> bytes:
+        return f"loadtest-secret-{tenant}".encode()
 
     def _template(self, tenant: str) -> bytes:
         """The tenant's arrival with placeholders, validated once by the contract: a flood of
@@ -398,7 +426,11 @@ class Rig:
 
 @contextmanager
 def _rig(
-    bootstrap: str | None, clip_seconds: float, partitions: int = 1, keep: Path | None = None
+    bootstrap: str | None,
+    clip_seconds: float,
+    partitions: int = 1,
+    keep: Path | None = None,
+    shared: bool = False,
 ) -> Iterator[Rig]:
     """`keep`: a directory for the clips and logs (the workers', the broker's) that is left
     in place afterwards, instead of a temporary one."""
@@ -413,7 +445,7 @@ def _rig(
         if bootstrap is None:
             broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "tansu.log"))
             bootstrap = broker.bootstrap_servers
-        rig = Rig(bootstrap, workdir, clip_seconds, partitions)
+        rig = Rig(bootstrap, workdir, clip_seconds, partitions, shared=shared)
         stack.callback(rig.close)
         rig.provision()
         yield rig
@@ -444,8 +476,10 @@ def noisy_neighbour(
     bootstrap: str | None = None,
     capacity_events: int = 300,
     worker_settings: dict[str, str] | None = None,
+    shared: bool = False,
 ) -> NoisyNeighbourResult:
-    with _rig(bootstrap, clip_seconds) as rig:
+    """`shared`: both tenants publish to the shared arrivals topic (one partition), signed."""
+    with _rig(bootstrap, clip_seconds, shared=shared) as rig:
         rig.start_worker(**(worker_settings or {}))
         _warm_up(rig)
         capacity = rig.measure_capacity(capacity_events)

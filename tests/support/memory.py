@@ -88,7 +88,13 @@ def memory_settings(broker_name: str, tenants: list[str], audio_root: Path, **ov
 
 
 def build_memory_worker(
-    settings: Settings, broker: MemoryBroker, detector: Any, *, member: str | None = None, shadow: Any = None
+    settings: Settings,
+    broker: MemoryBroker,
+    detector: Any,
+    *,
+    member: str | None = None,
+    shadow: Any = None,
+    breaker: Any = None,
 ) -> Worker:
     """A Worker on `broker`, its revoke callback wired the way `build_worker` wires Kafka's."""
     handlers: list[Callable[[list[tuple[str, int]]], None]] = []
@@ -110,6 +116,7 @@ def build_memory_worker(
         attempts=store,
         dead_letters=dead_letter_writer(settings, str(detector.meta.version), storage),
         shadow=shadow,
+        breaker=breaker,
     )
     worker = Worker(pipeline)
     handlers.append(worker.on_revoke)
