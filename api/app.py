@@ -155,7 +155,13 @@ def open_context(settings: Settings, *, webhooks: bool = True) -> ApiContext:
         context.lag = LagGauge(settings)
     if webhooks:
         context.webhooks = WebhookDispatcher(
-            settings.database.url, detections, store, api, render_webhook
+            settings.database.url,
+            detections,
+            store,
+            api,
+            render_webhook,
+            dead_letters=context.sink,
+            transport=settings.transport,
         ).start()
     return context
 
