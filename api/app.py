@@ -219,6 +219,23 @@ class UsageHour(BaseModel):
     audio_seconds: float
 
 
+class ScoredHour(BaseModel):
+    hour: datetime
+    uploads: int
+    audio_seconds_scored: float
+    dead_letters: int
+
+
+class TenantScored(BaseModel):
+    """The tenant's scored audio from the reporting pipeline (reporting.metering_hourly): what
+    the workers scored for this tenant from every source, per closed hour."""
+
+    uploads: int
+    audio_seconds_scored: float
+    dead_letters: int
+    hours: list[ScoredHour]
+
+
 class UsageOut(BaseModel):
     key_id: str
     tenant: str
@@ -227,6 +244,11 @@ class UsageOut(BaseModel):
     requests: int = Field(description="accepted detections (a repeated Idempotency-Key is not counted)")
     audio_seconds: float = Field(description="seconds of uploaded audio (0 for audio_url detections)")
     hours: list[UsageHour]
+    tenant_scored: TenantScored | None = Field(
+        default=None,
+        description="the tenant's scored audio per closed hour (reporting.metering_hourly), the billing "
+        "quantity; null where no reporting pipeline writes to this database",
+    )
 
 
 def _aware(moment: datetime) -> datetime:
@@ -669,9 +691,22 @@ def create_app(context: ApiContext) -> FastAPI:
             raise Problem(422, "invalid_range", "`from` must be before `to`, at most 366 days apart")
         try:
             rows = context.detections.usage(key.key_id, start, end)
+            scored_rows = context.detections.tenant_scored(key.tenant, start, end)
         except RetryableError as error:
             raise Problem(503, "unavailable", "database unavailable", headers={"Retry-After": "5"}) from error
         hours = [UsageHour(hour=h, requests=r, audio_seconds=round(a, 3)) for h, r, a in rows]
+        scored = None
+        if scored_rows is not None:
+            scored_hours = [
+                ScoredHour(hour=h, uploads=u, audio_seconds_scored=round(a, 3), dead_letters=d)
+                for h, u, a, d in scored_rows
+            ]
+            scored = TenantScored(
+                uploads=sum(h.uploads for h in scored_hours),
+                audio_seconds_scored=round(sum(h.audio_seconds_scored for h in scored_hours), 3),
+                dead_letters=sum(h.dead_letters for h in scored_hours),
+                hours=scored_hours,
+            )
         return UsageOut(
             key_id=key.key_id,
             tenant=key.tenant,
@@ -680,6 +715,7 @@ def create_app(context: ApiContext) -> FastAPI:
             requests=sum(h.requests for h in hours),
             audio_seconds=round(sum(h.audio_seconds for h in hours), 3),
             hours=hours,
+            tenant_scored=scored,
         )
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the process answers")

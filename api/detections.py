@@ -139,6 +139,24 @@ class Detections:
             ).fetchall()
         return [(row[0], int(row[1]), float(row[2])) for row in rows]
 
+    def tenant_scored(
+        self, tenant: str, start: datetime, end: datetime
+    ) -> list[tuple[datetime, int, float, int]] | None:
+        """(hour, uploads, audio seconds scored, dead letters) of the tenant's closed hours in
+        [start, end) from the reporting pipeline's `reporting.metering_hourly` (every transport
+        and client of the tenant, not only this API); None when there is no reporting schema."""
+        with connect(self.url) as conn, mapped_errors():
+            present = conn.execute("SELECT to_regclass('reporting.metering_hourly') IS NOT NULL").fetchone()
+            if not present or not present[0]:
+                return None
+            rows = conn.execute(
+                "SELECT hour, uploads, audio_seconds_scored, dead_letters FROM reporting.metering_hourly"
+                " WHERE tenant_id = %s AND hour >= date_trunc('hour', %s::timestamptz) AND hour < %s"
+                " ORDER BY hour",
+                (tenant, start, end),
+            ).fetchall()
+        return [(row[0], int(row[1]), float(row[2]), int(row[3])) for row in rows]
+
     def mark_published(self, detection_id: str, arrival_sha256: str | None = None) -> None:
         with connect(self.url) as conn, mapped_errors():
             conn.execute(

@@ -8,7 +8,7 @@ pipeline's own row builder and store, as `audioguard report run` would."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -18,11 +18,12 @@ from consumers.tenancy import kafka_topic
 from consumers.transport import Message
 from consumers.transports.memory import memory_broker, provision_memory, read_memory_topic
 from dlq.envelope import build_dead_letter, dead_letter_record
-from reporting.records import dead_letter_row
+from reporting.records import dead_letter_row, verdict_row
 from reporting.store import ReportingStore, migrate_store
 from services.errors import PoisonMessage
 from services.settings import ApiSettings, DatabaseSettings, MemorySettings, Settings, StorageSettings
 from tests.support.api_server import RunningApi
+from tests.support.reporting import verdict_bytes
 
 
 def _store_dead_letter(
@@ -96,3 +97,39 @@ def test_a_dead_lettered_arrival_is_failed_with_its_reason(
         assert body["status"] == "failed" and body["verdict"] is None, body
         assert body["failure"]["reason"] == "undecodable_audio"
         assert body["failure"]["category"] == "poison"
+
+
+def test_usage_carries_the_tenants_scored_audio_from_the_reporting_store(
+    postgres_url: str, tenants: list[str], tmp_path: Path
+) -> None:
+    tenant, other = tenants[0], tenants[1]
+    settings = Settings(
+        transport="memory",
+        tenants=[tenant],
+        memory=MemorySettings(broker=f"api-{uuid.uuid4().hex[:8]}"),
+        storage=StorageSettings(tenant_file_roots={tenant: [tmp_path / tenant]}),
+        database=DatabaseSettings(url=postgres_url),
+        api=ApiSettings(key_cache_seconds=0),
+    )
+    provision_memory(settings, [tenant])
+    with RunningApi(settings) as running, httpx.Client(base_url=running.url, timeout=20) as client:
+        auth = {"Authorization": f"Bearer {ApiKeys(postgres_url).create(tenant, 'app').token}"}
+        assert client.get("/v1/usage", headers=auth).json()["tenant_scored"] is None  # no reporting here
+
+        migrate_store(postgres_url)
+        earlier = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+        store = ReportingStore(postgres_url)
+        try:
+            rows = [
+                verdict_row(
+                    kafka_topic("verdicts", t), 0, i, verdict_bytes(t, f"k{i}", 0.2, processed_at=earlier)
+                )
+                for i, t in enumerate([tenant, tenant, other])
+            ]
+            store.write(rows)
+            assert store.close_metering_hours(datetime.now(UTC)) == 2
+        finally:
+            store.close()
+        scored = client.get("/v1/usage", headers=auth).json()["tenant_scored"]
+        assert (scored["uploads"], scored["audio_seconds_scored"], scored["dead_letters"]) == (2, 4.0, 0)
+        assert [h["uploads"] for h in scored["hours"]] == [2]  # only this tenant's, not `other`'s
