@@ -166,9 +166,10 @@ def open_context(settings: Settings, *, webhooks: bool = True) -> ApiContext:
     return context
 
 
-def render_webhook(detection: Detection, verdict: bytes) -> bytes:
+def render_webhook(detection: Detection, verdict: bytes | None, failure: Failure | None = None) -> bytes:
     """The body of a webhook: the same document GET /v1/detections/{id} answers."""
-    body = {"type": "detection.completed", "detection": _out(detection, verdict).model_dump(mode="json")}
+    kind = "detection.completed" if verdict is not None else "detection.failed"
+    body = {"type": kind, "detection": _out(detection, verdict, failure).model_dump(mode="json")}
     return json.dumps(body, separators=(",", ":")).encode()
 
 

@@ -1,4 +1,5 @@
-"""Webhooks: a signed POST to the client's callback_url once its detection has a verdict.
+"""Webhooks: a signed POST to the client's callback_url once its detection has a verdict
+(``detection.completed``), or once its arrival was dead-lettered (``detection.failed``).
 
 Signature: ``AudioGuard-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``
 with the key's webhook secret; a receiver recomputes it over the raw body, compares in constant
@@ -32,7 +33,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from api.detections import Detection, Detections
+from api.detections import Detection, Detections, Failure
 from consumers.transport import Message, OutRecord, Sink
 from dlq.envelope import build_dead_letter, dead_letter_record
 from services.database import connect, mapped_errors
@@ -159,7 +160,8 @@ def check_callback_url(url: str, *, allow_private: bool) -> None:
 
 
 class WebhookDispatcher:
-    """A thread delivering due webhooks until `stop()`. `render(detection, verdict)` is the body."""
+    """A thread delivering due webhooks until `stop()`. `render(detection, verdict, failure)` is
+    the body (one of the two is set)."""
 
     LEASE_SECONDS = 60
 
@@ -169,7 +171,7 @@ class WebhookDispatcher:
         detections: Detections,
         store: VerdictStore,
         settings: ApiSettings,
-        render: Callable[[Detection, bytes], bytes],
+        render: Callable[[Detection, bytes | None, Failure | None], bytes],
         *,
         dead_letters: Sink | None = None,
         transport: str = "memory",
@@ -219,7 +221,8 @@ class WebhookDispatcher:
     def _attempt(self, detection_id: str, tenant: str, url: str, attempts: int, age: float) -> None:
         detection = self.detections.get(tenant, detection_id)
         verdict = self.store.get(tenant, detection.idempotency_key) if detection else None
-        if detection is None or verdict is None:
+        failure = self.detections.failure(detection) if detection and verdict is None else None
+        if detection is None or (verdict is None and failure is None):
             if age > self.settings.webhook_verdict_timeout_seconds:
                 why = "no_verdict: the detection has no verdict in time"
                 self._finish(detection_id, "dead", why)
@@ -227,7 +230,7 @@ class WebhookDispatcher:
             else:
                 self._reschedule(detection_id, attempts, self.settings.webhook_poll_seconds, None)
             return
-        error = self._deliver(url, detection, verdict, attempts + 1)
+        error = self._deliver(url, detection, verdict, failure, attempts + 1)
         if error is None:
             self._finish(detection_id, "delivered", None, attempts + 1)
         elif attempts + 1 >= self.settings.webhook_max_attempts:
@@ -265,13 +268,15 @@ class WebhookDispatcher:
         except Exception as failure:  # noqa: BLE001 - the dispatcher thread must go on
             log.warning("dead webhook %s could not be dead-lettered: %s", detection_id, failure)
 
-    def _deliver(self, url: str, detection: Detection, verdict: bytes, attempt: int) -> str | None:
+    def _deliver(
+        self, url: str, detection: Detection, verdict: bytes | None, failure: Failure | None, attempt: int
+    ) -> str | None:
         """None when the receiver took it (2xx), else why not."""
         try:
             check_callback_url(url, allow_private=self.settings.webhook_allow_private_hosts)
         except CallbackRefused as refused:
             return f"{refused.code}: {refused.detail}"
-        body = self.render(detection, verdict)
+        body = self.render(detection, verdict, failure)
         secret = self._secret(detection.key_id)
         headers = {
             "Content-Type": "application/json",

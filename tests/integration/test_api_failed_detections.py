@@ -15,44 +15,12 @@ import httpx
 
 from api.keys import ApiKeys
 from consumers.tenancy import kafka_topic
-from consumers.transport import Message
 from consumers.transports.memory import memory_broker, provision_memory, read_memory_topic
-from dlq.envelope import build_dead_letter, dead_letter_record
-from reporting.records import dead_letter_row, verdict_row
+from reporting.records import verdict_row
 from reporting.store import ReportingStore, migrate_store
-from services.errors import PoisonMessage
 from services.settings import ApiSettings, DatabaseSettings, MemorySettings, Settings, StorageSettings
 from tests.support.api_server import RunningApi
-from tests.support.reporting import verdict_bytes
-
-
-def _store_dead_letter(
-    url: str, tenant: str, value: bytes, key: bytes | None, reason: str, offset: int
-) -> None:
-    message = Message(
-        token=("t", 0, 0),
-        tenant=tenant,
-        topic=kafka_topic("arrivals", tenant),
-        value=value,
-        key=key,
-        coordinates={"partition": 0, "offset": 0},
-    )
-    envelope = build_dead_letter(
-        message,
-        PoisonMessage(reason, "could not decode the audio"),
-        attempt=1,
-        first_seen_at=datetime.now(UTC),
-        worker_id="w-test",
-        model_version="1.0.0",
-        transport="kafka",
-    )
-    record = dead_letter_record(message, envelope)
-    store = ReportingStore(url)
-    try:
-        row = dead_letter_row(kafka_topic("dlq", tenant), 0, offset, record.value, list(record.headers))
-        store.write([row])
-    finally:
-        store.close()
+from tests.support.reporting import store_dead_letter, verdict_bytes
 
 
 def test_a_dead_lettered_arrival_is_failed_with_its_reason(
@@ -86,10 +54,10 @@ def test_a_dead_lettered_arrival_is_failed_with_its_reason(
         assert len(records) == 1
         key, value, _headers = records[0]
         # another arrival's dead letter, or another tenant's, does not fail this detection
-        _store_dead_letter(postgres_url, tenant, value + b" ", key, "too_long", 0)
-        _store_dead_letter(postgres_url, tenants[1], value, key, "too_long", 0)
+        store_dead_letter(postgres_url, tenant, value + b" ", key, "too_long", 0)
+        store_dead_letter(postgres_url, tenants[1], value, key, "too_long", 0)
         assert client.get(location, headers=auth).json()["status"] == "pending"
-        _store_dead_letter(postgres_url, tenant, value, key, "undecodable_audio", 1)
+        store_dead_letter(postgres_url, tenant, value, key, "undecodable_audio", 1)
 
         read = client.get(location, headers=auth)
         assert read.status_code == 200

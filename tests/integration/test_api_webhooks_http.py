@@ -25,6 +25,7 @@ from consumers.transports.memory import memory_broker, provision_memory, read_me
 from services.settings import ApiSettings, DatabaseSettings, MemorySettings, Settings, StorageSettings
 from tests.support.api_server import RunningApi, free_port
 from tests.support.audio import encode, speechlike
+from tests.support.reporting import store_dead_letter
 
 
 def verify(secret: str, header: str, body: bytes, tolerance: float = 300) -> bool:
@@ -239,3 +240,23 @@ def test_a_dead_webhook_is_a_dead_letter_that_dlq_replay_sends_again(hook_env, m
     # nothing was republished to the arrivals as if it were audio: only the upload's arrival is there
     arrivals = list(read_memory_topic(memory_broker(settings.memory.broker), kafka_topic("arrivals", tenant)))
     assert len(arrivals) == 1
+
+
+def test_a_failed_detection_sends_a_detection_failed_webhook(hook_env) -> None:
+    from reporting.store import migrate_store
+
+    settings, running, issued = hook_env
+    tenant = settings.tenants[0]
+    migrate_store(settings.database.url)
+    with Receiver() as receiver:
+        body = _post(running, issued.token, receiver.url)
+        [(key, value, _headers)] = list(
+            read_memory_topic(memory_broker(settings.memory.broker), kafka_topic("arrivals", tenant))
+        )
+        store_dead_letter(settings.database.url, tenant, value, key, "undecodable_audio", 0)
+        assert _until(lambda: _webhook_row(settings.database.url, body["id"])[0] == "delivered")
+    [(headers, raw)] = receiver.deliveries
+    assert verify(issued.webhook_secret, headers["AudioGuard-Signature"], raw)
+    sent = json.loads(raw)
+    assert sent["type"] == "detection.failed" and sent["detection"]["status"] == "failed"
+    assert sent["detection"]["failure"]["reason"] == "undecodable_audio"
