@@ -470,15 +470,18 @@ def _replay(args: argparse.Namespace) -> int:
         wanted = len(records) if options.limit is None else min(len(records), options.limit)
         task = progress.add_task("replay", total=wanted, status="")
 
+        handlers = _handlers(settings)
+
         def on_record(record: DeadLetterRecord, outcome: str) -> None:
             if options.dry_run:
                 state = {
                     "refused_loop": "refused (loop guard)",
                     "refused_truncated": "refused (truncated)",
                 }.get(outcome, "would replay")
+                target = "the API's webhook queue" if record.envelope.reason in handlers else destination
                 console.print(
                     f"{state}: {record.ref} {record.envelope.category}/{record.envelope.reason} "
-                    f"key={record.idempotency_key} replays={record.envelope.replay_count} -> {destination}",
+                    f"key={record.idempotency_key} replays={record.envelope.replay_count} -> {target}",
                     markup=False,
                 )
                 return
@@ -515,7 +518,7 @@ def _replay(args: argparse.Namespace) -> int:
                     on_record=on_record,
                     stop=stopping.is_set,
                     payloads=_payloads(settings),
-                    handlers=_handlers(settings),
+                    handlers=handlers,
                 )
         finally:
             if in_main:

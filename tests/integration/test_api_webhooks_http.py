@@ -230,6 +230,8 @@ def test_a_dead_webhook_is_a_dead_letter_that_dlq_replay_sends_again(hook_env, m
         text = json.dumps(letter)
         assert "webhook_failed" in text and "retries_exhausted" in text and body["id"] in text
 
+        assert main(["dlq", "replay", "--tenant", tenant, "--dry-run"]) == 0
+        assert "-> the API's webhook queue" in capsys.readouterr().out
         receiver.status = 204  # the receiver is fixed; the letter is replayed with the dlq tool
         assert main(["dlq", "replay", "--tenant", tenant, "--operator", "test", "--json"]) == 0
         assert _until(lambda: _webhook_row(settings.database.url, body["id"])[0] == "delivered")
