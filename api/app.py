@@ -18,7 +18,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,7 +34,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.backpressure import LagGauge
-from api.detections import Detection, Detections, IdempotencyConflict
+from api.detections import Detection, Detections, Failure, IdempotencyConflict
 from api.keys import ApiKey, ApiKeys
 from api.problems import (
     PROBLEM_SCHEMA,
@@ -89,6 +89,8 @@ URL_SCHEMES = ("file", "s3")
 _WAIT = re.compile(r"(?:^|[,;\s])wait=(\d{1,6}(?:\.\d{1,3})?)(?:$|[,;\s])")
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,5}$")
 _POLL_SECONDS = 0.1
+#: how often a waiting POST asks PostgreSQL whether the arrival was dead-lettered
+_FAILURE_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -153,14 +155,21 @@ def open_context(settings: Settings, *, webhooks: bool = True) -> ApiContext:
         context.lag = LagGauge(settings)
     if webhooks:
         context.webhooks = WebhookDispatcher(
-            settings.database.url, detections, store, api, render_webhook
+            settings.database.url,
+            detections,
+            store,
+            api,
+            render_webhook,
+            dead_letters=context.sink,
+            transport=settings.transport,
         ).start()
     return context
 
 
-def render_webhook(detection: Detection, verdict: bytes) -> bytes:
+def render_webhook(detection: Detection, verdict: bytes | None, failure: Failure | None = None) -> bytes:
     """The body of a webhook: the same document GET /v1/detections/{id} answers."""
-    body = {"type": "detection.completed", "detection": _out(detection, verdict).model_dump(mode="json")}
+    kind = "detection.completed" if verdict is not None else "detection.failed"
+    body = {"type": kind, "detection": _out(detection, verdict, failure).model_dump(mode="json")}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -181,9 +190,18 @@ class DetectionUrlRequest(BaseModel):
     )
 
 
+class FailureOut(BaseModel):
+    category: str = Field(description="the dead letter's category (schemas ErrorCategory)")
+    reason: str = Field(description="the worker's reason code, e.g. undecodable_audio")
+    error_class: str
+    failed_at: datetime
+
+
 class DetectionOut(BaseModel):
     id: str = Field(description="det_...; only this tenant's keys can read it")
-    status: Literal["pending", "done"] = Field(description="done: the verdict is in `verdict`")
+    status: Literal["pending", "done", "failed"] = Field(
+        description="done: the verdict is in `verdict`; failed: the worker dead-lettered it (`failure`)"
+    )
     tenant: str
     idempotency_key: str | None = Field(description="the client's Idempotency-Key, if it sent one")
     content_id: str
@@ -191,12 +209,32 @@ class DetectionOut(BaseModel):
     sha256: str | None
     created_at: datetime
     verdict: dict[str, Any] | None = Field(description="the worker's Verdict (schemas/verdict.schema.json)")
+    failure: FailureOut | None = Field(
+        default=None, description="why the worker could not score it (its dead letter), when status is failed"
+    )
 
 
 class UsageHour(BaseModel):
     hour: datetime
     requests: int
     audio_seconds: float
+
+
+class ScoredHour(BaseModel):
+    hour: datetime
+    uploads: int
+    audio_seconds_scored: float
+    dead_letters: int
+
+
+class TenantScored(BaseModel):
+    """The tenant's scored audio from the reporting pipeline (reporting.metering_hourly): what
+    the workers scored for this tenant from every source, per closed hour."""
+
+    uploads: int
+    audio_seconds_scored: float
+    dead_letters: int
+    hours: list[ScoredHour]
 
 
 class UsageOut(BaseModel):
@@ -207,6 +245,11 @@ class UsageOut(BaseModel):
     requests: int = Field(description="accepted detections (a repeated Idempotency-Key is not counted)")
     audio_seconds: float = Field(description="seconds of uploaded audio (0 for audio_url detections)")
     hours: list[UsageHour]
+    tenant_scored: TenantScored | None = Field(
+        default=None,
+        description="the tenant's scored audio per closed hour (reporting.metering_hourly), the billing "
+        "quantity; null where no reporting pipeline writes to this database",
+    )
 
 
 def _aware(moment: datetime) -> datetime:
@@ -218,10 +261,12 @@ class Health(BaseModel):
     checks: dict[str, str] = Field(default_factory=dict)
 
 
-def _out(detection: Detection, verdict: bytes | None) -> DetectionOut:
+def _out(detection: Detection, verdict: bytes | None, failure: Failure | None = None) -> DetectionOut:
+    if verdict is not None:
+        failure = None  # a replay that scored it: the verdict wins
     return DetectionOut(
         id=detection.id,
-        status="done" if verdict is not None else "pending",
+        status="done" if verdict is not None else "failed" if failure is not None else "pending",
         tenant=detection.tenant,
         idempotency_key=detection.client_key,
         content_id=detection.content_id,
@@ -229,6 +274,14 @@ def _out(detection: Detection, verdict: bytes | None) -> DetectionOut:
         sha256=detection.sha256,
         created_at=detection.created_at,
         verdict=json.loads(verdict) if verdict is not None else None,
+        failure=None
+        if failure is None
+        else FailureOut(
+            category=failure.category,
+            reason=failure.reason,
+            error_class=failure.error_class,
+            failed_at=_aware(failure.failed_at),
+        ),
     )
 
 
@@ -322,14 +375,27 @@ def create_app(context: ApiContext) -> FastAPI:
                 503, "unavailable", "verdict store unavailable", headers={"Retry-After": "2"}
             ) from error
 
-    def _answer(detection: Detection, verdict: bytes | None, *, waited: float | None = None) -> JSONResponse:
-        body = _out(detection, verdict).model_dump(mode="json")
+    def _failure(detection: Detection) -> Failure | None:
+        try:
+            return context.detections.failure(detection)
+        except RetryableError as error:
+            raise Problem(503, "unavailable", "database unavailable", headers={"Retry-After": "5"}) from error
+
+    def _answer(
+        detection: Detection,
+        verdict: bytes | None,
+        failure: Failure | None = None,
+        *,
+        waited: float | None = None,
+    ) -> JSONResponse:
+        body = _out(detection, verdict, failure).model_dump(mode="json")
         headers = {"Location": f"/v1/detections/{detection.id}"}
         if waited is not None:
             headers["Preference-Applied"] = f"wait={waited:g}"
-        return JSONResponse(body, status_code=200 if verdict is not None else 202, headers=headers)
+        done = verdict is not None or failure is not None
+        return JSONResponse(body, status_code=200 if done else 202, headers=headers)
 
-    def _publish(detection: Detection, value: bytes) -> None:
+    def _publish(detection: Detection, value: bytes) -> Detection:
         record = OutRecord(
             tenant=detection.tenant,
             destination="arrivals",
@@ -349,7 +415,9 @@ def create_app(context: ApiContext) -> FastAPI:
                 "the arrival could not be published now; retry with the same Idempotency-Key",
                 headers={"Retry-After": "5"},
             ) from error
-        context.detections.mark_published(detection.id)
+        arrival_sha256 = hashlib.sha256(value).hexdigest()
+        context.detections.mark_published(detection.id, arrival_sha256)
+        return replace(detection, arrival_sha256=detection.arrival_sha256 or arrival_sha256)
 
     def _record(**fields: Any) -> tuple[Detection, bool]:
         try:
@@ -575,14 +643,19 @@ def create_app(context: ApiContext) -> FastAPI:
                 "send multipart/form-data (a file) or application/json (audio_url)",
             )
         if created or detection.published_at is None:
-            await run_in_threadpool(_publish, detection, arrival)
+            detection = await run_in_threadpool(_publish, detection, arrival)
         wait = _prefer_wait(prefer, settings.api.max_wait_seconds)
         deadline = time.monotonic() + wait
         verdict = await run_in_threadpool(_verdict, detection)
-        while verdict is None and time.monotonic() < deadline:
+        failure = None if verdict is not None else await run_in_threadpool(_failure, detection)
+        checked = time.monotonic()
+        while verdict is None and failure is None and time.monotonic() < deadline:
             await asyncio.sleep(_POLL_SECONDS)
             verdict = await run_in_threadpool(_verdict, detection)
-        return _answer(detection, verdict, waited=wait if prefer else None)
+            if verdict is None and time.monotonic() - checked >= _FAILURE_POLL_SECONDS:
+                failure = await run_in_threadpool(_failure, detection)
+                checked = time.monotonic()
+        return _answer(detection, verdict, failure, waited=wait if prefer else None)
 
     @app.get(
         "/v1/detections/{detection_id}",
@@ -595,7 +668,8 @@ def create_app(context: ApiContext) -> FastAPI:
         if detection is None:
             raise Problem(404, "not_found", "no such detection")
         verdict = _verdict(detection)
-        body = _out(detection, verdict).model_dump(mode="json")
+        failure = None if verdict is not None else _failure(detection)
+        body = _out(detection, verdict, failure).model_dump(mode="json")
         return JSONResponse(body, status_code=200)
 
     @app.get(
@@ -618,9 +692,22 @@ def create_app(context: ApiContext) -> FastAPI:
             raise Problem(422, "invalid_range", "`from` must be before `to`, at most 366 days apart")
         try:
             rows = context.detections.usage(key.key_id, start, end)
+            scored_rows = context.detections.tenant_scored(key.tenant, start, end)
         except RetryableError as error:
             raise Problem(503, "unavailable", "database unavailable", headers={"Retry-After": "5"}) from error
         hours = [UsageHour(hour=h, requests=r, audio_seconds=round(a, 3)) for h, r, a in rows]
+        scored = None
+        if scored_rows is not None:
+            scored_hours = [
+                ScoredHour(hour=h, uploads=u, audio_seconds_scored=round(a, 3), dead_letters=d)
+                for h, u, a, d in scored_rows
+            ]
+            scored = TenantScored(
+                uploads=sum(h.uploads for h in scored_hours),
+                audio_seconds_scored=round(sum(h.audio_seconds_scored for h in scored_hours), 3),
+                dead_letters=sum(h.dead_letters for h in scored_hours),
+                hours=scored_hours,
+            )
         return UsageOut(
             key_id=key.key_id,
             tenant=key.tenant,
@@ -629,6 +716,7 @@ def create_app(context: ApiContext) -> FastAPI:
             requests=sum(h.requests for h in hours),
             audio_seconds=round(sum(h.audio_seconds for h in hours), 3),
             hours=hours,
+            tenant_scored=scored,
         )
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the process answers")

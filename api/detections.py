@@ -16,7 +16,7 @@ from datetime import datetime
 
 from services.database import connect, mapped_errors
 
-__all__ = ["Detection", "Detections", "IdempotencyConflict"]
+__all__ = ["Detection", "Detections", "Failure", "IdempotencyConflict"]
 
 
 class IdempotencyConflict(Exception):
@@ -37,13 +37,26 @@ class Detection:
     key_id: str
     created_at: datetime
     published_at: datetime | None
+    arrival_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A worker's dead letter for a detection's arrival (from `reporting.dead_letters`)."""
+
+    category: str
+    reason: str
+    error_class: str
+    failed_at: datetime
 
 
 _COLUMNS = (
     "id, tenant, idempotency_key, client_key, request_sha256, content_id, audio_uri, sha256,"
-    " byte_size, key_id, created_at, published_at"
+    " byte_size, key_id, created_at, published_at, arrival_sha256"
 )
 
+
+_INSERT_COLUMNS = _COLUMNS.replace(", created_at, published_at, arrival_sha256", "")
 
 _METER = (
     "INSERT INTO api_usage (key_id, tenant, hour, requests, audio_seconds)"
@@ -81,7 +94,7 @@ class Detections:
         pipeline_key = f"api:{client_key}" if client_key else f"api:{detection_id}"
         with connect(self.url) as conn, mapped_errors():
             row = conn.execute(
-                f"INSERT INTO api_detections ({_COLUMNS.replace(', created_at, published_at', '')})"
+                f"INSERT INTO api_detections ({_INSERT_COLUMNS})"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 f" ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING {_COLUMNS}",
                 (
@@ -126,12 +139,50 @@ class Detections:
             ).fetchall()
         return [(row[0], int(row[1]), float(row[2])) for row in rows]
 
-    def mark_published(self, detection_id: str) -> None:
+    def tenant_scored(
+        self, tenant: str, start: datetime, end: datetime
+    ) -> list[tuple[datetime, int, float, int]] | None:
+        """(hour, uploads, audio seconds scored, dead letters) of the tenant's closed hours in
+        [start, end) from the reporting pipeline's `reporting.metering_hourly` (every transport
+        and client of the tenant, not only this API); None when there is no reporting schema."""
+        with connect(self.url) as conn, mapped_errors():
+            present = conn.execute("SELECT to_regclass('reporting.metering_hourly') IS NOT NULL").fetchone()
+            if not present or not present[0]:
+                return None
+            rows = conn.execute(
+                "SELECT hour, uploads, audio_seconds_scored, dead_letters FROM reporting.metering_hourly"
+                " WHERE tenant_id = %s AND hour >= date_trunc('hour', %s::timestamptz) AND hour < %s"
+                " ORDER BY hour",
+                (tenant, start, end),
+            ).fetchall()
+        return [(row[0], int(row[1]), float(row[2]), int(row[3])) for row in rows]
+
+    def mark_published(self, detection_id: str, arrival_sha256: str | None = None) -> None:
         with connect(self.url) as conn, mapped_errors():
             conn.execute(
-                "UPDATE api_detections SET published_at = now() WHERE id = %s AND published_at IS NULL",
-                (detection_id,),
+                "UPDATE api_detections SET published_at = now(), arrival_sha256 = %s"
+                " WHERE id = %s AND published_at IS NULL",
+                (arrival_sha256, detection_id),
             )
+
+    def failure(self, detection: Detection) -> Failure | None:
+        """The latest dead letter of this detection's arrival, if the reporting pipeline
+        (`audioguard report run`, `reporting.dead_letters` in this database) has recorded one:
+        same tenant, the payload's sha256 equal to the arrival the API published, written after
+        the detection was created. None when there is none, or no reporting schema here."""
+        if detection.arrival_sha256 is None:
+            return None
+        with connect(self.url) as conn, mapped_errors():
+            present = conn.execute("SELECT to_regclass('reporting.dead_letters') IS NOT NULL").fetchone()
+            if not present or not present[0]:
+                return None
+            row = conn.execute(
+                "SELECT category, reason, error_class, last_failed_at FROM reporting.dead_letters"
+                " WHERE tenant_id = %s AND last_failed_at >= %s AND envelope->>'payload_sha256' = %s"
+                " ORDER BY last_failed_at DESC, id DESC LIMIT 1",
+                (detection.tenant, detection.created_at, detection.arrival_sha256),
+            ).fetchone()
+        return None if row is None else Failure(*row)
 
     def get(self, tenant: str, detection_id: str) -> Detection | None:
         with connect(self.url) as conn, mapped_errors():

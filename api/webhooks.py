@@ -1,4 +1,5 @@
-"""Webhooks: a signed POST to the client's callback_url once its detection has a verdict.
+"""Webhooks: a signed POST to the client's callback_url once its detection has a verdict
+(``detection.completed``), or once its arrival was dead-lettered (``detection.failed``).
 
 Signature: ``AudioGuard-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``
 with the key's webhook secret; a receiver recomputes it over the raw body, compares in constant
@@ -20,24 +21,32 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import random
 import socket
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import httpx
 
-from api.detections import Detection, Detections
+from api.detections import Detection, Detections, Failure
+from consumers.transport import Message, OutRecord, Sink
+from dlq.envelope import build_dead_letter, dead_letter_record
 from services.database import connect, mapped_errors
+from services.errors import RetryableError
 from services.settings import ApiSettings
 from services.store import VerdictStore
 
 __all__ = [
+    "WEBHOOK_DEAD_LETTER_REASONS",
     "CallbackRefused",
     "WebhookDispatcher",
+    "requeue_webhook",
+    "webhook_dead_letter",
     "check_callback_url",
     "list_webhooks",
     "retry_webhook",
@@ -53,6 +62,64 @@ class CallbackRefused(ValueError):
         super().__init__(detail)
         self.code = code
         self.detail = detail
+
+
+#: the reasons of a dead webhook's dead letter: every attempt failed / the verdict never came
+WEBHOOK_DEAD_LETTER_REASONS = ("webhook_failed", "webhook_no_verdict")
+
+
+def webhook_dead_letter(
+    tenant: str,
+    detection_id: str,
+    url: str,
+    reason: str,
+    error: str,
+    attempts: int,
+    *,
+    transport: str,
+    first_seen_at: datetime,
+) -> OutRecord:
+    """The record for the tenant's DLQ when a webhook is dead, in the worker's envelope: the
+    payload is ``{"detection_id", "callback_url"}`` (the record key: the detection id), the
+    source topic ``audioguard.webhooks.<tenant>``, category ``retries_exhausted``. `audioguard
+    dlq replay` hands such a letter to `requeue_webhook` instead of republishing it."""
+    payload = json.dumps({"detection_id": detection_id, "callback_url": url}, separators=(",", ":")).encode()
+    message = Message(
+        token=None,
+        tenant=tenant,
+        topic=f"audioguard.webhooks.{tenant}",
+        value=payload,
+        key=detection_id.encode(),
+        delivery_attempt=max(1, attempts),
+    )
+    envelope = build_dead_letter(
+        message,
+        RetryableError(reason, error[:2000]),
+        attempt=max(1, attempts),
+        first_seen_at=first_seen_at,
+        worker_id=f"api-webhooks@{socket.gethostname()}",
+        model_version="n/a",
+        transport=transport,
+    )
+    return dead_letter_record(message, envelope, with_headers=transport != "kinesis")
+
+
+def requeue_webhook(database_url: str, tenant: str, payload: bytes) -> bool:
+    """Replay of a dead webhook's dead letter: the webhook is sent again from attempt 1 by a
+    running `api serve`. True when it was re-queued, False when it is no longer dead (already
+    retried or delivered: nothing to do); ValueError for a payload that names no webhook of
+    this tenant (the dead letter stays queued)."""
+    try:
+        detection_id = str(json.loads(payload)["detection_id"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"not a dead webhook's payload: {error}") from error
+    with connect(database_url) as conn, mapped_errors():
+        row = conn.execute(
+            "SELECT state FROM api_webhooks WHERE detection_id = %s AND tenant = %s", (detection_id, tenant)
+        ).fetchone()
+    if row is None:
+        raise ValueError(f"no webhook of tenant {tenant!r} for detection {detection_id!r}")
+    return retry_webhook(database_url, detection_id)
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -93,7 +160,8 @@ def check_callback_url(url: str, *, allow_private: bool) -> None:
 
 
 class WebhookDispatcher:
-    """A thread delivering due webhooks until `stop()`. `render(detection, verdict)` is the body."""
+    """A thread delivering due webhooks until `stop()`. `render(detection, verdict, failure)` is
+    the body (one of the two is set)."""
 
     LEASE_SECONDS = 60
 
@@ -103,13 +171,18 @@ class WebhookDispatcher:
         detections: Detections,
         store: VerdictStore,
         settings: ApiSettings,
-        render: Callable[[Detection, bytes], bytes],
+        render: Callable[[Detection, bytes | None, Failure | None], bytes],
+        *,
+        dead_letters: Sink | None = None,
+        transport: str = "memory",
     ) -> None:
         self.url = database_url
         self.detections = detections
         self.store = store
         self.settings = settings
         self.render = render
+        self.dead_letters = dead_letters
+        self.transport = transport
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
         self._client = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
@@ -148,18 +221,22 @@ class WebhookDispatcher:
     def _attempt(self, detection_id: str, tenant: str, url: str, attempts: int, age: float) -> None:
         detection = self.detections.get(tenant, detection_id)
         verdict = self.store.get(tenant, detection.idempotency_key) if detection else None
-        if detection is None or verdict is None:
+        failure = self.detections.failure(detection) if detection and verdict is None else None
+        if detection is None or (verdict is None and failure is None):
             if age > self.settings.webhook_verdict_timeout_seconds:
-                self._finish(detection_id, "dead", "no_verdict: the detection has no verdict in time")
+                why = "no_verdict: the detection has no verdict in time"
+                self._finish(detection_id, "dead", why)
+                self._dead_letter(tenant, detection_id, url, "webhook_no_verdict", why, attempts, age)
             else:
                 self._reschedule(detection_id, attempts, self.settings.webhook_poll_seconds, None)
             return
-        error = self._deliver(url, detection, verdict, attempts + 1)
+        error = self._deliver(url, detection, verdict, failure, attempts + 1)
         if error is None:
             self._finish(detection_id, "delivered", None, attempts + 1)
         elif attempts + 1 >= self.settings.webhook_max_attempts:
             log.warning("webhook for %s dead after %d attempts: %s", detection_id, attempts + 1, error)
             self._finish(detection_id, "dead", error, attempts + 1)
+            self._dead_letter(tenant, detection_id, url, "webhook_failed", error, attempts + 1, age)
         else:
             backoff = min(
                 self.settings.webhook_max_backoff_seconds,
@@ -167,13 +244,39 @@ class WebhookDispatcher:
             )
             self._reschedule(detection_id, attempts + 1, backoff * random.uniform(0.5, 1.0), error)
 
-    def _deliver(self, url: str, detection: Detection, verdict: bytes, attempt: int) -> str | None:
+    def _dead_letter(
+        self, tenant: str, detection_id: str, url: str, reason: str, error: str, attempts: int, age: float
+    ) -> None:
+        """Put the dead webhook on the tenant's DLQ, where `audioguard dlq list/show/replay` see it.
+        If that fails, the row is still dead (`api webhooks retry` works): logged, not raised."""
+        if self.dead_letters is None:
+            return
+        try:
+            record = webhook_dead_letter(
+                tenant,
+                detection_id,
+                url,
+                reason,
+                error,
+                attempts,
+                transport=self.transport,
+                first_seen_at=datetime.fromtimestamp(time.time() - age, UTC),
+            )
+            future = self.dead_letters.publish(record)
+            self.dead_letters.flush(self.settings.webhook_timeout_seconds + 10)
+            future.result(self.settings.webhook_timeout_seconds + 10)
+        except Exception as failure:  # noqa: BLE001 - the dispatcher thread must go on
+            log.warning("dead webhook %s could not be dead-lettered: %s", detection_id, failure)
+
+    def _deliver(
+        self, url: str, detection: Detection, verdict: bytes | None, failure: Failure | None, attempt: int
+    ) -> str | None:
         """None when the receiver took it (2xx), else why not."""
         try:
             check_callback_url(url, allow_private=self.settings.webhook_allow_private_hosts)
         except CallbackRefused as refused:
             return f"{refused.code}: {refused.detail}"
-        body = self.render(detection, verdict)
+        body = self.render(detection, verdict, failure)
         secret = self._secret(detection.key_id)
         headers = {
             "Content-Type": "application/json",

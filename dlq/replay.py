@@ -34,7 +34,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -222,13 +222,16 @@ def replay_dead_letters(
     sleep: Callable[[float], None] = time.sleep,
     stop: Callable[[], bool] | None = None,
     payloads: PayloadStore | None = None,
+    handlers: Mapping[str, Callable[[DeadLetterRecord], None]] | None = None,
 ) -> ReplaySummary:
     """Replay the (already filtered) `records` from `queue`; see the module docstring.
 
     `stop()` returning True ends the run between two records (the CLI sets it on Ctrl-C):
     what was published is confirmed and removed, the rest stays in the queue. `payloads`
     fetches the full payload of a truncated dead letter (without it such a record fails and
-    stays queued)."""
+    stays queued). A dead letter whose reason has one of `handlers` is not republished: the
+    handler replays it (e.g. ``webhook_failed``: the API re-queues the webhook); when it returns,
+    the dead letter is removed like a confirmed publish, when it raises, it stays queued."""
     summary = ReplaySummary(
         replay_id=replay_id or f"replay-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
         dry_run=options.dry_run,
@@ -300,6 +303,24 @@ def replay_dead_letters(
                 summary.by_reason[record.envelope.reason] += 1
                 if on_record is not None:
                     on_record(record, "would_replay")
+                continue
+            handler = (handlers or {}).get(envelope.reason)
+            if handler is not None:
+                settle()  # keep removals in queue order
+                try:
+                    handler(record)
+                except Exception as error:  # noqa: BLE001 - reported per record, the run goes on
+                    summary.failed += 1
+                    summary.errors.append(f"{record.ref}: {error}")
+                    if on_record is not None:
+                        on_record(record, "failed")
+                    continue
+                queue.remove([record])
+                summary.removed += 1
+                summary.replayed += 1
+                summary.by_reason[envelope.reason] += 1
+                if on_record is not None:
+                    on_record(record, "replayed")
                 continue
             out = replay_record(
                 record,

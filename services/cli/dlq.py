@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 from services.cli.common import TRANSPORTS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.console import Console
 
     from dlq.inspect import DeadLetterFilter, DeadLetterQueue, DeadLetterRecord
@@ -390,6 +392,19 @@ _TRUNCATED = (
 )
 
 
+def _handlers(settings: Any) -> dict[str, Callable[[DeadLetterRecord], None]]:
+    """Dead letters that are not arrivals: a dead webhook (the API's) is re-queued in the API's
+    database, never republished to the arrivals (needs database.url; without it they stay)."""
+    from api.webhooks import WEBHOOK_DEAD_LETTER_REASONS, requeue_webhook
+
+    def requeue(record: DeadLetterRecord) -> None:
+        if not settings.database.url:
+            raise ValueError("a dead webhook is re-queued in the API's database: set database.url")
+        requeue_webhook(settings.database.url, record.envelope.tenant_id, record.payload)
+
+    return dict.fromkeys(WEBHOOK_DEAD_LETTER_REASONS, requeue)
+
+
 def _payloads(settings: Any) -> Any:
     """The tenants' dead-letter areas (where truncated dead letters' payloads are), or None."""
     if not settings.dlq.payload_uri:
@@ -455,15 +470,18 @@ def _replay(args: argparse.Namespace) -> int:
         wanted = len(records) if options.limit is None else min(len(records), options.limit)
         task = progress.add_task("replay", total=wanted, status="")
 
+        handlers = _handlers(settings)
+
         def on_record(record: DeadLetterRecord, outcome: str) -> None:
             if options.dry_run:
                 state = {
                     "refused_loop": "refused (loop guard)",
                     "refused_truncated": "refused (truncated)",
                 }.get(outcome, "would replay")
+                target = "the API's webhook queue" if record.envelope.reason in handlers else destination
                 console.print(
                     f"{state}: {record.ref} {record.envelope.category}/{record.envelope.reason} "
-                    f"key={record.idempotency_key} replays={record.envelope.replay_count} -> {destination}",
+                    f"key={record.idempotency_key} replays={record.envelope.replay_count} -> {target}",
                     markup=False,
                 )
                 return
@@ -500,6 +518,7 @@ def _replay(args: argparse.Namespace) -> int:
                     on_record=on_record,
                     stop=stopping.is_set,
                     payloads=_payloads(settings),
+                    handlers=handlers,
                 )
         finally:
             if in_main:

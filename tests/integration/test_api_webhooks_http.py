@@ -20,10 +20,12 @@ import psycopg
 import pytest
 
 from api.keys import ApiKeys
-from consumers.transports.memory import provision_memory
+from consumers.tenancy import kafka_topic
+from consumers.transports.memory import memory_broker, provision_memory, read_memory_topic
 from services.settings import ApiSettings, DatabaseSettings, MemorySettings, Settings, StorageSettings
 from tests.support.api_server import RunningApi, free_port
 from tests.support.audio import encode, speechlike
+from tests.support.reporting import store_dead_letter
 
 
 def verify(secret: str, header: str, body: bytes, tolerance: float = 300) -> bool:
@@ -197,3 +199,66 @@ def test_a_dead_webhook_is_listed_and_sent_again_by_the_cli(hook_env, monkeypatc
         assert _until(lambda: _webhook_row(settings.database.url, body["id"])[0] == "delivered")
         assert len(receiver.deliveries) == 4
         assert main(["api", "webhooks", "retry", body["id"]]) == 1  # only a dead one can be retried
+
+
+def test_a_dead_webhook_is_a_dead_letter_that_dlq_replay_sends_again(hook_env, monkeypatch, capsys) -> None:
+    from services.cli import main
+
+    settings, running, issued = hook_env
+    tenant = settings.tenants[0]
+    for name, value in {
+        "AUDIOGUARD_DATABASE__URL": settings.database.url,
+        "AUDIOGUARD_TRANSPORT": "memory",
+        "AUDIOGUARD_MEMORY__BROKER": settings.memory.broker,
+    }.items():
+        monkeypatch.setenv(name, value)
+    with Receiver(status=500) as receiver:
+        body = _post(running, issued.token, receiver.url)
+        _worker_writes_verdict(running, tenant, body["id"])
+        assert _until(lambda: _webhook_row(settings.database.url, body["id"])[0] == "dead")
+        capsys.readouterr()
+        listed: list[dict] = []
+
+        def dead_lettered() -> bool:
+            assert main(["dlq", "list", "--tenant", tenant, "--json"]) == 0
+            listed[:] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+            return bool(listed)
+
+        assert _until(dead_lettered, timeout=10)
+        assert len(listed) == 1, listed
+        letter = listed[0]
+        text = json.dumps(letter)
+        assert "webhook_failed" in text and "retries_exhausted" in text and body["id"] in text
+
+        assert main(["dlq", "replay", "--tenant", tenant, "--dry-run"]) == 0
+        assert "-> the API's webhook queue" in capsys.readouterr().out
+        receiver.status = 204  # the receiver is fixed; the letter is replayed with the dlq tool
+        assert main(["dlq", "replay", "--tenant", tenant, "--operator", "test", "--json"]) == 0
+        assert _until(lambda: _webhook_row(settings.database.url, body["id"])[0] == "delivered")
+        assert len(receiver.deliveries) == 4
+        capsys.readouterr()
+        assert main(["dlq", "list", "--tenant", tenant, "--json"]) == 0
+        assert capsys.readouterr().out.strip() == ""  # replayed and removed, not republished
+    # nothing was republished to the arrivals as if it were audio: only the upload's arrival is there
+    arrivals = list(read_memory_topic(memory_broker(settings.memory.broker), kafka_topic("arrivals", tenant)))
+    assert len(arrivals) == 1
+
+
+def test_a_failed_detection_sends_a_detection_failed_webhook(hook_env) -> None:
+    from reporting.store import migrate_store
+
+    settings, running, issued = hook_env
+    tenant = settings.tenants[0]
+    migrate_store(settings.database.url)
+    with Receiver() as receiver:
+        body = _post(running, issued.token, receiver.url)
+        [(key, value, _headers)] = list(
+            read_memory_topic(memory_broker(settings.memory.broker), kafka_topic("arrivals", tenant))
+        )
+        store_dead_letter(settings.database.url, tenant, value, key, "undecodable_audio", 0)
+        assert _until(lambda: _webhook_row(settings.database.url, body["id"])[0] == "delivered")
+    [(headers, raw)] = receiver.deliveries
+    assert verify(issued.webhook_secret, headers["AudioGuard-Signature"], raw)
+    sent = json.loads(raw)
+    assert sent["type"] == "detection.failed" and sent["detection"]["status"] == "failed"
+    assert sent["detection"]["failure"]["reason"] == "undecodable_audio"

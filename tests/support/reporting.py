@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from consumers.tenancy import kafka_topic
 from consumers.transport import Message
 from dlq.envelope import build_dead_letter, dead_letter_record
+from reporting.records import dead_letter_row
+from reporting.store import ReportingStore
 from schemas import ModelInfo, Timings, Verdict, WindowSummary
 from services.errors import PoisonMessage
 
@@ -68,3 +71,34 @@ def dead_letter(
     )
     record = dead_letter_record(message, envelope)
     return record.value, list(record.headers)
+
+
+def store_dead_letter(
+    url: str, tenant: str, value: bytes, key: bytes | None, reason: str, offset: int
+) -> None:
+    """Store in the reporting store (as `audioguard report run` would) the dead letter a worker
+    writes for the arrival `value` of `tenant` (DLQ offset `offset`)."""
+    message = Message(
+        token=("t", 0, 0),
+        tenant=tenant,
+        topic=kafka_topic("arrivals", tenant),
+        value=value,
+        key=key,
+        coordinates={"partition": 0, "offset": 0},
+    )
+    envelope = build_dead_letter(
+        message,
+        PoisonMessage(reason, "could not decode the audio"),
+        attempt=1,
+        first_seen_at=datetime.now(UTC),
+        worker_id="w-test",
+        model_version="1.0.0",
+        transport="kafka",
+    )
+    record = dead_letter_record(message, envelope)
+    store = ReportingStore(url)
+    try:
+        row = dead_letter_row(kafka_topic("dlq", tenant), 0, offset, record.value, list(record.headers))
+        store.write([row])
+    finally:
+        store.close()
