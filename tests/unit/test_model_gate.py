@@ -1,0 +1,72 @@
+"""The ship / no-ship gate: a degraded candidate is refused with its slice named, the shipped
+model against itself passes, and `promote` needs a passing gate result (or a recorded override)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from services.cli import main
+from services.detector import default_artifact_dir
+from services.errors import FatalError
+from services.registry import FileRegistry, promote
+
+NAME = "audioguard-lfb-cnn"
+
+
+def _degraded(tmp_path: Path) -> Path:
+    """The shipped weights with a large bias on the calibrated logit: every clip reads synthetic."""
+    out = tmp_path / "degraded"
+    shutil.copytree(default_artifact_dir(), out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["calibration"]["bias"] = 8.0
+    manifest["version"] = f"{manifest['version']}-degraded"
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def test_gate_refuses_a_degraded_candidate_and_passes_the_shipped_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = FileRegistry(tmp_path / "r")
+    registry.register(NAME, default_artifact_dir())
+    registry.set_alias(NAME, "champion", 1, reason="shipped")
+    registry.register(NAME, _degraded(tmp_path))  # 2
+    registry.register(NAME, default_artifact_dir())  # 3: the shipped weights again
+    where = ["model", "--registry", str(tmp_path / "r")]
+    quick = ["--partial-pairs", "1", "--bootstrap", "300"]
+
+    assert main([*where, "gate", f"models:/{NAME}/2", *quick]) == 1
+    out = capsys.readouterr().out
+    assert "REFUSED: slice demo-clips/generator=human regressed by" in out
+    gate = registry.get(NAME, 2).eval_results["gate"]
+    assert gate["passed"] is False and "demo-clips/generator=human" in gate["regressed"]
+    assert gate["champion"] == f"models:/{NAME}/1"
+    human = next(s for s in gate["slices"] if s["slice"] == "demo-clips/generator=human")
+    assert human["candidate"] == 1.0 and human["ci_low"] > gate["margin"]
+    with pytest.raises(FatalError, match="no passing gate"):
+        promote(registry, NAME, 2, reason="no gate")
+
+    assert main([*where, "gate", f"models:/{NAME}/3", *quick]) == 0
+    assert "PASS" in capsys.readouterr().out
+    passed = registry.get(NAME, 3).eval_results
+    assert passed["gate"]["passed"] is True and passed["gate"]["regressed"] == []
+    assert all(s["delta"] == 0 for s in passed["gate"]["slices"])
+    assert sum(passed["drift_reference"]["counts"]) == passed["drift_reference"]["n"] > 0
+    not_speech = next(s for s in passed["gate"]["slices"] if s["slice"] == "not-speech/all")
+    assert not_speech["candidate"] == 0.0  # all inconclusive
+    assert main([*where, "promote", NAME, "3", "--reason", "gate passed"]) == 0
+    assert registry.history(NAME)[-1].extra["gate"] == "passed"
+
+    assert main([*where, "promote", NAME, "2", "--reason", "x"]) == 1
+    assert "gate_required" in capsys.readouterr().err
+    assert main([*where, "promote", NAME, "2", "--override", "--reason", "incident 42"]) == 0
+    last = registry.history(NAME)[-1]
+    assert (last.version, last.reason, last.extra) == (
+        2,
+        "incident 42",
+        {"gate": "overridden", "override": True},
+    )
