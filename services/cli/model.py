@@ -121,6 +121,12 @@ def add_parser(subparsers: Any) -> None:
     gate.add_argument(
         "--partial-pairs", type=int, default=4, help="partial-spoof pairs to build (4; 0: leave the set out)"
     )
+    gate.add_argument(
+        "--data",
+        type=Path,
+        default=Path("data/detector"),
+        help="the data build whose test split joins the sets when its manifest.csv exists (data/detector)",
+    )
     gate.add_argument("--json", action="store_true", help="the result as JSON instead of a table")
     gate.set_defaults(handler=_gate)
 
@@ -436,7 +442,7 @@ def _gate(args: argparse.Namespace) -> int:
         from services.detector.training.gate import evaluation_items, run_gate
 
         console = _console()
-        items = evaluation_items(partial_pairs=args.partial_pairs)
+        items = evaluation_items(partial_pairs=args.partial_pairs, data=args.data)
         result = run_gate(
             registry.fetch(candidate.name, candidate.version),
             registry.fetch(champion.name, champion.version),

@@ -37,7 +37,7 @@ def test_gate_refuses_a_degraded_candidate_and_passes_the_shipped_model(
     registry.register(NAME, _degraded(tmp_path))  # 2
     registry.register(NAME, default_artifact_dir())  # 3: the shipped weights again
     where = ["model", "--registry", str(tmp_path / "r")]
-    quick = ["--partial-pairs", "1", "--bootstrap", "300"]
+    quick = ["--partial-pairs", "1", "--bootstrap", "300", "--data", str(tmp_path / "no-data-build")]
 
     assert main([*where, "gate", f"models:/{NAME}/2", *quick]) == 1
     out = capsys.readouterr().out
@@ -70,3 +70,33 @@ def test_gate_refuses_a_degraded_candidate_and_passes_the_shipped_model(
         "incident 42",
         {"gate": "overridden", "override": True},
     )
+
+
+def test_the_test_split_joins_when_the_data_build_exists(tmp_path: Path) -> None:
+    from services.detector.training.gate import evaluation_items
+
+    demo = default_artifact_dir().parents[2] / "demo_clips"
+    (tmp_path / "clips").mkdir()
+    for name in ("05-bona_fide-human-en.flac", "23-synthetic-flite-en.flac"):
+        shutil.copy(demo / name, tmp_path / "clips" / name)
+    header = "path,split,label,generator,language,duration,channel\n"
+    rows = [
+        "clips/05-bona_fide-human-en.flac,test,bona_fide,human,en,3.2,"
+        "narrowband tilt+0.0dB/oct eq+0.0dB@1000Hz clean level-20dBFS gsmq0.50",
+        "clips/23-synthetic-flite-en.flac,test,synthetic,flite,en,5.0,"
+        "g722@16k tilt+0.0dB/oct eq+0.0dB@1000Hz clean level-20dBFS none",
+        "clips/missing.flac,train,bona_fide,human,en,2.0,wideband",
+    ]
+    (tmp_path / "manifest.csv").write_text(header + "\n".join(rows) + "\n")
+    items = [i for i in evaluation_items(partial_pairs=0, data=tmp_path) if i.set == "test-split"]
+    assert [i.truth for i in items] == ["bona_fide", "synthetic"]
+    assert set(items[0].slices) >= {
+        "test-split/channel=narrowband",
+        "test-split/codec=gsm",
+        "test-split/duration=<4s",
+    }
+    assert set(items[1].slices) >= {
+        "test-split/channel=g722",
+        "test-split/codec=none",
+        "test-split/duration=4-10s",
+    }

@@ -8,8 +8,9 @@ Sets that exist without a data build (every slice is named `set/key=value`):
   (the speech check's cases): the right answer is `inconclusive`;
 - `partial-spoof`: the `audioguard data partial-spoof` build rule on the demo clips (small,
   seeded): the right answer is `synthetic` for a spliced take and `bona_fide` for its twin;
-- `test-split` (only when `data/detector/test/labels.csv` exists): sliced by generator,
-  language, channel, codec and duration bucket, when those columns are there.
+- `test-split` (only when the data build's `data/detector/manifest.csv` exists): its `test`
+  rows, sliced by generator, language, channel (the band: wideband, narrowband, g722), codec
+  and duration bucket (`<4s`, `4-10s`, `>=10s`).
 
 Metric per slice: the **error rate** of the worker's decision (`Detector.score_samples`, the
 speech check included): the share of clips whose label is not the right answer (an
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ __all__ = ["Item", "SliceResult", "GateResult", "evaluation_items", "run_gate", 
 
 RATE = 16000
 DEMO = Path(__file__).resolve().parents[2] / "demo_clips"
-TEST_SPLIT = Path("data/detector/test")
+DATA = Path("data/detector")
 
 
 @dataclass(frozen=True)
@@ -133,38 +135,56 @@ def _read(path: Path) -> np.ndarray:
     return read_trimmed(path)
 
 
-def _labelled_dir(directory: Path, set_name: str, columns: tuple[str, ...]) -> list[Item]:
+def _demo_clips(directory: Path) -> list[Item]:
     with (directory / "labels.csv").open() as f:
         rows = list(csv.DictReader(f))
     items = []
     for row in rows:
         truth = "bona_fide" if row["label"] == "bona_fide" else "synthetic"
-        slices = [f"{set_name}/all"]
-        for column in columns:
-            if row.get(column):
-                slices.append(f"{set_name}/{column}={row[column]}")
-        if set_name == "test-split" and row.get("duration"):
-            d = float(row["duration"])
-            slices.append(f"{set_name}/duration={'<4s' if d < 4 else '4-10s' if d < 10 else '>=10s'}")
-        items.append(Item(set_name, row["file"], truth, tuple(slices), _read(directory / row["file"])))
+        slices = (
+            "demo-clips/all",
+            f"demo-clips/generator={row['generator']}",
+            f"demo-clips/language={row['language']}",
+        )
+        items.append(Item("demo-clips", row["file"], truth, slices, _read(directory / row["file"])))
     return items
 
 
-def evaluation_items(
-    partial_pairs: int = 4, seed: int = 17, test_split: Path | None = TEST_SPLIT
-) -> list[Item]:
+def _test_split(data: Path) -> list[Item]:
+    """The `test` rows of the data build's manifest.csv (training.data.MANIFEST_COLUMNS)."""
+    with (data / "manifest.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("split") == "test"]
+    items = []
+    for row in rows:
+        truth = "bona_fide" if row["label"] == "bona_fide" else "synthetic"
+        chain = (row.get("channel") or "").split()
+        d = float(row.get("duration") or 0.0)
+        slices = [
+            "test-split/all",
+            f"test-split/generator={row.get('generator', '')}",
+            f"test-split/language={row.get('language', '')}",
+            f"test-split/duration={'<4s' if d < 4 else '4-10s' if d < 10 else '>=10s'}",
+        ]
+        if chain:
+            slices.append(f"test-split/channel={chain[0].split('@')[0]}")
+            slices.append(f"test-split/codec={re.sub(r'q[0-9.]+$', '', chain[-1])}")
+        items.append(Item("test-split", row["path"], truth, tuple(slices), _read(data / row["path"])))
+    return items
+
+
+def evaluation_items(partial_pairs: int = 4, seed: int = 17, data: Path | None = DATA) -> list[Item]:
     """Every named set that exists here (the test split only when it has been built)."""
     from .partial import build_partial_spoof
 
-    items = _labelled_dir(DEMO, "demo-clips", ("generator", "language"))
+    items = _demo_clips(DEMO)
     items += _not_speech()
     if partial_pairs > 0:
         for trial in build_partial_spoof(DEMO, pairs=partial_pairs, seed=seed):
             truth = "synthetic" if trial.label == "partial" else "bona_fide"
             slices = ("partial-spoof/all", f"partial-spoof/label={trial.label}")
             items.append(Item("partial-spoof", trial.name, truth, slices, trial.samples))
-    if test_split is not None and (test_split / "labels.csv").is_file():
-        items += _labelled_dir(test_split, "test-split", ("generator", "language", "channel", "codec"))
+    if data is not None and (data / "manifest.csv").is_file():
+        items += _test_split(data)
     return items
 
 
