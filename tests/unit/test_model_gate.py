@@ -55,7 +55,8 @@ def test_gate_refuses_a_degraded_candidate_and_passes_the_shipped_model(
     passed = registry.get(NAME, 3).eval_results
     assert passed["gate"]["passed"] is True and passed["gate"]["regressed"] == []
     assert all(s["delta"] == 0 for s in passed["gate"]["slices"])
-    assert sum(passed["drift_reference"]["counts"]) == passed["drift_reference"]["n"] > 0
+    drift = passed["drift_reference"]
+    assert sum(drift["counts"]) == drift["n"] == len(drift["scores"]) > 0
     not_speech = next(s for s in passed["gate"]["slices"] if s["slice"] == "not-speech/all")
     assert not_speech["candidate"] == 0.0  # all inconclusive
     assert main([*where, "promote", NAME, "3", "--reason", "gate passed"]) == 0
@@ -100,3 +101,15 @@ def test_the_test_split_joins_when_the_data_build_exists(tmp_path: Path) -> None
         "test-split/codec=none",
         "test-split/duration=4-10s",
     }
+
+
+def test_a_stored_drift_reference_is_the_reference_of_new_drift_trackers() -> None:
+    from services import metrics
+
+    version = "gate-test+r9"
+    assert metrics.set_drift_reference(version, [0.5] * 10) is False  # too few: live scores decide
+    assert metrics.ScoreDriftTracker().drift("acme", version)._frozen is False
+    assert metrics.set_drift_reference(version, [0.1] * metrics.MIN_STORED_REFERENCE) is True
+    drift = metrics.ScoreDriftTracker(min_recent=1, update_every=1).drift("acme", version)
+    assert drift._frozen is True
+    assert drift.observe(0.9) is not None  # compared with the stored reference at once

@@ -226,7 +226,12 @@ def _paired_ci(cand: np.ndarray, champ: np.ndarray, n: int, rng: np.random.Gener
 def drift_reference(scores: np.ndarray, bins: int = 20) -> dict[str, Any]:
     """A score histogram over the gate's speech sets: the version's drift reference."""
     counts, edges = np.histogram(np.clip(scores, 0.0, 1.0), bins=bins, range=(0.0, 1.0))
-    return {"bins": edges.round(4).tolist(), "counts": counts.astype(int).tolist(), "n": int(scores.size)}
+    return {
+        "bins": edges.round(4).tolist(),
+        "counts": counts.astype(int).tolist(),
+        "n": int(scores.size),
+        "scores": [round(float(x), 5) for x in scores],
+    }
 
 
 def run_gate(
