@@ -524,8 +524,26 @@ class ScoreDrift:
         return psi
 
 
+#: a model version's stored drift reference (the gate's scores, services.tools.worker sets it on
+#: load) is used only when it holds at least this many scores; otherwise the first
+#: `reference_size` live scores are the reference, as before
+MIN_STORED_REFERENCE = 500
+_STORED_REFERENCES: dict[str, tuple[float, ...]] = {}
+
+
+def set_drift_reference(model_version: str, scores: Iterable[float]) -> bool:
+    """Record the reference every new ScoreDrift of `model_version` starts from (the same in
+    every worker and after a restart); False (and nothing recorded) below MIN_STORED_REFERENCE."""
+    values = tuple(float(s) for s in scores)
+    if len(values) < MIN_STORED_REFERENCE:
+        return False
+    _STORED_REFERENCES[model_version] = values
+    return True
+
+
 class ScoreDriftTracker:
-    """One `ScoreDrift` per (tenant, model version), created on first use; owned by the runner."""
+    """One `ScoreDrift` per (tenant, model version), created on first use; owned by the runner.
+    A model version with a stored reference (`set_drift_reference`) starts from it."""
 
     def __init__(
         self,
@@ -546,10 +564,12 @@ class ScoreDriftTracker:
             found = self._drifts.get(key)
             if found is None:
                 reference_size, window_size, min_recent, update_every, bins = self._sizes
+                stored = _STORED_REFERENCES.get(model_version)
                 found = self._drifts[key] = ScoreDrift(
                     tenant,
                     model_version,
-                    reference_size=reference_size,
+                    reference=stored,
+                    reference_size=max(reference_size, len(stored or ())),
                     window_size=window_size,
                     min_recent=min_recent,
                     update_every=update_every,

@@ -1,4 +1,4 @@
-"""`audioguard model register|list|show|alias|promote|rollback|compare`: the model registry by hand.
+"""`audioguard model register|list|show|alias|promote|rollback|compare|gate`: the model registry by hand.
 
 Argument parsing and tables only; the work is in services.registry. The registry is
 --registry URI, else `registry.uri` from the settings (AUDIOGUARD_REGISTRY__URI), else the
@@ -93,7 +93,42 @@ def add_parser(subparsers: Any) -> None:
     promote.add_argument("name")
     promote.add_argument("version", nargs="?", type=int)
     promote.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
+    promote.add_argument(
+        "--override",
+        action="store_true",
+        help="promote without a passing gate result (the audit record says so, with --reason)",
+    )
     promote.set_defaults(handler=_promote)
+
+    gate = commands.add_parser(
+        "gate",
+        help="ship / no-ship: score a candidate and the champion on the named evaluation sets",
+        description="Scores CANDIDATE and the champion on the demo clips (by generator family and language), "
+        "the not-speech set (must be inconclusive), a small partial-spoof set and, when data/detector/test "
+        "exists, the test split (by generator, language, channel, codec, duration). Per slice: the error "
+        "rate of each and a paired bootstrap 95%% interval of the difference (fixed --seed). Refuses "
+        "(exit 1) when a slice's candidate error rate exceeds the champion's by more than --margin "
+        "and the interval's lower end does too. Writes the result into the candidate's eval results "
+        "(`gate`), which `model promote` requires. docs/models.md",
+    )
+    gate.add_argument("candidate", help="models:/NAME/VERSION or models:/NAME@ALIAS (e.g. @challenger)")
+    gate.add_argument(
+        "--champion", help="the reference (default: models:/NAME@champion of the candidate's NAME)"
+    )
+    gate.add_argument("--margin", type=float, default=0.02, help="tolerated error-rate increase (0.02)")
+    gate.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    gate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (1000)")
+    gate.add_argument(
+        "--partial-pairs", type=int, default=4, help="partial-spoof pairs to build (4; 0: leave the set out)"
+    )
+    gate.add_argument(
+        "--data",
+        type=Path,
+        default=Path("data/detector"),
+        help="the data build whose test split joins the sets when its manifest.csv exists (data/detector)",
+    )
+    gate.add_argument("--json", action="store_true", help="the result as JSON instead of a table")
+    gate.set_defaults(handler=_gate)
 
     rollback = commands.add_parser(
         "rollback",
@@ -378,8 +413,85 @@ def _promote(args: argparse.Namespace) -> int:
 
     return _run(
         args,
-        lambda registry: print(_event_line(promote(registry, args.name, args.version, reason=args.reason))),
+        lambda registry: print(
+            _event_line(
+                promote(registry, args.name, args.version, reason=args.reason, override=args.override)
+            )
+        ),
     )
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from services.errors import AudioguardError, FatalError
+    from services.registry import ModelRef, parse_model_uri
+
+    try:
+        registry = _open(args)
+        ref = parse_model_uri(args.candidate)
+        if ref is None:
+            raise FatalError("bad_config", f"candidate {args.candidate!r}: expected models:/NAME/VERSION")
+        champion_ref = (
+            parse_model_uri(args.champion) if args.champion else ModelRef(ref.name, alias="champion")
+        )
+        if champion_ref is None:
+            raise FatalError("bad_config", f"champion {args.champion!r}: expected models:/NAME@ALIAS")
+        candidate = registry.resolve(ref)
+        champion = registry.resolve(champion_ref)
+        from services.detector.training.gate import evaluation_items, run_gate
+
+        console = _console()
+        items = evaluation_items(partial_pairs=args.partial_pairs, data=args.data)
+        result = run_gate(
+            registry.fetch(candidate.name, candidate.version),
+            registry.fetch(champion.name, champion.version),
+            margin=args.margin,
+            seed=args.seed,
+            bootstrap=args.bootstrap,
+            items=items,
+            progress=None if args.json else console.log,
+        )
+        record = {
+            **result.to_json(),
+            "champion": f"models:/{champion.name}/{champion.version}",
+            "champion_sha256": champion.sha256,
+        }
+        from datetime import UTC, datetime
+
+        from services.registry import actor
+
+        record.update({"at": datetime.now(UTC).isoformat(), "by": actor()})
+        registry.record_eval(candidate.name, candidate.version, "gate", record)
+        registry.record_eval(candidate.name, candidate.version, "drift_reference", result.candidate_drift)
+    except AudioguardError as error:
+        print(f"audioguard model gate: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(record, sort_keys=True))
+        return 0 if result.passed else 1
+    title = (
+        f"gate: {candidate.name} v{candidate.version} vs champion v{champion.version} "
+        f"(error rate, margin {args.margin}, 95% paired bootstrap, seed {args.seed})"
+    )
+    table = Table(title=title)
+    for column in ("slice", "n", "candidate", "champion", "delta", "95% CI of delta", "verdict"):
+        table.add_column(column)
+    for s in result.slices:
+        table.add_row(
+            s.slice, str(s.n), f"{s.candidate:.3f}", f"{s.champion:.3f}", f"{s.delta:+.3f}",
+            f"[{s.ci_low:+.3f}, {s.ci_high:+.3f}]", "[red]REGRESSED[/red]" if s.regressed else "ok",
+        )  # fmt: skip
+    console.print(table)
+    if result.passed:
+        console.print(f"PASS: {candidate.name} version {candidate.version} may be promoted (recorded)")
+        return 0
+    for s in result.regressed:
+        console.print(
+            f"REFUSED: slice {s.slice} regressed by {s.delta:+.3f} error rate "
+            f"({s.champion:.3f} -> {s.candidate:.3f}, 95% CI [{s.ci_low:+.3f}, {s.ci_high:+.3f}])"
+        )
+    return 1
 
 
 def _rollback(args: argparse.Namespace) -> int:

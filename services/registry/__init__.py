@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ._compare import LABELS, PairStats, ShadowRow, compare
 from ._file import FileRegistry
-from ._lifecycle import promote, rollback
+from ._lifecycle import gate_passed, promote, rollback
 from ._model import (
     ALIASES,
     AliasEvent,
@@ -43,6 +43,7 @@ __all__ = [
     "ModelVersion",
     "actor",
     "default_registry_dir",
+    "gate_passed",
     "PairStats",
     "ShadowRow",
     "ShadowTable",
@@ -80,5 +81,7 @@ def open_registry(uri: str | None = None, *, cache_dir: Path | None = None) -> M
     if "://" in uri:
         from services.errors import FatalError
 
-        raise FatalError("bad_config", f"registry uri {uri!r}: expected a directory, file://, http:// or https://")
+        raise FatalError(
+            "bad_config", f"registry uri {uri!r}: expected a directory, file://, http:// or https://"
+        )
     return FileRegistry(Path(uri))

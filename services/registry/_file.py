@@ -230,6 +230,15 @@ class FileRegistry:
             _write_atomic(directory / "aliases.json", json.dumps(aliases, indent=2, sort_keys=True) + "\n")
             return event
 
+    def record_eval(self, name: str, version: int, key: str, value: Any) -> ModelVersion:
+        with self._locked(name) as directory:
+            path = directory / "versions" / str(version) / "version.json"
+            self._load_version(directory, version, {})  # refuses an unknown version
+            raw = json.loads(path.read_text())
+            raw["eval_results"] = {**dict(raw.get("eval_results") or {}), key: value}
+            _write_atomic(path, json.dumps(raw, indent=2, sort_keys=True) + "\n")
+            return self._load_version(directory, version, self._read_aliases(directory))
+
     def _append_audit(self, directory: Path, event: AliasEvent) -> None:
         # the audit line first: an alias never moves without its record
         with open(directory / "audit.jsonl", "a") as handle:

@@ -3,8 +3,9 @@
 `promote` points `champion` at a version (default: the current challenger) and drops the
 challenger alias when it pointed there (a challenger equal to the champion would shadow-score
 against itself). `rollback` points `champion` back at the version it pointed at before its
-last move, read from the audit trail. Both append one audit record each (who, when, from, to,
-why); neither touches the artifacts.
+last move, read from the audit trail. `promote` refuses a version without a passing gate
+result (`audioguard model gate`) unless `override` is set; the audit record says which. Both
+append one audit record each (who, when, from, to, why); neither touches the artifacts.
 """
 
 from __future__ import annotations
@@ -13,10 +14,23 @@ from services.errors import FatalError
 
 from ._model import AliasEvent, ModelRegistry
 
-__all__ = ["promote", "rollback"]
+__all__ = ["gate_passed", "promote", "rollback"]
 
 
-def promote(registry: ModelRegistry, name: str, version: int | None = None, *, reason: str) -> AliasEvent:
+def gate_passed(registry: ModelRegistry, name: str, version: int) -> bool:
+    """Whether `version` carries a passing gate result (`eval_results["gate"]["passed"]`)."""
+    gate = registry.get(name, version).eval_results.get("gate")
+    return isinstance(gate, dict) and gate.get("passed") is True
+
+
+def promote(
+    registry: ModelRegistry,
+    name: str,
+    version: int | None = None,
+    *,
+    reason: str,
+    override: bool = False,
+) -> AliasEvent:
     aliases = registry.aliases(name)
     if version is None:
         if "challenger" not in aliases:
@@ -26,7 +40,15 @@ def promote(registry: ModelRegistry, name: str, version: int | None = None, *, r
         version = aliases["challenger"]
     if aliases.get("champion") == version:
         raise FatalError("bad_config", f"{name} version {version} is already the champion")
-    event = registry.set_alias(name, "champion", version, action="promote", reason=reason)
+    passed = gate_passed(registry, name, version)
+    if not passed and not override:
+        raise FatalError(
+            "gate_required",
+            f"{name} version {version} has no passing gate result: run `audioguard model gate "
+            f"models:/{name}/{version}` first, or promote with --override --reason WHY",
+        )
+    extra = {"gate": "passed"} if passed else {"gate": "overridden", "override": True}
+    event = registry.set_alias(name, "champion", version, action="promote", reason=reason, extra=extra)
     if aliases.get("challenger") == version:
         registry.delete_alias(name, "challenger", reason=f"promoted to champion: {reason}")
     return event

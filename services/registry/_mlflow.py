@@ -171,6 +171,15 @@ class MlflowRegistry:
         with _mapped(str(ref)):
             return self._to_version(self._client.get_model_version_by_alias(ref.name, ref.alias))
 
+    def record_eval(self, name: str, version: int, key: str, value: Any) -> ModelVersion:
+        current = self.get(name, version)
+        results = {**current.eval_results, key: value}
+        with _mapped(f"eval results of {name} version {version}"):
+            self._client.set_model_version_tag(
+                name, str(version), TAG + "eval_results", json.dumps(results, sort_keys=True)
+            )
+        return self.get(name, version)
+
     def _audit(self, event: AliasEvent) -> None:
         with _mapped(f"audit of {event.name}"):
             model = self._client.get_registered_model(event.name)

@@ -217,6 +217,10 @@ class ModelRegistry(Protocol):
 
     def delete_alias(self, name: str, alias: str, *, reason: str = "") -> AliasEvent: ...
 
+    def record_eval(self, name: str, version: int, key: str, value: Any) -> ModelVersion:
+        """Set `eval_results[key]` of a version (e.g. the gate's result); the artifact is untouched."""
+        ...
+
     def history(self, name: str) -> list[AliasEvent]:
         """The audit records of `name`, oldest first."""
         ...

@@ -55,6 +55,12 @@ def _load_version(settings: Settings, directory: Path, version: ModelVersion, sc
     # verdicts name the registered model and version (the artifact's own version, plus +rN)
     name = detector.meta.name if scorer == "null" else version.name
     detector.meta = replace(detector.meta, name=name, version=version.serving_version)  # type: ignore[misc]
+    reference = version.eval_results.get("drift_reference")
+    if isinstance(reference, dict) and isinstance(reference.get("scores"), list):
+        from services.metrics import set_drift_reference
+
+        if set_drift_reference(version.serving_version, reference["scores"]):
+            log.info("drift reference from the registry: %d scores", len(reference["scores"]))
     return detector
 
 

@@ -99,7 +99,7 @@ def test_promote_swaps_a_running_worker_process(broker, tenants, tmp_path: Path)
         before = publish("before")
         wait_for(before)
         assert _ready(port)
-        promoted = run("model", "promote", NAME, "--reason", "e2e hot swap", env=env)
+        promoted = run("model", "promote", NAME, "--override", "--reason", "e2e hot swap", env=env)
         assert promoted.returncode == 0, promoted.stderr
         # the swap happens within a poll plus load time; readiness never drops meanwhile
         deadline = time.monotonic() + 20

@@ -91,6 +91,8 @@ def test_the_registry_contract_on_mlflow_postgresql_and_s3(
         load=lambda directory, version: directory, install=lambda d, v: installed.append(v.version) is None,
     )  # fmt: skip
     assert watcher.check() is False
+    registry.record_eval(NAME, 2, "gate", {"passed": True})
+    assert registry.get(NAME, 2).eval_results["gate"] == {"passed": True}
     promote(registry, NAME, reason="gate passed")
     assert watcher.check() is True and installed == [2]
     assert registry.aliases(NAME) == {"champion": 2}

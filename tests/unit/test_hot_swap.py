@@ -84,7 +84,7 @@ def test_promoting_a_challenger_while_serving_swaps_between_batches(
 
         keys += [uploads.arrival(TENANT, f"before-{i}", seed=i) for i in range(30)]
         serve(lambda: len(_verdicts(broker)) >= 10)
-        promote(registry, NAME, reason="hot swap test")
+        promote(registry, NAME, reason="hot swap test", override=True)
         # arrivals keep coming while the new version loads and warms beside the old one
         keys += [uploads.arrival(TENANT, f"during-{i}", seed=100 + i) for i in range(10)]
         serve(lambda: watcher.swaps == 1)

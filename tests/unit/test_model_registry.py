@@ -94,6 +94,11 @@ def test_aliases_promote_rollback_and_the_audit_trail(
         registry.resolve(ModelRef(NAME, alias="canary"))
 
     monkeypatch.setenv("AUDIOGUARD_ACTOR", "bob")
+    with pytest.raises(FatalError, match="no passing gate"):
+        promote(registry, NAME, reason="not gated yet")
+    registry.record_eval(NAME, 2, "gate", {"passed": True})
+    assert registry.get(NAME, 2).eval_results["gate"] == {"passed": True}
+    assert "eer" in registry.get(NAME, 2).eval_results  # the other results stay
     event = promote(registry, NAME, reason="better on piper")
     assert (event.previous, event.version, event.actor, event.action) == (1, 2, "bob", "promote")
     assert registry.aliases(NAME) == {"champion": 2}  # the promoted challenger alias is dropped
@@ -137,7 +142,8 @@ def test_model_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main([*where, "list", NAME]) == 0
     out = capsys.readouterr().out
     assert "champion" in out and "challenger" in out
-    assert main([*where, "promote", NAME, "--reason", "gate passed"]) == 0
+    assert main([*where, "promote", NAME, "--reason", "no gate"]) == 1
+    assert main([*where, "promote", NAME, "--override", "--reason", "test: no gate run"]) == 0
     assert main([*where, "rollback", NAME, "--reason", "p99"]) == 0
     assert main([*where, "alias", NAME, "canary", "2", "--reason", "try"]) == 0
     capsys.readouterr()
