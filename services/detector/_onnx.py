@@ -48,6 +48,9 @@ class OnnxNetwork:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting after a run: a spinning pool would hold the cores that torch's front
+        # end and the worker's fetch threads need between calls
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise FatalError(
