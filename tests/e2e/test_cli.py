@@ -37,6 +37,7 @@ def run(
         ["model", "register"],
         ["model", "promote"],
         ["model", "rollback"],
+        ["model", "export-onnx"],
     ],
 )
 def test_every_command_explains_itself(command):

@@ -73,3 +73,26 @@ def test_a_missing_or_stale_export_is_refused(onnx_dir: Path, tmp_path: Path) ->
     with pytest.raises(FatalError) as wrong:
         load_detector(device="cpu", runtime="onnx", onnx_path=stale / "network.onnx", speech_check=False)
     assert wrong.value.reason == "model_checksum"
+
+
+def test_the_worker_picks_the_runtime_from_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from services.settings import load_settings
+    from services.tools.worker import load_model
+
+    artifact = tmp_path / "artifact"
+    shutil.copytree(default_artifact_dir(), artifact)
+    export_onnx(artifact)
+    monkeypatch.setenv("AUDIOGUARD_RUNTIME", "onnx")
+    settings = load_settings(model_path=str(artifact), device="cpu", torch_threads=1)
+    assert settings.runtime == "onnx"
+    detector = load_model(settings)
+    assert detector.runtime == "onnx"
+    scores = detector.score_windows(np.zeros((2, detector.meta.window_samples), dtype=np.float32))
+    assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))
+    assert (
+        load_model(load_settings(model_path=str(artifact), device="cpu", runtime="torch")).runtime == "torch"
+    )

@@ -11,18 +11,18 @@ This module must never train, evaluate or serve; it serialises what it is given.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import torch
 
 from .._artifact import ONNX_FILE, ONNX_OPSET, ONNX_SIDECAR, WEIGHTS_FILE, read_manifest, sha256_file
+from .._model import DetectorNet
 from .._runtime import build_net
 
 
 class _Classify(torch.nn.Module):
-    def __init__(self, net: torch.nn.Module) -> None:
+    def __init__(self, net: DetectorNet) -> None:
         super().__init__()
         self.net = net
 
@@ -41,18 +41,16 @@ def export_onnx(artifact: Path, out_dir: Path | None = None) -> Path:
         feats = net.frontend(torch.zeros(2, meta.window_samples))
     target = (out_dir or artifact) / ONNX_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
     torch.onnx.export(
         _Classify(net),
         (feats,),
-        buf,
+        str(target),
         input_names=["features"],
         output_names=["logits"],
         dynamic_axes={"features": {0: "batch"}, "logits": {0: "batch"}},
         opset_version=ONNX_OPSET,
         dynamo=False,
     )
-    target.write_bytes(buf.getvalue())
     sidecar = {
         "sha256": sha256_file(target),
         "weights_sha256": meta.checksum,
