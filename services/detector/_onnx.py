@@ -21,6 +21,11 @@ from services.errors import FatalError
 from ._artifact import ONNX_SIDECAR, sha256_file
 
 
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build offers (CPU only in the `onnxruntime` wheel)."""
+    return list(ort.get_available_providers())
+
+
 class OnnxNetwork:
     """A verified ONNX network in an InferenceSession; `run` is (B, F, T) float32 -> (B,) logits."""
 
@@ -52,7 +57,7 @@ class OnnxNetwork:
         # end and the worker's fetch threads need between calls
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
+            if "CUDAExecutionProvider" not in available_providers():
                 raise FatalError(
                     "bad_config",
                     "runtime onnx on cuda needs onnxruntime-gpu (CUDAExecutionProvider not available)",

@@ -96,3 +96,18 @@ def test_the_worker_picks_the_runtime_from_its_settings(
     assert (
         load_model(load_settings(model_path=str(artifact), device="cpu", runtime="torch")).runtime == "torch"
     )
+
+
+def test_the_execution_provider_follows_the_device(onnx_dir: Path) -> None:
+    from services.detector._onnx import OnnxNetwork, available_providers
+
+    checksum = load_detector(device="cpu", speech_check=False).meta.checksum
+    cpu = OnnxNetwork(onnx_dir / "network.onnx", checksum, "cpu", 1)
+    assert cpu.providers == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available_providers():
+        gpu = OnnxNetwork(onnx_dir / "network.onnx", checksum, "cuda:0", 1)
+        assert gpu.providers[0] == ("CUDAExecutionProvider", {"device_id": 0})
+    else:  # the CPU wheel: asking for CUDA is a configuration error, not a silent CPU fallback
+        with pytest.raises(FatalError) as refused:
+            OnnxNetwork(onnx_dir / "network.onnx", checksum, "cuda", 1)
+        assert refused.value.reason == "bad_config"
