@@ -320,6 +320,10 @@ class Settings(BaseSettings):
     #: `models:/<name>/<version>` resolved in `registry` (an alias is watched: hot swap)
     model_path: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: what runs the network: "torch" (TorchScript trace, the default) or "onnx" (ONNX Runtime on
+    #: `<artifact>/network.onnx` from `audioguard model export-onnx`; CPU or CUDA provider by
+    #: `device`; the front end stays in torch). docs/models.md, "Runtimes"
+    runtime: Literal["torch", "onnx"] = "torch"
     #: torch's intra-op threads for the model; None: half the cores (at most 4), leaving the rest
     #: to the fetch threads. `worker --processes N` sets cores / N in each child unless this is set.
     torch_threads: int | None = Field(default=None, ge=1)

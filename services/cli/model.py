@@ -162,6 +162,20 @@ def add_parser(subparsers: Any) -> None:
     compare.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     compare.set_defaults(handler=_compare)
 
+    export_onnx = commands.add_parser(
+        "export-onnx",
+        help="write an artifact's network as ONNX, for the worker's runtime = \"onnx\"",
+        description="Exports the network after the front end (features -> logits) with torch.onnx to "
+        "<artifact>/network.onnx (or --out DIR) and records its sha256 and the weights' sha256 in "
+        "network.onnx.json; the worker refuses an export made from other weights. The front end "
+        '(STFT, LPC residual) stays in torch (docs/models.md, "Runtimes").',
+    )
+    export_onnx.add_argument(
+        "--model", metavar="DIR", type=Path, help="artifact directory (default: the shipped one)"
+    )
+    export_onnx.add_argument("--out", metavar="DIR", type=Path, help="where to write (default: --model)")
+    export_onnx.set_defaults(handler=_export_onnx)
+
 
 def _compare(args: argparse.Namespace) -> int:
     from rich.table import Table
@@ -244,6 +258,20 @@ def _run(args: argparse.Namespace, work: Any) -> int:
     except AudioguardError as error:
         print(f"audioguard model: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from services.detector import default_artifact_dir
+    from services.detector.training.onnx_export import export_onnx
+    from services.errors import AudioguardError
+
+    try:
+        path = export_onnx(args.model or default_artifact_dir(), args.out)
+    except AudioguardError as error:
+        print(f"audioguard model: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} ({path.stat().st_size} bytes) and {path.with_suffix('.onnx.json').name}")
     return 0
 
 

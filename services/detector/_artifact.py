@@ -20,6 +20,10 @@ from services.errors import FatalError
 
 WEIGHTS_FILE = "weights.pt"
 MANIFEST_FILE = "manifest.json"
+#: the network after the front end as ONNX (services.detector.training.onnx_export) and its record
+ONNX_FILE = "network.onnx"
+ONNX_SIDECAR = "network.onnx.json"
+ONNX_OPSET = 17
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 DEFAULT_NAME = "audioguard-lfb-cnn"
 

@@ -21,7 +21,7 @@ import contextlib
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from ._frontend import FrontEndConfig
 from ._model import DetectorNet, NetConfig
 from ._vad import SpeechDetector, load_speech_detector
 from ._windows import cut_windows, resample
+
+if TYPE_CHECKING:
+    from ._onnx import OnnxNetwork
 
 _threads_lock = threading.Lock()
 _threads_configured = False
@@ -74,13 +77,18 @@ class Detector:
         device: str,
         vad: SpeechDetector | None = None,
         speech_policy: SpeechPolicy | None = None,
+        onnx: OnnxNetwork | None = None,
     ) -> None:
         self.meta = meta
         self.device = device
         self.speech_policy = speech_policy or SpeechPolicy()
         self._net = net
         self._vad = vad
-        self._forward = _trace(net, meta.window_samples, device)
+        #: "torch": the traced network; "onnx": the traced front end in torch, then the network
+        #: in ONNX Runtime (services.detector._onnx)
+        self.runtime = "onnx" if onnx is not None else "torch"
+        self._onnx = onnx
+        self._forward = _trace(net.frontend if onnx is not None else net, meta.window_samples, device)
         self._lock = threading.Lock()  # one forward pass at a time; batches are the parallelism
 
     def windows(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -104,7 +112,10 @@ class Detector:
                     # page-locked host memory lets the copy run by DMA, asynchronously; the
                     # .cpu() below is the one synchronisation point
                     batch = batch.pin_memory().to(self.device, non_blocking=True)
-                out = self._forward(batch).float().cpu().numpy()
+                if self._onnx is not None:
+                    out = self._onnx.run(self._forward(batch).float().cpu().numpy())
+                else:
+                    out = self._forward(batch).float().cpu().numpy()
         except Exception as exc:
             if _is_oom(exc):
                 if self.device.startswith("cuda"):
@@ -169,7 +180,7 @@ class Detector:
         }
 
 
-def _trace(net: DetectorNet, window_samples: int, device: str) -> Any:
+def _trace(net: torch.nn.Module, window_samples: int, device: str) -> Any:
     """The network as a TorchScript trace, which runs the same operations without Python between
     them: measured 1.06-1.23x faster per window on one CPU thread at every batch size from 1 to
     48 (interleaved with the eager module; docs/model-card.md, "Cost"), with equal outputs.
@@ -204,17 +215,22 @@ def load_detector(
     device: str = "auto",
     threads: int | None = None,
     speech_check: bool = True,
+    runtime: Literal["torch", "onnx"] = "torch",
+    onnx_path: str | Path | None = None,
 ) -> Detector:
     """Load and verify an artifact directory (default: the shipped one), with the VAD of the
     speech check unless `speech_check` is False (calibration and evaluation score raw windows).
 
     Raises FatalError("model_checksum") when the weights' sha256 differs from the manifest,
     FatalError("model_missing" / "model_manifest") when the artifact is absent or malformed.
-    device "auto" = cuda when available, else cpu. `threads` caps torch's CPU threads.
+    device "auto" = cuda when available, else cpu. `threads` caps torch's CPU threads (and ONNX
+    Runtime's). runtime "onnx" scores the network with ONNX Runtime from `onnx_path` (default
+    `<artifact>/network.onnx`, written by `audioguard model export-onnx`), refused with
+    FatalError("model_missing" / "model_checksum") when absent or exported from other weights.
     """
     directory = Path(path) if path is not None else default_artifact_dir()
     meta, _ = read_manifest(directory)
-    configure_torch_threads(threads)
+    n_threads = configure_torch_threads(threads)
     dev = resolve_device(device)
     net = build_net(meta.frontend, meta.network)
     try:
@@ -224,4 +240,13 @@ def load_detector(
         raise FatalError("model_manifest", f"weights do not match the manifest's network: {exc}") from exc
     net.eval().to(dev)
     vad = load_speech_detector(meta.sample_rate) if speech_check else None
-    return Detector(meta, net, dev, vad)
+    onnx = None
+    if runtime == "onnx":
+        from ._artifact import ONNX_FILE
+        from ._onnx import OnnxNetwork
+
+        target = Path(onnx_path) if onnx_path is not None else directory / ONNX_FILE
+        onnx = OnnxNetwork(target, meta.checksum, dev, n_threads)
+    elif runtime != "torch":
+        raise FatalError("bad_config", f"runtime {runtime!r}: expected 'torch' or 'onnx'")
+    return Detector(meta, net, dev, vad, onnx=onnx)

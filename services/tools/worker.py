@@ -47,7 +47,9 @@ def _load_directory(settings: Settings, directory: Path | None, scorer: str) -> 
         return load_null_scorer(directory)
     from services.detector import load_detector
 
-    return load_detector(directory, device=settings.device, threads=settings.torch_threads)
+    return load_detector(
+        directory, device=settings.device, threads=settings.torch_threads, runtime=settings.runtime
+    )
 
 
 def _load_version(settings: Settings, directory: Path, version: ModelVersion, scorer: str) -> Detector:

@@ -38,6 +38,7 @@ def run(
         ["model", "promote"],
         ["model", "rollback"],
         ["model", "gate"],
+        ["model", "export-onnx"],
     ],
 )
 def test_every_command_explains_itself(command):
