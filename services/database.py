@@ -118,7 +118,7 @@ def migrate(url: str, component: str, migrations: Sequence[Migration]) -> list[s
                     )
                 continue
             with conn.transaction():
-                conn.execute(migration.sql.encode())  # type: ignore[call-overload]
+                conn.execute(migration.sql.encode())
                 conn.execute(
                     "INSERT INTO schema_migrations (component, version, name, sha256)"
                     " VALUES (%s, %s, %s, %s)",
