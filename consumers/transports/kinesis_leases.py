@@ -45,6 +45,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from consumers.tenancy import kinesis_stream, validate_tenant
 from consumers.transports.kinesis import SHARD_END, CheckpointStore, _sdk_errors, checkpoint_name
@@ -160,25 +161,18 @@ class LeaseTable:
 
     def take(self, lease: Lease, owner: str) -> bool:
         """Take `lease` (free, expired or stolen) if its counter is still the one seen."""
-        return self._conditional(
-            "update_item",
-            Key={"lease_key": {"S": lease.key}},
-            UpdateExpression="SET #o = :me, #c = :next",
-            ConditionExpression="#c = :seen",
-            ExpressionAttributeNames={"#o": "owner", "#c": "counter"},
-            ExpressionAttributeValues={
-                ":me": {"S": owner},
-                ":seen": {"N": str(lease.counter)},
-                ":next": {"N": str(lease.counter + 1)},
-            },
-        )
+        return self._bump(lease, owner, "SET #o = :me, #c = :next", "#c = :seen")
 
     def renew(self, lease: Lease, owner: str) -> bool:
+        return self._bump(lease, owner, "SET #c = :next", "#o = :me AND #c = :seen")
+
+    def _bump(self, lease: Lease, owner: str, update: str, condition: str) -> bool:
+        """Move the lease's counter from the value seen to the next one, under `condition`."""
         return self._conditional(
             "update_item",
             Key={"lease_key": {"S": lease.key}},
-            UpdateExpression="SET #c = :next",
-            ConditionExpression="#o = :me AND #c = :seen",
+            UpdateExpression=update,
+            ConditionExpression=condition,
             ExpressionAttributeNames={"#o": "owner", "#c": "counter"},
             ExpressionAttributeValues={
                 ":me": {"S": owner},
@@ -208,13 +202,15 @@ class LeaseTable:
         )
 
     def _conditional(self, operation: str, **request: Any) -> bool:
-        try:
-            with _sdk_errors(f"dynamodb.{operation}"):
+        """One conditional write: False when its condition did not hold (someone else moved the
+        lease), every other failure mapped into the project's tree."""
+        with _sdk_errors(f"dynamodb.{operation}"):
+            try:
                 getattr(self._client, operation)(TableName=self.name, **request)
-        except FatalError as exc:
-            if "ConditionalCheckFailedException" in str(exc):
-                return False
-            raise
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                    return False
+                raise
         return True
 
 
