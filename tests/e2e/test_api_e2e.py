@@ -24,10 +24,9 @@ from tests.support.pipeline import RunningWorker, make_settings, provision, read
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_post_with_wait_returns_the_workers_verdict_and_a_repeat_is_the_same_detection(
-    broker, detector, tenants, audio_root, postgres_url, redis_url
-) -> None:
-    tenant = tenants[0]
+def _provisioned(broker, tenant: str, audio_root: Path, postgres_url: str, redis_url: str):
+    """One tenant on the session's broker with the API's settings (keys checked every request,
+    waits up to 60 s), its topics created and its storage root present."""
     settings = make_settings(
         broker.bootstrap_servers,
         [tenant],
@@ -38,6 +37,14 @@ def test_post_with_wait_returns_the_workers_verdict_and_a_repeat_is_the_same_det
     )
     provision(settings, partitions=1)
     (audio_root / tenant).mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def test_post_with_wait_returns_the_workers_verdict_and_a_repeat_is_the_same_detection(
+    broker, detector, tenants, audio_root, postgres_url, redis_url
+) -> None:
+    tenant = tenants[0]
+    settings = _provisioned(broker, tenant, audio_root, postgres_url, redis_url)
     clip = encode(speechlike(2.0, seed=7))
     key = f"e2e-{uuid.uuid4().hex[:8]}"
     with RunningApi(settings) as api, RunningWorker(settings, detector) as worker:
@@ -74,16 +81,7 @@ def test_an_arrival_the_worker_dead_letters_is_failed_over_http(
     """An audio_url that is not audio: the API accepts it (it never reads an audio_url), the
     worker dead-letters it, `audioguard report run` stores the dead letter, GET says failed."""
     tenant = tenants[0]
-    settings = make_settings(
-        broker.bootstrap_servers,
-        [tenant],
-        audio_root,
-        store_url=redis_url,
-        database=DatabaseSettings(url=postgres_url),
-        api=ApiSettings(key_cache_seconds=0, max_wait_seconds=60),
-    )
-    provision(settings, partitions=1)
-    (audio_root / tenant).mkdir(parents=True, exist_ok=True)
+    settings = _provisioned(broker, tenant, audio_root, postgres_url, redis_url)
     bad = audio_root / tenant / f"bad-{uuid.uuid4().hex[:6]}.wav"
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVE but nothing decodable follows")
     report_log = tmp_path / "reporting.log"

@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from consumers.tenancy import kafka_topic
-from consumers.transports.memory import MemoryBroker, forget_broker, register_broker
+from consumers.transports.memory import MemoryBroker
 from services.cli import main
 from services.detector import default_artifact_dir
 from services.detector.null import load_null_scorer
 from services.errors import FatalError
 from services.registry import FileRegistry, ShadowTable
 from services.tools.worker import build_worker, shadow_scorer
-from tests.support.memory import Uploads, drive, memory_settings, records
+from tests.support.memory import Uploads, drive, memory_settings, records, registered_broker
 
 TENANT = "acme"
 NAME = "audioguard-lfb-cnn"
@@ -29,12 +27,8 @@ NAME = "audioguard-lfb-cnn"
 
 @pytest.fixture
 def memory() -> Iterator[tuple[str, MemoryBroker]]:
-    name = f"shadow-{uuid.uuid4().hex[:8]}"
-    broker = register_broker(name, MemoryBroker())
-    for kind in ("arrivals", "verdicts", "dlq"):
-        broker.create_topic(kafka_topic(kind, TENANT))
-    yield name, broker
-    forget_broker(name)
+    with registered_broker(TENANT) as pair:
+        yield pair
 
 
 def test_shadow_rows_land_in_postgresql_and_compare_reads_them(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,14 @@ import numpy as np
 
 from consumers.runner import Pipeline, Worker
 from consumers.tenancy import kafka_topic
-from consumers.transports.memory import MemoryBroker, MemorySink, open_memory, read_memory_topic
+from consumers.transports.memory import (
+    MemoryBroker,
+    MemorySink,
+    forget_broker,
+    open_memory,
+    read_memory_topic,
+    register_broker,
+)
 from services.detector._decision import Decision, decide
 from services.platform import arrival_for
 from services.settings import Settings
@@ -67,6 +75,23 @@ class ConstantDetector:
     ) -> Decision:
         # the production rule, with no inconclusive band: every upload gets a firm label
         return decide(scores, self.meta.threshold, 0.0, speech)
+
+
+@contextmanager
+def registered_broker(
+    tenant: str | None = None, *, partitions: int = 1
+) -> Iterator[tuple[str, MemoryBroker]]:
+    """A fresh in-memory broker registered under a unique name (what `memory_settings` takes),
+    with `tenant`'s arrivals, verdicts and dlq topics when one is given; forgotten afterwards."""
+    name = f"unit-{uuid.uuid4().hex[:8]}"
+    broker = register_broker(name, MemoryBroker())
+    try:
+        if tenant is not None:
+            for kind in ("arrivals", "verdicts", "dlq"):
+                broker.create_topic(kafka_topic(kind, tenant), partitions=partitions)
+        yield name, broker
+    finally:
+        forget_broker(name)
 
 
 def memory_settings(broker_name: str, tenants: list[str], audio_root: Path, **overrides: Any) -> Settings:

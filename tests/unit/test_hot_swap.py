@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,14 +18,13 @@ from typing import Any
 import pytest
 
 from consumers.models import ModelSlot
-from consumers.tenancy import kafka_topic
-from consumers.transports.memory import MemoryBroker, forget_broker, register_broker
+from consumers.transports.memory import MemoryBroker
 from services.detector import default_artifact_dir
 from services.detector.null import load_null_scorer
 from services.health import Heartbeat, Readiness
 from services.registry import FileRegistry, promote
 from services.tools.worker import load_serving_detector, watch_model
-from tests.support.memory import Uploads, build_memory_worker, memory_settings, records
+from tests.support.memory import Uploads, build_memory_worker, memory_settings, records, registered_broker
 
 TENANT = "acme"
 NAME = "audioguard-lfb-cnn"
@@ -34,12 +32,8 @@ NAME = "audioguard-lfb-cnn"
 
 @pytest.fixture
 def memory() -> Iterator[tuple[str, MemoryBroker]]:
-    name = f"swap-{uuid.uuid4().hex[:8]}"
-    broker = register_broker(name, MemoryBroker())
-    for kind in ("arrivals", "verdicts", "dlq"):
-        broker.create_topic(kafka_topic(kind, TENANT), partitions=2)
-    yield name, broker
-    forget_broker(name)
+    with registered_broker(TENANT, partitions=2) as pair:
+        yield pair
 
 
 def _verdicts(broker: MemoryBroker) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ a backlog on two partitions and checks both progress together.
 from __future__ import annotations
 
 import json
-import uuid
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +21,15 @@ from typing import Any
 import pytest
 
 from consumers.partition_queues import PartitionQueues
-from consumers.tenancy import kafka_topic
-from consumers.transports.memory import MemoryBroker, forget_broker, register_broker
-from tests.support.memory import ConstantDetector, Uploads, build_memory_worker, memory_settings, records
+from consumers.transports.memory import MemoryBroker
+from tests.support.memory import (
+    ConstantDetector,
+    Uploads,
+    build_memory_worker,
+    memory_settings,
+    records,
+    registered_broker,
+)
 from tests.support.memory import drive as drive_worker
 
 
@@ -183,12 +188,8 @@ TENANT = "acme"
 
 @pytest.fixture
 def memory() -> Iterator[tuple[str, MemoryBroker]]:
-    name = f"unit-{uuid.uuid4().hex[:8]}"
-    broker = register_broker(name, MemoryBroker())
-    for kind in ("arrivals", "verdicts", "dlq"):
-        broker.create_topic(kafka_topic(kind, TENANT), partitions=2)
-    yield name, broker
-    forget_broker(name)
+    with registered_broker(TENANT, partitions=2) as pair:
+        yield pair
 
 
 def test_a_backlog_on_two_partitions_of_one_tenant_progresses_on_both(memory: Any, tmp_path: Path) -> None:

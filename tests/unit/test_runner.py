@@ -7,7 +7,6 @@ messages, the paused tenants and the committed offsets between two turns.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 
 from consumers.runner import Worker
 from consumers.tenancy import kafka_topic
-from consumers.transports.memory import MemoryBroker, MemorySource, forget_broker, register_broker
+from consumers.transports.memory import MemoryBroker, MemorySource
 from tests.support.memory import (
     ConstantDetector,
     Uploads,
@@ -24,6 +23,7 @@ from tests.support.memory import (
     drive,
     memory_settings,
     records,
+    registered_broker,
 )
 
 TENANT = "acme"
@@ -33,12 +33,8 @@ GROUP = "unit-workers"
 
 @pytest.fixture
 def memory() -> Iterator[tuple[str, MemoryBroker]]:
-    name = f"unit-{uuid.uuid4().hex[:8]}"
-    broker = register_broker(name, MemoryBroker())
-    for kind in ("arrivals", "verdicts", "dlq"):
-        broker.create_topic(kafka_topic(kind, TENANT), partitions=2)
-    yield name, broker
-    forget_broker(name)
+    with registered_broker(TENANT, partitions=2) as pair:
+        yield pair
 
 
 def make_worker(

@@ -26,14 +26,19 @@ from consumers.tenancy import (
 from consumers.transports.memory import (
     MemoryBroker,
     MemorySource,
-    forget_broker,
     read_memory_topic,
-    register_broker,
 )
 from dlq.breaker import DlqBreaker
 from dlq.envelope import dead_letter_from_record
 from services.platform import arrival_for_uri, shared_headers, sign_tenant
-from tests.support.memory import ConstantDetector, Uploads, build_memory_worker, memory_settings, records
+from tests.support.memory import (
+    ConstantDetector,
+    Uploads,
+    build_memory_worker,
+    memory_settings,
+    records,
+    registered_broker,
+)
 from tests.support.memory import drive as drive_worker
 
 SECRETS = {"acme": b"acme-secret", "tiny": b"tiny-secret"}
@@ -103,10 +108,8 @@ def test_dedicated_topics_keep_the_topics_tenant():
 # -- the worker on the shared topic -------------------------------------------------------
 @pytest.fixture
 def broker():
-    name = f"shared-{id(object())}"
-    broker = register_broker(name, MemoryBroker())
-    yield name, broker
-    forget_broker(name)
+    with registered_broker() as pair:
+        yield pair
 
 
 def _settings(name: str, tmp_path: Path, *, dedicated: list[str], shared: list[str], **more: Any):
