@@ -76,7 +76,7 @@ def _worker(args: argparse.Namespace) -> int:
         return _supervise(args)
     from services.errors import FatalError
     from services.logs import configure_logging
-    from services.tools.worker import build_worker, load_serving_detector, watch_model
+    from services.tools.worker import build_worker_when_reachable, load_serving_detector, watch_model
 
     extra: dict[str, Any] = {}
     if args.metrics_port is not None:
@@ -112,7 +112,12 @@ def _worker(args: argparse.Namespace) -> int:
         )
     try:
         hooks = load_serving_detector(settings, heartbeat, readiness, scorer=args.scorer)
-        worker = build_worker(settings, detector=hooks.detector, hooks=hooks)
+        worker = build_worker_when_reachable(
+            settings, stop=stop, heartbeat=heartbeat, detector=hooks.detector, hooks=hooks
+        )
+        if worker is None:
+            print("audioguard worker: stopped before its transport or store was reachable", file=sys.stderr)
+            return 0
         # models:/<name>@<alias>: follow the alias, swapping between batches (docs/models.md)
         watcher = watch_model(worker, settings, scorer=args.scorer)
     except FatalError as error:

@@ -8,7 +8,9 @@ The CLI, the demo, the bench and the tests build workers here.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +22,7 @@ from consumers.ports import Detector, Hooks
 from consumers.runner import Pipeline, Worker
 from dlq.breaker import DlqBreaker
 from dlq.envelope import DeadLetterWriter
+from services.errors import RetryableError
 from services.health import Heartbeat, Readiness
 from services.settings import Settings
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "build_worker",
+    "build_worker_when_reachable",
     "dead_letter_writer",
     "load_model",
     "load_serving_detector",
@@ -204,6 +208,43 @@ def build_worker(
     worker = Worker(pipeline)
     revoke_handlers.append(worker.on_revoke)
     return worker
+
+
+def build_worker_when_reachable(
+    settings: Settings,
+    *,
+    stop: threading.Event,
+    heartbeat: Heartbeat,
+    detector: Detector | None,
+    hooks: Hooks,
+) -> Worker | None:
+    """`build_worker`, waiting for a transport or verdict store that is not reachable yet.
+
+    A worker is often started before (or during an outage of) its broker, stream or store; a
+    Kafka consumer would simply wait for the broker, so every transport waits the same way:
+    backoff doubling from 1 s up to 15 s, alive (heartbeat) but not ready (/readyz lists
+    transport_connected), one structured warning per attempt. A bad configuration or a tampered
+    model is a FatalError and is raised at once. Returns None when `stop` is set while waiting.
+    """
+    pause = 1.0
+    for attempt in itertools.count(1):
+        try:
+            return build_worker(settings, detector=detector, hooks=hooks)
+        except RetryableError as error:
+            log.warning(
+                "a dependency is not reachable at start; retrying",
+                extra={
+                    "attempt": attempt,
+                    "retry_in_seconds": pause,
+                    "reason": error.reason,
+                    "error": str(error),
+                },
+            )
+        heartbeat.beat()
+        if stop.wait(pause):
+            return None
+        pause = min(pause * 2, 15.0)  # under the 30 s liveness age
+    raise AssertionError("unreachable")  # pragma: no cover - itertools.count never ends
 
 
 def dead_letter_writer(
