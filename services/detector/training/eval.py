@@ -5,9 +5,10 @@ generators), EER and miss rate at 1 % false alarm with stratified bootstrap 95 %
 pooled, per generator, per language, seen vs unseen generators, on whole clips (the runtime
 rule) and on 1 s / 2 s / 4 s chunks (the first N seconds of clips at least that long). Beside it
 always runs the shortcut probe (services.detector.training.probe) trained on the train split, and a
-label-shuffled probe; `--shuffle-check` also trains a label-shuffled network briefly. Writes
-report.json, report.md and det.png to the output folder, and measures scoring cost per 4 s
-window at batch 1 and 64 (float, int8 dynamic quantisation, TorchScript).
+label-shuffled probe; `--shuffle-check` also trains a label-shuffled network briefly. Also the
+expected calibration error of the clip scores (pooled, seen and unseen generators). Writes
+report.json, report.md, det.png and reliability.png to the output folder, and measures scoring
+cost per 4 s window at batch 1 and 64 (float, int8 dynamic quantisation, TorchScript).
 
 This module must never tune anything: thresholds come from the artifact (dev split).
 """
@@ -26,11 +27,13 @@ import torch
 from services.settings import LimitsSettings
 
 from .._runtime import Detector, load_detector
-from .metrics import bootstrap_ci, det_points, eer, miss_at_fa
+from .metrics import bootstrap_ci, det_points, eer, expected_calibration_error, miss_at_fa, reliability
 from .probe import ShortcutProbe, feature_matrix
 from .train import Clip, load_clips
 
 CHUNKS = (1.0, 2.0, 4.0)
+#: equal-width score bins of the calibration error and the reliability plot
+CALIBRATION_BINS = 10
 
 
 def _log(msg: str) -> None:
@@ -80,6 +83,58 @@ def breakdown(
         m = langs == lang
         out[f"language:{lang}"] = _metrics(scores[m & (labels == 0)], scores[m & (labels == 1)], n_boot)
     return out
+
+
+def calibration(scores: np.ndarray, clips: list[Clip], seen: set[str]) -> dict[str, dict[str, Any]]:
+    """Expected calibration error of the clip scores as P(synthetic): all test clips, and the
+    bona fide clips with the seen / the unseen generators' synthetic clips."""
+    labels = np.array([c.label for c in clips])
+    synth_seen = (labels == 1) & _mask(clips, seen, True)
+    groups = {
+        "pooled": np.ones(labels.size, bool),
+        "seen_generators": (labels == 0) | synth_seen,
+        "unseen_generators": (labels == 0) | ((labels == 1) & ~synth_seen),
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for name, keep in groups.items():
+        _, mean_score, share, count = reliability(scores[keep], labels[keep], CALIBRATION_BINS)
+        out[name] = {
+            "ece": expected_calibration_error(scores[keep], labels[keep], CALIBRATION_BINS),
+            "n": int(keep.sum()),
+            "bins": [
+                {"mean_score": float(m), "share_synthetic": float(f), "n": int(n)}
+                for m, f, n in zip(mean_score, share, count, strict=True)
+            ],
+        }
+    return out
+
+
+def _reliability_plot(path: Path, table: dict[str, dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8, label="perfectly calibrated")
+    for name, entry in table.items():
+        used = [b for b in entry["bins"] if b["n"] > 0]
+        ax.plot(
+            [b["mean_score"] for b in used],
+            [b["share_synthetic"] for b in used],
+            marker="o",
+            label=f"{name.replace('_', ' ')} (ECE {entry['ece']:.3f}, n={entry['n']})",
+        )
+    ax.set_xlabel("mean score in bin (the model's P(synthetic))")
+    ax.set_ylabel("share of the bin's clips that are synthetic")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(True, linestyle=":")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _det_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> None:
@@ -200,6 +255,14 @@ def evaluate(
         "miss_rate_at_1pct_threshold": float((scores[labels == 1] < det.meta.threshold_1pct_fa).mean()),
     }
     _log(f"clip-level pooled EER {report['clip']['pooled']['eer']:.2%}")
+    report["calibration"] = calibration(scores, test, seen)
+    _reliability_plot(
+        out / "reliability.png", report["calibration"], f"Reliability, test split: {det.meta.version}"
+    )
+    _log(
+        "expected calibration error: "
+        + ", ".join(f"{k} {v['ece']:.3f}" for k, v in report["calibration"].items())
+    )
     report["chunks"] = {}
     for seconds in CHUNKS:
         n = int(seconds * 16000)
@@ -349,6 +412,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             else "none"
         )
     )
+    if "calibration" in report:
+        lines.append(
+            f"- expected calibration error ({CALIBRATION_BINS} bins; reliability.png): "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {v['ece']:.3f} (n={v['n']})" for k, v in report["calibration"].items()
+            )
+        )
     op = report["clip_operating_point"]
     lines.append(
         f"- at the shipped EER threshold: false alarms {op['false_alarm_rate_at_eer_threshold']:.1%}, "

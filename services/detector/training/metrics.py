@@ -1,4 +1,5 @@
-"""Detection metrics: EER, miss rate at a false-alarm rate, DET points, bootstrap intervals.
+"""Detection metrics: EER, miss rate at a false-alarm rate, DET points, bootstrap intervals,
+expected calibration error and reliability bins.
 
 Convention everywhere: higher score = more likely synthetic; "positive" = synthetic; a false
 alarm is a bona fide clip scored at or above the threshold, a miss a synthetic clip below it.
@@ -70,3 +71,31 @@ def bootstrap_ci(
         vals.append(metric(b, s))
     lo, hi = np.nanpercentile(vals, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     return float(lo), float(hi)
+
+
+def reliability(
+    scores: np.ndarray, labels: np.ndarray, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-width score bins over [0, 1] -> (bin edges, mean score, share synthetic, count)
+    per bin; an empty bin has NaN means and count 0. The last bin includes 1.0."""
+    scores = np.clip(np.asarray(scores, np.float64), 0.0, 1.0)
+    labels = np.asarray(labels, np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.minimum(np.searchsorted(edges, scores, side="right") - 1, bins - 1)
+    count = np.bincount(which, minlength=bins).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_score = np.bincount(which, weights=scores, minlength=bins) / count
+        share = np.bincount(which, weights=labels, minlength=bins) / count
+    return edges, mean_score, share, count
+
+
+def expected_calibration_error(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    """ECE of P(synthetic): sum over equal-width bins of (share of clips in the bin) x
+    |share synthetic - mean score|. 0 is perfect; a model that says 0.99 on clips of which
+    half are synthetic scores ~0.49 on them. NaN for no clips."""
+    _, mean_score, share, count = reliability(scores, labels, bins)
+    total = int(count.sum())
+    if total == 0:
+        return float("nan")
+    used = count > 0
+    return float(np.sum(count[used] / total * np.abs(share[used] - mean_score[used])))
