@@ -61,6 +61,7 @@ COPY consumers ./consumers
 COPY services ./services
 COPY dlq ./dlq
 COPY reporting ./reporting
+COPY api ./api
 # A regular (not editable) install: the venv is self-contained and /src is not copied on.
 # Loading the shipped detector here fails the build when the baked artifact does not match
 # its manifest's sha256 (the worker checks it again at every start).

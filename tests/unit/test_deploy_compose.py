@@ -216,12 +216,44 @@ def _moto_port(services: dict[str, dict[str, Any]]) -> int:
 def test_prometheus_scrapes_every_worker_and_loads_the_rules(compose: dict[str, Any]) -> None:
     services = compose["services"]
     config = yaml.safe_load(compose["configs"]["prometheus-config"]["content"])
-    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
-    assert targets == {f"{name}:{WORKER_PORT}" for name in _workers(services)}
+    jobs = {
+        job["job_name"]: {t for sc in job["static_configs"] for t in sc["targets"]}
+        for job in config["scrape_configs"]
+    }
+    # the workers alone in the job WorkerDown counts; the other services in jobs of their own
+    assert jobs.pop("audioguard") == {f"{name}:{WORKER_PORT}" for name in _workers(services)}
+    assert jobs == {"audioguard-reporting": {"reporting:9100"}, "audioguard-api": {"api:8080"}}
     rule_glob = config["rule_files"][0]
     mounted = [str(v).split(":")[1] for v in services["prometheus"]["volumes"]]
     assert any(Path(m).match(rule_glob) for m in mounted)
     assert any(str(v).startswith("./deploy/prometheus/rules.yml:") for v in services["prometheus"]["volumes"])
+
+
+def test_reporting_and_the_api_use_the_database_and_the_stores_the_stack_runs(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_env = services["postgres"]["environment"]
+    for name in ("reporting", "api"):
+        svc = services[name]
+        with monkeypatch.context() as m:
+            s = _settings_from(_env(svc), m)
+        url = urlparse(str(s.database.url))
+        assert (url.hostname, url.port, url.path.lstrip("/")) == ("postgres", 5432, db_env["POSTGRES_DB"]), (
+            name
+        )
+        assert (url.username, url.password) == (db_env["POSTGRES_USER"], db_env["POSTGRES_PASSWORD"]), name
+        assert s.kafka.bootstrap_servers == "kafka:9092", name
+        assert svc["depends_on"]["postgres"]["condition"] == "service_healthy", name
+    api = services["api"]
+    with monkeypatch.context() as m:
+        s = _settings_from(_env(api), m)
+    assert urlparse(s.api.rate_limit_url).hostname == "redis", "replicas share one rate limit"
+    port = api["command"][api["command"].index("--port") + 1]
+    assert f"{port}:{port}" in api["ports"] and f"127.0.0.1:{port}/healthz" in " ".join(
+        api["healthcheck"]["test"]
+    )
+    # uploads are written where the workers read them
+    assert "audio:/srv/audio" in api["volumes"] and Path("/srv/audio") in s.storage.file_roots
 
 
 def test_grafana_is_provisioned_with_the_repository_dashboard(compose: dict[str, Any]) -> None:

@@ -96,6 +96,20 @@ def test_model_artifact_is_baked_in_and_verified() -> None:
     assert "load_detector" in builder, "the build fails when the baked artifact does not match its sha256"
 
 
+def test_every_package_the_project_installs_is_copied_into_the_build() -> None:
+    """`pip install .` in the builder sees only what was COPYed: a package missing here is
+    silently absent from the image (the API layer once was: `audioguard api serve` failed)."""
+    copied = {rest.split()[0] for word, rest in stage("builder") if word == "COPY"}
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {pattern.rstrip("*") for pattern in found["include"]}
+    assert packages == {p for p in packages if (ROOT / p).is_dir()}, (
+        "pyproject names a package that is not here"
+    )
+    assert packages <= copied, f"not copied into the builder stage: {sorted(packages - copied)}"
+    ignored = sorted(p for p in packages if dockerignored(f"{p}/__init__.py"))
+    assert not ignored, f".dockerignore keeps these out of the build context: {ignored}"
+
+
 def _pattern(pattern: str) -> re.Pattern[str]:
     """A .dockerignore pattern (Go filepath.Match plus `**`) as a regex."""
     out = ""
