@@ -56,6 +56,8 @@ class TrainConfig:
     version: str = "3.0.0"
     max_train_clips: int | None = None
     progress: bool = True
+    #: generators left out of train and dev entirely (leave-one-family-out, training.lofo)
+    hold_out: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,9 @@ def train(data: Path, cfg: TrainConfig) -> tuple[DetectorNet, NetConfig, dict[st
     dev_clips = load_clips(
         data, "dev", None if cfg.max_train_clips is None else max(8, cfg.max_train_clips // 3)
     )
+    if cfg.hold_out:
+        train_clips = [c for c in train_clips if c.row["generator"] not in cfg.hold_out]
+        dev_clips = [c for c in dev_clips if c.row["generator"] not in cfg.hold_out]
     labels = np.array([c.label for c in train_clips], dtype=np.float32)
     if cfg.shuffle_labels:
         labels = rng.permutation(labels)
@@ -275,6 +280,7 @@ def train(data: Path, cfg: TrainConfig) -> tuple[DetectorNet, NetConfig, dict[st
         "speed_perturb": cfg.speed_perturb,
         "spec_augment": cfg.spec_augment,
         "weight_decay": cfg.weight_decay,
+        "hold_out": list(cfg.hold_out),
         "frontend": FrontEndConfig().to_dict(),
         "parameters": count_parameters(net),
     }
