@@ -163,35 +163,33 @@ def _partial_spoof(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from services.detector.training.train import TrainConfig, train_and_export
+def _train_config(args: argparse.Namespace, **extra: Any) -> Any:
+    """The recipe flags `train` and `lofo` share, as a TrainConfig."""
+    from services.detector.training.train import TrainConfig
 
-    cfg = TrainConfig(
+    return TrainConfig(
         minutes=args.minutes,
         epochs=args.epochs,
         batch_size=args.batch_size,
         threads=args.threads,
         seed=args.seed,
-        shuffle_labels=args.shuffle_labels,
-        version=args.version,
         spec_augment=args.spec_augment,
+        **extra,
     )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from services.detector.training.train import train_and_export
+
+    cfg = _train_config(args, shuffle_labels=args.shuffle_labels, version=args.version)
     train_and_export(args.data, args.out, cfg)
     return 0
 
 
 def _lofo(args: argparse.Namespace) -> int:
     from services.detector.training.lofo import leave_one_family_out
-    from services.detector.training.train import TrainConfig
 
-    cfg = TrainConfig(
-        minutes=args.minutes,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        threads=args.threads,
-        seed=args.seed,
-        spec_augment=args.spec_augment,
-    )
+    cfg = _train_config(args)
     try:
         leave_one_family_out(args.data, args.out, cfg, families=args.family, bootstrap=args.bootstrap)
     except ValueError as error:

@@ -7,52 +7,23 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from consumers.transports.kinesis import provision_kinesis
-from services.local.emulators import MotoServer
+from services.local.emulators import MotoServer, free_port
 from services.settings import Settings
+from tests.integration.test_worker_processes import _get, _wait
 
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 WAITING = "a dependency is not reachable at start; retrying"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _get(url: str) -> tuple[int, str] | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except OSError:
-        return None
-
-
 def _warnings(log: Path) -> list[dict[str, Any]]:
     lines = (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
     return [line for line in lines if line.get("message") == WAITING]
-
-
-def _wait(predicate, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out; log tail: {log.read_text()[-3000:]}")
 
 
 def _start(
@@ -91,7 +62,7 @@ def _start(
 
 
 def test_a_worker_waits_for_a_stream_that_is_not_up_yet_then_serves(tmp_path: Path) -> None:
-    port, metrics = _free_port(), _free_port()
+    port, metrics = free_port(), free_port()
     endpoint = f"http://127.0.0.1:{port}"
     proc, log = _start(tmp_path, endpoint, metrics, "worker")
     server = None
@@ -118,7 +89,7 @@ def test_a_worker_waits_for_a_stream_that_is_not_up_yet_then_serves(tmp_path: Pa
 
 
 def test_sigterm_while_waiting_for_the_stream_is_a_clean_stop(tmp_path: Path) -> None:
-    proc, log = _start(tmp_path, f"http://127.0.0.1:{_free_port()}", _free_port(), "stopped")
+    proc, log = _start(tmp_path, f"http://127.0.0.1:{free_port()}", free_port(), "stopped")
     try:
         _wait(lambda: len(_warnings(log)) >= 1, 60, proc, log)
     finally:

@@ -129,9 +129,16 @@ def _reliability_plot(path: Path, table: dict[str, dict[str, Any]], title: str) 
     ax.set_ylabel("share of the bin's clips that are synthetic")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
+    save_figure(fig, ax, path, title, legend="upper left")
+
+
+def save_figure(fig: Any, ax: Any, path: Path, title: str, *, legend: str, grid: str = "both") -> None:
+    """Title, dotted grid, small legend, written as a PNG and closed: every report plot ends so."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title)
-    ax.grid(True, linestyle=":")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(True, axis=grid, linestyle=":")
+    ax.legend(fontsize=8, loc=legend)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -157,12 +164,7 @@ def _det_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], titl
     ax.set_ylim(norm.ppf(5e-4), norm.ppf(0.9))
     ax.set_xlabel("false alarm rate (bona fide flagged)")
     ax.set_ylabel("miss rate (synthetic passed)")
-    ax.set_title(title)
-    ax.grid(True, linestyle=":")
-    ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, ax, path, title, legend="upper right")
 
 
 def benchmark(det: Detector, threads: int, repeats: int = 5) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .eval import save_figure
 from .metrics import bootstrap_ci, eer, miss_at_fa
 from .train import WINDOW_SECONDS, Clip, TrainConfig, calibrate, clip_logits, clip_scores, load_clips, train
 
@@ -206,9 +207,4 @@ def _plot(path: Path, report: dict[str, Any]) -> None:
     ax.axhline(100 * report["mean_held_out_eer"], color="k", linestyle=":", label="mean held-out")
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_ylabel("EER (%)")
-    ax.set_title("Leave-one-generator-family-out")
-    ax.legend(fontsize=8)
-    ax.grid(True, axis="y", linestyle=":")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, ax, path, "Leave-one-generator-family-out", legend="best", grid="y")
