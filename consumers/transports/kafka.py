@@ -34,10 +34,12 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from consumers.commits import OffsetTracker
+from consumers.overflow import Spill, hold_or_spill
 from consumers.partition_queues import PartitionQueues
 from consumers.retry_topics import RETRY_PATTERN, RetryGate, is_retry_topic, retry_state
 from consumers.tenancy import (
     KAFKA_ARRIVALS_PATTERN,
+    KAFKA_OVERFLOW_PATTERN,
     SHARED_ARRIVALS_TOPIC,
     SharedTopic,
     TenantHold,
@@ -164,13 +166,20 @@ class KafkaSource(Source):
         transactional: bool = False,
         shared: SharedTopic | None = None,
         max_held: int = 500,
+        spill_after: int = 100,
     ) -> None:
         # the shared arrivals topic (consumers.tenancy): a paused tenant's records are held
-        # here; past `max_held` of them the shared partitions' fetch is paused as well
+        # here; a tenant holding `spill_after` spills to its overflow topic (consumers.overflow);
+        # past `max_held` held or unacknowledged the shared partitions' fetch is paused as well
         self._shared = shared
         self._tenant_hold = TenantHold()
         self._max_held = max(1, max_held)
         self._hold_paused: set[tuple[str, int]] = set()
+        self._settings = settings
+        self._spill = Spill(self._send_spill, spill_after)
+        # created at the first spill: a worker whose shared tenants never flood has none
+        self._spill_producer: Producer | None = None
+        self._overflow_topics: set[str] = set()
         config = _client_config(settings) | {
             "group.id": settings.group_id,
             "enable.auto.commit": False,
@@ -215,7 +224,8 @@ class KafkaSource(Source):
         self.retry_holds = 0
         topics = [kafka_topic("arrivals", t) for t in tenants] if tenants else [KAFKA_ARRIVALS_PATTERN]
         if shared is not None:
-            topics.append(SHARED_ARRIVALS_TOPIC)
+            # overflow topics are created on demand: a pattern picks them up (one rebalance each)
+            topics += [SHARED_ARRIVALS_TOPIC, KAFKA_OVERFLOW_PATTERN]
         if retry_tiers:
             retried = [*tenants, *sorted(shared.tenants)] if shared is not None else list(tenants)
             topics += (
@@ -271,6 +281,7 @@ class KafkaSource(Source):
         if commit:
             self._commit(only=set(keys))
         self._tenant_hold.forget(keys)
+        self._spill.forget(keys)
         for key in keys:
             self._assigned.discard(key)
             self._tracker.forget(key)
@@ -289,6 +300,7 @@ class KafkaSource(Source):
     # -- Source -------------------------------------------------------------------------
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
         self._release_due()
+        self._collect_spills()
         # acks that came in since the last commit go out even when no more acks follow
         self._commit_due()
         records = self._consume(max_messages, timeout)
@@ -325,9 +337,10 @@ class KafkaSource(Source):
                 rejection=rejection,
             )
             if topic == SHARED_ARRIVALS_TOPIC and tenant in self._paused_tenants:
-                # tracked now, so no commit passes it while it waits for its tenant's resume
+                # tracked now, so no commit passes it while it is held or its spilled copy
+                # is not acknowledged
                 self._tracker.add((topic, partition), offset)
-                self._tenant_hold.add(tenant, (topic, partition), message)
+                hold_or_spill(self._spill, self._tenant_hold, message)
                 continue
             if is_retry_topic(topic):
                 state = retry_state(message)
@@ -346,18 +359,64 @@ class KafkaSource(Source):
         self._bound_hold()
         return released + messages
 
+    def _send_spill(self, topic: str, message: Message, done: Callable[[BaseException | None], None]) -> None:
+        """Copy a shared record to `topic` (payload, key, signed headers); `done` runs in
+        `_collect_spills` when the broker acknowledged it (acks=all) or refused it."""
+        if self._spill_producer is None:
+            self._spill_producer = Producer(
+                _client_config(self._settings)
+                | {"enable.idempotence": True, "acks": "all", "linger.ms": self._settings.linger_ms}
+            )
+        if topic not in self._overflow_topics:
+            create_topics(self._settings, [topic])
+            self._overflow_topics.add(topic)
+
+        def delivered(error: KafkaError | None, _msg: Any) -> None:
+            done(None if error is None else _map_error(error, f"spill to {topic}"))
+
+        try:
+            self._spill_producer.produce(
+                topic,
+                value=message.value,
+                key=message.key,
+                headers=list(message.headers),
+                on_delivery=delivered,
+            )
+        except BufferError as exc:
+            raise RetryableError("spill_queue_full", f"spill to {topic}: producer queue full") from exc
+        except KafkaException as exc:
+            raise _map_error(exc.args[0], f"spill to {topic}") from exc
+
+    def _collect_spills(self, timeout: float = 0) -> None:
+        """Delivery reports of spilled copies: the acknowledged ones' shared offsets are
+        finished, so the next commit may pass them; refused ones are spilled again."""
+        if self._spill_producer is None:
+            return
+        if timeout > 0:
+            self._spill_producer.flush(timeout)
+        self._spill_producer.poll(0)
+        for key, offset in self._spill.acknowledged():
+            if key in self._assigned:
+                self._tracker.finish(key, offset)
+        self._spill.retry()
+
+    def spilled(self) -> dict[str, int]:
+        """Shared records copied to each tenant's overflow topic and acknowledged."""
+        return dict(self._spill.spilled)
+
     def _hold_is_full(self) -> bool:
-        return len(self._tenant_hold) >= self._max_held
+        return len(self._tenant_hold) + self._spill.in_flight() >= self._max_held
 
     def _bound_hold(self) -> None:
-        """Past `max_held` held records the shared partitions are paused too (every shared
-        tenant waits then: the bound on memory costs the isolation); resumed below half."""
+        """Past `max_held` held or unacknowledged spilled records the shared partitions are
+        paused too (every shared tenant waits then: the last-resort bound on memory, reached
+        only when spills are not acknowledged fast enough); resumed below half."""
         if self._hold_is_full():
             new = [k for k in self._assigned if k[0] == SHARED_ARRIVALS_TOPIC and k not in self._hold_paused]
             if new:
                 self._hold_paused.update(new)
                 self._consumer.pause([TopicPartition(*key) for key in new])
-        elif self._hold_paused and len(self._tenant_hold) <= self._max_held // 2:
+        elif self._hold_paused and len(self._tenant_hold) + self._spill.in_flight() <= self._max_held // 2:
             back = [k for k in self._hold_paused if k in self._assigned and k not in self._full]
             self._hold_paused.clear()
             if back:
@@ -456,6 +515,7 @@ class KafkaSource(Source):
 
     def resume(self, tenants: Iterable[str]) -> None:
         back = set(tenants) & self._paused_tenants
+        self._spill.stop(back)
         if back:
             self._paused_tenants -= back
             partitions = [
@@ -578,6 +638,8 @@ class KafkaSource(Source):
         def commit_and_close() -> None:
             try:
                 try:
+                    # spilled copies still in the producer: acknowledged ones may be committed
+                    self._collect_spills(timeout=max(0.0, timeout) / 2)
                     if not self._transactional:
                         self._commit()
                 finally:
@@ -706,6 +768,7 @@ def open_kafka(settings: Settings, **options: Any) -> tuple[KafkaSource, KafkaSi
         transactional=eos,
         shared=shared,
         max_held=settings.max_held_events,
+        spill_after=settings.shared_spill_after,
         **options,
     )
     sink = KafkaSink(
