@@ -48,9 +48,10 @@ class Spill:
     Not thread-safe: `produce`'s `on_done` must run on the thread that polls the source (as
     librdkafka's delivery reports do inside `Producer.poll`)."""
 
-    def __init__(self, produce: SpillProducer, after: int) -> None:
+    def __init__(self, produce: SpillProducer, after: int, max_in_flight: int = 10_000) -> None:
         self._produce = produce
         self.after = max(1, after)
+        self._max_in_flight = max(1, max_in_flight)
         self._spilling: set[str] = set()
         self._in_flight = 0
         self._done: list[tuple[Hashable, int]] = []
@@ -124,6 +125,17 @@ class Spill:
     def in_flight(self) -> int:
         """Copies sent and not acknowledged yet (memory they still take in the producer)."""
         return self._in_flight + len(self._failed)
+
+    def full(self) -> bool:
+        """As many copies unacknowledged as the bound allows (the broker is slow or away):
+        the source stops reading the shared partitions until half of them are acknowledged.
+        Counted apart from the hold: a flood sends copies far faster than the acknowledgements
+        of a batching producer come back, and counting them as held paused the shared
+        partition for everyone every few hundred records."""
+        return self.in_flight() >= self._max_in_flight
+
+    def drained(self) -> bool:
+        return self.in_flight() <= self._max_in_flight // 2
 
     def spilling(self) -> frozenset[str]:
         return frozenset(self._spilling)

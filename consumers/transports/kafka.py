@@ -39,13 +39,13 @@ from consumers.partition_queues import PartitionQueues
 from consumers.retry_topics import RETRY_PATTERN, RetryGate, is_retry_topic, retry_state
 from consumers.tenancy import (
     KAFKA_ARRIVALS_PATTERN,
-    KAFKA_OVERFLOW_PATTERN,
     SHARED_ARRIVALS_TOPIC,
     SharedTopic,
     TenantHold,
     kafka_topic,
     shared_topic,
     tenant_of_kafka_topic,
+    tenant_of_overflow_topic,
     tenant_of_record,
 )
 from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
@@ -179,7 +179,11 @@ class KafkaSource(Source):
         self._spill = Spill(self._send_spill, spill_after)
         # created at the first spill: a worker whose shared tenants never flood has none
         self._spill_producer: Producer | None = None
-        self._overflow_topics: set[str] = set()
+        self._overflow_topics: dict[str, int] = {}  # topic -> partitions
+        self._overflow: Consumer | None = None
+        if transactional:
+            # overflow offsets belong to another group than the transaction's offsets
+            spill_after = 1 << 62
         config = _client_config(settings) | {
             "group.id": settings.group_id,
             "enable.auto.commit": False,
@@ -224,8 +228,20 @@ class KafkaSource(Source):
         self.retry_holds = 0
         topics = [kafka_topic("arrivals", t) for t in tenants] if tenants else [KAFKA_ARRIVALS_PATTERN]
         if shared is not None:
-            # overflow topics are created on demand: a pattern picks them up (one rebalance each)
-            topics += [SHARED_ARRIVALS_TOPIC, KAFKA_OVERFLOW_PATTERN]
+            topics.append(SHARED_ARRIVALS_TOPIC)
+        if shared is not None and not transactional:
+            # overflow partitions follow the shared partition they were spilled from: whoever
+            # owns shared partition p reads partition p of every overflow topic, through a
+            # consumer of its own (assigned, never subscribed), so a new overflow topic costs
+            # no rebalance; it commits for the group `<group>.overflow`
+            self._overflow = Consumer(
+                {
+                    k: v
+                    for k, v in config.items()
+                    if k not in ("group.instance.id", "partition.assignment.strategy")
+                }
+                | {"group.id": f"{settings.group_id}.overflow"}
+            )
         if retry_tiers:
             retried = [*tenants, *sorted(shared.tenants)] if shared is not None else list(tenants)
             topics += (
@@ -260,6 +276,9 @@ class KafkaSource(Source):
         ]
         if paused:
             consumer.pause(paused)
+        self._assign_overflow(
+            [(tp.topic, tp.partition) for tp in partitions if tp.topic == SHARED_ARRIVALS_TOPIC]
+        )
 
     def _revoked_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._give_up(consumer, partitions, commit=not self._transactional)
@@ -275,6 +294,11 @@ class KafkaSource(Source):
 
     def _give_up(self, consumer: Consumer, partitions: list[TopicPartition], *, commit: bool) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
+        shared = {p for t, p in keys if t == SHARED_ARRIVALS_TOPIC}
+        followers = [
+            k for k in self._assigned if tenant_of_overflow_topic(k[0]) is not None and k[1] in shared
+        ]
+        keys += followers
         if self._on_revoke is not None:
             # the runner abandons in-flight work of these partitions under its drain deadline
             self._on_revoke(keys)
@@ -291,6 +315,8 @@ class KafkaSource(Source):
             # fetched, never handed out, never tracked: the next owner reads them again
             self._fair.forget(key)
             self._full.discard(key)
+        if followers and self._overflow is not None:
+            self._overflow.incremental_unassign([TopicPartition(*key) for key in followers])
         if self._cooperative:
             consumer.incremental_unassign(partitions)
         else:
@@ -315,8 +341,10 @@ class KafkaSource(Source):
                     raise mapped
                 log.warning("consume error", extra={"error": error.str()})
                 continue
-            topic, partition, offset = cast(str, record.topic()), cast(int, record.partition()), cast(
-                int, record.offset()
+            topic, partition, offset = (
+                cast(str, record.topic()),
+                cast(int, record.partition()),
+                cast(int, record.offset()),
             )
             if (topic, partition) in holding:
                 continue  # behind a retry record that is not due: re-read after the seek
@@ -367,9 +395,13 @@ class KafkaSource(Source):
                 _client_config(self._settings)
                 | {"enable.idempotence": True, "acks": "all", "linger.ms": self._settings.linger_ms}
             )
+        _, partition, _ = cast(tuple[str, int, int], message.token)
         if topic not in self._overflow_topics:
-            create_topics(self._settings, [topic])
-            self._overflow_topics.add(topic)
+            create_topics(self._settings, [topic], partitions=self._shared_partitions())
+            self._overflow_topics[topic] = self._shared_partitions()
+            self._assign_overflow([k for k in self._assigned if k[0] == SHARED_ARRIVALS_TOPIC], [topic])
+        if partition >= self._overflow_topics[topic]:
+            raise FatalError("bad_config", f"{topic} has fewer partitions than {SHARED_ARRIVALS_TOPIC}")
 
         def delivered(error: KafkaError | None, _msg: Any) -> None:
             done(None if error is None else _map_error(error, f"spill to {topic}"))
@@ -377,6 +409,7 @@ class KafkaSource(Source):
         try:
             self._spill_producer.produce(
                 topic,
+                partition=partition,
                 value=message.value,
                 key=message.key,
                 headers=list(message.headers),
@@ -404,8 +437,59 @@ class KafkaSource(Source):
         """Shared records copied to each tenant's overflow topic and acknowledged."""
         return dict(self._spill.spilled)
 
+    def _shared_partitions(self) -> int:
+        meta = self._consumer.list_topics(SHARED_ARRIVALS_TOPIC, timeout=10).topics.get(SHARED_ARRIVALS_TOPIC)
+        return max(1, len(meta.partitions) if meta is not None and meta.partitions else 1)
+
+    def _client_of(self, topic: str) -> Consumer:
+        if self._overflow is not None and tenant_of_overflow_topic(topic) is not None:
+            return self._overflow
+        return self._consumer
+
+    def _pause(self, partitions: list[TopicPartition]) -> None:
+        for client, tps in self._by_client(partitions):
+            client.pause(tps)
+
+    def _resume(self, partitions: list[TopicPartition]) -> None:
+        for client, tps in self._by_client(partitions):
+            client.resume(tps)
+
+    def _by_client(self, partitions: list[TopicPartition]) -> list[tuple[Consumer, list[TopicPartition]]]:
+        """The partitions of each of the two consumers (the group's, the overflow one)."""
+        grouped: dict[int, tuple[Consumer, list[TopicPartition]]] = {}
+        for tp in partitions:
+            client = self._client_of(tp.topic)
+            grouped.setdefault(id(client), (client, []))[1].append(tp)
+        return list(grouped.values())
+
+    def _assign_overflow(self, shared: list[tuple[str, int]], topics: list[str] | None = None) -> None:
+        """Take partition p of every overflow topic (or of `topics`) for each shared partition p
+        now owned, from `<group>.overflow`'s committed offsets; paused with a paused tenant."""
+        if self._overflow is None or not shared:
+            return
+        if topics is None:
+            found = self._consumer.list_topics(timeout=10).topics
+            for name, meta in found.items():
+                if tenant_of_overflow_topic(name) is not None:
+                    self._overflow_topics.setdefault(name, len(meta.partitions) or 1)
+            topics = list(self._overflow_topics)
+        new = [
+            (topic, p)
+            for topic in topics
+            for _, p in shared
+            if p < self._overflow_topics.get(topic, 0) and (topic, p) not in self._assigned
+        ]
+        if not new:
+            return
+        self._overflow.incremental_assign([TopicPartition(*key) for key in new])
+        self._assigned.update(new)
+        paused = [TopicPartition(*k) for k in new if tenant_of_kafka_topic(k[0]) in self._paused_tenants]
+        if paused:
+            self._overflow.pause(paused)
+        log.info("overflow partitions assigned", extra={"partitions": [f"{t}[{p}]" for t, p in new]})
+
     def _hold_is_full(self) -> bool:
-        return len(self._tenant_hold) + self._spill.in_flight() >= self._max_held
+        return len(self._tenant_hold) >= self._max_held or self._spill.full()
 
     def _bound_hold(self) -> None:
         """Past `max_held` held or unacknowledged spilled records the shared partitions are
@@ -415,12 +499,12 @@ class KafkaSource(Source):
             new = [k for k in self._assigned if k[0] == SHARED_ARRIVALS_TOPIC and k not in self._hold_paused]
             if new:
                 self._hold_paused.update(new)
-                self._consumer.pause([TopicPartition(*key) for key in new])
-        elif self._hold_paused and len(self._tenant_hold) + self._spill.in_flight() <= self._max_held // 2:
+                self._pause([TopicPartition(*key) for key in new])
+        elif self._hold_paused and len(self._tenant_hold) <= self._max_held // 2 and self._spill.drained():
             back = [k for k in self._hold_paused if k in self._assigned and k not in self._full]
             self._hold_paused.clear()
             if back:
-                self._consumer.resume([TopicPartition(*key) for key in back])
+                self._resume([TopicPartition(*key) for key in back])
 
     def _consume(self, max_messages: int, timeout: float) -> list[Any]:
         """Wait up to `timeout` for the first record only, then take what is already buffered.
@@ -429,7 +513,18 @@ class KafkaSource(Source):
         passed: at low load every idle turn held the records that came in for the full 50 ms,
         so the worker ran in 50 ms ticks and its p99 was worse than a consumer polling one at a
         time (docs/BENCHMARKS.md, issue 16). Records already fetched and not handed out yet do
-        not wait at all."""
+        not wait at all. Overflow partitions (their own consumer) are read without waiting."""
+        spilled: list[Any] = []
+        if self._overflow is not None and any(tenant_of_overflow_topic(t) for t, _ in self._assigned):
+            spilled = self._overflow.consume(num_messages=max_messages, timeout=0)
+            max_messages -= len(spilled)
+            if max_messages <= 0:
+                return spilled
+            if spilled:
+                timeout = 0
+        return spilled + self._consume_main(max_messages, timeout)
+
+    def _consume_main(self, max_messages: int, timeout: float) -> list[Any]:
         if timeout <= 0 or (len(self._fair) and set(self._fair.sizes()) & set(self._readable())):
             return self._consumer.consume(num_messages=max_messages, timeout=0)
         first = self._consumer.consume(num_messages=1, timeout=timeout)
@@ -461,14 +556,14 @@ class KafkaSource(Source):
         full = [key for key in self._fair.full() if key not in self._full and key in self._assigned]
         if full:
             self._full.update(full)
-            self._consumer.pause([TopicPartition(*key) for key in full])
+            self._pause([TopicPartition(*key) for key in full])
         drained = self._fair.drained(self._full)
         if drained:
             self._full.difference_update(drained)
             readable = set(self._readable())
             back = [TopicPartition(*key) for key in drained if key in readable]
             if back:
-                self._consumer.resume(back)
+                self._resume(back)
 
     def _hold(self, key: tuple[str, int], offset: int, due: float) -> None:
         """Pause a retry partition whose head is not due and rewind to that head."""
@@ -511,7 +606,7 @@ class KafkaSource(Source):
             self._paused_tenants |= new
             partitions = self._tenant_partitions(new)
             if partitions:
-                self._consumer.pause(partitions)
+                self._pause(partitions)
 
     def resume(self, tenants: Iterable[str]) -> None:
         back = set(tenants) & self._paused_tenants
@@ -522,7 +617,7 @@ class KafkaSource(Source):
                 tp for tp in self._tenant_partitions(back) if (tp.topic, tp.partition) not in self._full
             ]
             if partitions:
-                self._consumer.resume(partitions)
+                self._resume(partitions)
 
     def paused(self) -> frozenset[str]:
         return frozenset(self._paused_tenants)
@@ -555,10 +650,11 @@ class KafkaSource(Source):
             return
         partitions = [TopicPartition(*cast(tuple[str, int], key), offset) for key, offset in offsets.items()]
         try:
-            if asynchronous:
-                self._consumer.commit(offsets=partitions, asynchronous=True)
-            else:
-                self._consumer.commit(offsets=partitions, asynchronous=False)
+            for client, tps in self._by_client(partitions):
+                if asynchronous:
+                    client.commit(offsets=tps, asynchronous=True)
+                else:
+                    client.commit(offsets=tps, asynchronous=False)
         except KafkaException as exc:
             error = exc.args[0]
             if error.code() == KafkaError._NO_OFFSET:
@@ -616,11 +712,11 @@ class KafkaSource(Source):
         if not partitions:
             return result
         try:
-            positions = self._consumer.position(partitions)
-            for tp in positions:
-                low, high = self._consumer.get_watermark_offsets(tp, timeout=1, cached=True)
-                position = tp.offset if tp.offset >= 0 else low
-                result[(tp.topic, tp.partition)] = max(0, high - position)
+            for client, tps in self._by_client(partitions):
+                for tp in client.position(tps):
+                    low, high = client.get_watermark_offsets(tp, timeout=1, cached=True)
+                    position = tp.offset if tp.offset >= 0 else low
+                    result[(tp.topic, tp.partition)] = max(0, high - position)
         except KafkaException:
             pass
         return result
@@ -643,7 +739,12 @@ class KafkaSource(Source):
                     if not self._transactional:
                         self._commit()
                 finally:
-                    self._consumer.close()
+                    try:
+                        # first: its revoke callback commits the overflow partitions that follow
+                        self._consumer.close()
+                    finally:
+                        if self._overflow is not None:
+                            self._overflow.close()
             except BaseException as error:  # noqa: BLE001 - handed to the caller below
                 failure.append(error)
 

@@ -384,7 +384,7 @@ class MemorySource(Source):
         return messages
 
     def _hold_is_full(self) -> bool:
-        return len(self._tenant_hold) + self._spill.in_flight() >= self._max_held
+        return len(self._tenant_hold) >= self._max_held or self._spill.full()
 
     def spilled(self) -> dict[str, int]:
         """Shared records copied to each tenant's overflow topic and acknowledged."""

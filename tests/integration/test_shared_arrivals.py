@@ -81,7 +81,8 @@ def test_a_paused_shared_tenant_spills_to_its_overflow_topic_on_the_real_broker(
     """One shared partition; acme paused with a hold of 3: its records are copied to
     `audioguard.overflow.<acme>` (created by the spill), tiny is served meanwhile, the shared
     offset is committed past acme's records once their copies are acknowledged, and acme's
-    records come back, in order and verified again, from the overflow topic on resume."""
+    records come back, in order and verified again, from the overflow topic on resume, whose
+    offsets are committed for `<group>.overflow`."""
     dedicated, acme, tiny = tenants
     secrets = {acme: f"secret-{acme}", tiny: f"secret-{tiny}"}
     kafka = KafkaSettings(
@@ -135,7 +136,7 @@ def test_a_paused_shared_tenant_spills_to_its_overflow_topic_on_the_real_broker(
         copies = list(read_topic(kafka, overflow, idle=1.0, timeout=30))
         assert [key.decode() for key, _, _ in copies if key] == flood
         assert all(dict(h)["ag-tenant"] == acme.encode() for _, _, h in copies)
-        # the overflow partition is picked up by the pattern (metadata refresh + rebalance),
+        # the overflow partition follows the shared one (assigned at the spill, no rebalance)
         # and stays paused with acme
         while time.monotonic() < deadline and (overflow, 0) not in source.assigned():
             turn()
@@ -152,3 +153,5 @@ def test_a_paused_shared_tenant_spills_to_its_overflow_topic_on_the_real_broker(
         assert all(m.rejection is None for m in back)
     finally:
         source.close(5.0)
+    # the overflow partition commits for the group's overflow reader, past every copy
+    assert committed_offsets(kafka, [overflow], f"{kafka.group_id}.overflow")[(overflow, 0)] == len(flood)
