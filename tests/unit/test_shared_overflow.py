@@ -66,6 +66,16 @@ def _drain(source: MemorySource, want: int, polls: int = 50) -> list[Any]:
     return got
 
 
+def _acme_paused(memory: MemoryBroker, floods: int, **options: Any) -> MemorySource:
+    """A source on the shared topic with acme paused and `floods` of acme's records waiting."""
+    memory.create_topic(SHARED_ARRIVALS_TOPIC)
+    source = MemorySource(memory, [], shared=SHARED_TOPIC, group="g", **options)
+    source.pause(["acme"])
+    for i in range(floods):
+        _signed(memory, "acme", f"a{i}")
+    return source
+
+
 def test_the_overflow_topic_is_not_an_arrivals_topic_and_proves_nothing_by_itself():
     import re
 
@@ -92,12 +102,8 @@ def test_the_overflow_topic_is_not_an_arrivals_topic_and_proves_nothing_by_itsel
 
 def test_a_full_hold_spills_and_the_shared_partition_keeps_flowing():
     with registered_broker() as (_, memory):
-        memory.create_topic(SHARED_ARRIVALS_TOPIC)
         # the old bound (max_held) would have stopped the shared partition at 10 held records
-        source = MemorySource(memory, [], shared=SHARED_TOPIC, group="g", max_held=10, spill_after=3)
-        source.pause(["acme"])
-        for i in range(30):
-            _signed(memory, "acme", f"a{i}")
+        source = _acme_paused(memory, 30, max_held=10, spill_after=3)
         _signed(memory, "tiny", "t0")
         served = _drain(source, 1)
         assert [m.tenant for m in served] == ["tiny"]  # not behind acme's 30
@@ -120,11 +126,7 @@ def test_a_full_hold_spills_and_the_shared_partition_keeps_flowing():
 
 def test_no_shared_offset_is_committed_before_its_copy_is_acknowledged():
     with registered_broker() as (_, memory):
-        memory.create_topic(SHARED_ARRIVALS_TOPIC)
-        source = MemorySource(memory, [], shared=SHARED_TOPIC, group="g", spill_after=2)
-        source.pause(["acme"])
-        for i in range(4):
-            _signed(memory, "acme", f"a{i}")
+        source = _acme_paused(memory, 4, spill_after=2)
         _signed(memory, "tiny", "t0")
         source.fail_spills = 2  # the broker refuses the first two copies
         first = source.poll(100, 0)
@@ -147,11 +149,7 @@ def test_no_shared_offset_is_committed_before_its_copy_is_acknowledged():
 
 def test_a_crash_before_the_copies_are_acknowledged_loses_nothing():
     with registered_broker() as (_, memory):
-        memory.create_topic(SHARED_ARRIVALS_TOPIC)
-        source = MemorySource(memory, [], shared=SHARED_TOPIC, group="g", spill_after=1)
-        source.pause(["acme"])
-        for i in range(3):
-            _signed(memory, "acme", f"a{i}")
+        source = _acme_paused(memory, 3, spill_after=1)
         assert source.poll(100, 0) == []  # spilled, not acknowledged
         source.crash()
         assert OVERFLOW not in memory.topics() or not list(read_memory_topic(memory, OVERFLOW))
