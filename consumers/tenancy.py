@@ -10,6 +10,11 @@ HMAC-SHA256(that tenant's secret, tenant + "\n" + idempotency key + "\n" + hex s
 payload). Only the API layer (or that tenant's own producer) holds the secret. Anything else
 on the shared topic is dead-lettered to `audioguard.dlq._shared` with its reason
 (`SharedTopic.resolve`). `tenant_of_record` is the one lookup both sources use.
+
+A paused tenant's shared records may be spilled to its overflow topic
+`audioguard.overflow.<tenant>` (consumers.overflow), consumed like a dedicated topic. The
+overflow topic proves nothing either: its records keep their signed headers and are
+verified again, and must be signed for the topic's own tenant.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from services.platform import SHARED_ARRIVALS_TOPIC, SIGNATURE_HEADER, TENANT_HE
 
 __all__ = [
     "KAFKA_ARRIVALS_PATTERN",
+    "KAFKA_OVERFLOW_PATTERN",
     "SHARED",
     "SHARED_ARRIVALS_TOPIC",
     "SIGNATURE_HEADER",
@@ -37,6 +43,8 @@ __all__ = [
     "tenant_of_record",
     "TenantPolicy",
     "kafka_topic",
+    "overflow_topic",
+    "tenant_of_overflow_topic",
     "kinesis_stream",
     "pubsub_subscription",
     "pubsub_topic",
@@ -49,6 +57,11 @@ _KAFKA_ARRIVALS_RE = re.compile(r"^audioguard\.arrivals\.([a-z0-9-]{1,40})$")
 #: librdkafka treats a subscription starting with "^" as a regex; new matching topics are
 #: picked up on the next metadata refresh (topic.metadata.refresh.interval.ms).
 KAFKA_ARRIVALS_PATTERN = r"^audioguard\.arrivals\.[a-z0-9-]{1,40}$"
+
+#: a shared tenant's overflow topic (consumers.overflow); "overflow", not "arrivals", so the
+#: dedicated-arrivals pattern above never takes it for a tenant's own arrivals topic
+KAFKA_OVERFLOW_PATTERN = r"^audioguard\.overflow\.[a-z0-9-]{1,40}$"
+_KAFKA_OVERFLOW_RE = re.compile(r"^audioguard\.overflow\.([a-z0-9-]{1,40})$")
 
 
 #: the pseudo-tenant of the shared topic; not a valid tenant id, so no tenant can take it
@@ -71,12 +84,24 @@ def kafka_topic(kind: str, tenant: str, tier: int | None = None) -> str:
     return f"audioguard.{kind}.{tenant}"
 
 
+def overflow_topic(tenant: str) -> str:
+    """`audioguard.overflow.<tenant>`: where a paused shared tenant's records are spilled."""
+    validate_tenant(tenant)
+    return f"audioguard.overflow.{tenant}"
+
+
+def tenant_of_overflow_topic(topic: str) -> str | None:
+    match = _KAFKA_OVERFLOW_RE.match(topic)
+    return match.group(1) if match else None
+
+
 def tenant_of_kafka_topic(topic: str) -> str | None:
-    """The tenant an arrivals, verdicts, dlq or retry topic belongs to, or None; SHARED for the
-    shared arrivals and dlq topics (a shared record's tenant is `tenant_of_record`'s)."""
+    """The tenant an arrivals, overflow, verdicts, dlq or retry topic belongs to, or None;
+    SHARED for the shared arrivals and dlq topics (a shared record's tenant is
+    `tenant_of_record`'s). Pausing a tenant pauses the partitions this maps to it."""
     if topic in (SHARED_ARRIVALS_TOPIC, f"audioguard.dlq.{SHARED}"):
         return SHARED
-    match = re.match(r"^audioguard\.(?:arrivals|verdicts|dlq|retry\.\d+)\.([a-z0-9-]{1,40})$", topic)
+    match = re.match(r"^audioguard\.(?:arrivals|overflow|verdicts|dlq|retry\.\d+)\.([a-z0-9-]{1,40})$", topic)
     return match.group(1) if match else None
 
 
@@ -144,9 +169,19 @@ def tenant_of_record(
     topic: str, headers: Sequence[tuple[str, bytes]], value: bytes, shared: SharedTopic | None
 ) -> tuple[str | None, tuple[str, str] | None]:
     """The one tenant lookup of a consumed arrival: the topic's tenant on a dedicated topic,
-    the signed header's on the shared one; (None, None) for a topic that is not ours."""
+    the signed header's on the shared one and on an overflow topic, where it must also be the
+    topic's tenant; (None, None) for a topic that is not ours."""
     if topic == SHARED_ARRIVALS_TOPIC:
         return (shared or SharedTopic()).resolve(headers, value)
+    owner = tenant_of_overflow_topic(topic)
+    if owner is not None:
+        tenant, rejection = (shared or SharedTopic()).resolve(headers, value)
+        if rejection is None and tenant != owner:
+            return SHARED, (
+                "tenant_overflow_mismatch",
+                f"signed for {tenant!r} on {owner!r}'s overflow topic",
+            )
+        return tenant, rejection
     return tenant_of_kafka_topic(topic), None
 
 
@@ -163,6 +198,13 @@ class TenantHold:
 
     def add(self, tenant: str, partition: Hashable, item: object) -> None:
         self._held.setdefault(tenant, deque()).append((partition, item))
+
+    def count(self, tenant: str) -> int:
+        return len(self._held.get(tenant, ()))
+
+    def take(self, tenant: str) -> list[object]:
+        """All of `tenant`'s held items, oldest first, no longer held (for the spill)."""
+        return [item for _, item in self._held.pop(tenant, ())]
 
     def release(self, paused: Iterable[str], limit: int) -> list[object]:
         """Up to `limit` held items of tenants no longer paused, oldest first per tenant."""

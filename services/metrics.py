@@ -24,6 +24,8 @@ histograms with ``_bucket`` / ``_sum`` / ``_count``, the Info metric with ``_inf
         retries (stage: fetch/decode/score/publish/store/commit; tier: in_place or 1, 2, ...)
     audioguard_duplicates_total                    counter    tenant
         duplicate arrivals answered from the verdict store
+    audioguard_shared_spilled_total                counter    tenant
+        shared-topic records of a paused tenant copied to its overflow topic (acknowledged)
     audioguard_batch_windows                       histogram  -
         windows per scored micro-batch
     audioguard_batch_fill_ratio                    histogram  -
@@ -184,6 +186,11 @@ RETRIES: Final = Counter(
 )
 DUPLICATES: Final = Counter(
     "audioguard_duplicates", "Duplicate arrivals answered from the verdict store.", ["tenant"]
+)
+SHARED_SPILLED: Final = Counter(
+    "audioguard_shared_spilled",
+    "Shared-topic records of a paused tenant copied to its overflow topic and acknowledged.",
+    ["tenant"],
 )
 
 # --- batching and latency ------------------------------------------------------------------------

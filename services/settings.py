@@ -336,6 +336,11 @@ class Settings(BaseSettings):
     #: the first refusal and resumes with nothing held
     max_held_events: int = 500
     max_held_bytes: int = 4 * 1024 * 1024
+    #: records of one paused shared tenant held in memory before it spills its shared records
+    #: to `audioguard.overflow.<tenant>` (consumers.overflow); `max_held_events` stays the
+    #: bound on all held and unacknowledged spilled records, past which the shared partitions
+    #: are paused (the last resort)
+    shared_spill_after: int = 100
     #: on SIGTERM or a revoke: how long in-flight work may take to finish
     drain_seconds: float = 20.0
     #: after the drain: the last producer flush, the scorer stop and the consumer close; the

@@ -34,6 +34,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from consumers.commits import OffsetTracker
+from consumers.overflow import Spill, hold_or_spill
 from consumers.partition_queues import PartitionQueues
 from consumers.retry_topics import RETRY_PATTERN, RetryGate, is_retry_topic, retry_state
 from consumers.tenancy import (
@@ -44,6 +45,7 @@ from consumers.tenancy import (
     kafka_topic,
     shared_topic,
     tenant_of_kafka_topic,
+    tenant_of_overflow_topic,
     tenant_of_record,
 )
 from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
@@ -164,13 +166,24 @@ class KafkaSource(Source):
         transactional: bool = False,
         shared: SharedTopic | None = None,
         max_held: int = 500,
+        spill_after: int = 100,
     ) -> None:
         # the shared arrivals topic (consumers.tenancy): a paused tenant's records are held
-        # here; past `max_held` of them the shared partitions' fetch is paused as well
+        # here; a tenant holding `spill_after` spills to its overflow topic (consumers.overflow);
+        # past `max_held` held or unacknowledged the shared partitions' fetch is paused as well
         self._shared = shared
         self._tenant_hold = TenantHold()
         self._max_held = max(1, max_held)
         self._hold_paused: set[tuple[str, int]] = set()
+        self._settings = settings
+        self._spill = Spill(self._send_spill, spill_after)
+        # created at the first spill: a worker whose shared tenants never flood has none
+        self._spill_producer: Producer | None = None
+        self._overflow_topics: dict[str, int] = {}  # topic -> partitions
+        self._overflow: Consumer | None = None
+        if transactional:
+            # overflow offsets belong to another group than the transaction's offsets
+            spill_after = 1 << 62
         config = _client_config(settings) | {
             "group.id": settings.group_id,
             "enable.auto.commit": False,
@@ -216,6 +229,19 @@ class KafkaSource(Source):
         topics = [kafka_topic("arrivals", t) for t in tenants] if tenants else [KAFKA_ARRIVALS_PATTERN]
         if shared is not None:
             topics.append(SHARED_ARRIVALS_TOPIC)
+        if shared is not None and not transactional:
+            # overflow partitions follow the shared partition they were spilled from: whoever
+            # owns shared partition p reads partition p of every overflow topic, through a
+            # consumer of its own (assigned, never subscribed), so a new overflow topic costs
+            # no rebalance; it commits for the group `<group>.overflow`
+            self._overflow = Consumer(
+                {
+                    k: v
+                    for k, v in config.items()
+                    if k not in ("group.instance.id", "partition.assignment.strategy")
+                }
+                | {"group.id": f"{settings.group_id}.overflow"}
+            )
         if retry_tiers:
             retried = [*tenants, *sorted(shared.tenants)] if shared is not None else list(tenants)
             topics += (
@@ -250,6 +276,9 @@ class KafkaSource(Source):
         ]
         if paused:
             consumer.pause(paused)
+        self._assign_overflow(
+            [(tp.topic, tp.partition) for tp in partitions if tp.topic == SHARED_ARRIVALS_TOPIC]
+        )
 
     def _revoked_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._give_up(consumer, partitions, commit=not self._transactional)
@@ -265,12 +294,18 @@ class KafkaSource(Source):
 
     def _give_up(self, consumer: Consumer, partitions: list[TopicPartition], *, commit: bool) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
+        shared = {p for t, p in keys if t == SHARED_ARRIVALS_TOPIC}
+        followers = [
+            k for k in self._assigned if tenant_of_overflow_topic(k[0]) is not None and k[1] in shared
+        ]
+        keys += followers
         if self._on_revoke is not None:
             # the runner abandons in-flight work of these partitions under its drain deadline
             self._on_revoke(keys)
         if commit:
             self._commit(only=set(keys))
         self._tenant_hold.forget(keys)
+        self._spill.forget(keys)
         for key in keys:
             self._assigned.discard(key)
             self._tracker.forget(key)
@@ -280,6 +315,8 @@ class KafkaSource(Source):
             # fetched, never handed out, never tracked: the next owner reads them again
             self._fair.forget(key)
             self._full.discard(key)
+        if followers and self._overflow is not None:
+            self._overflow.incremental_unassign([TopicPartition(*key) for key in followers])
         if self._cooperative:
             consumer.incremental_unassign(partitions)
         else:
@@ -289,6 +326,7 @@ class KafkaSource(Source):
     # -- Source -------------------------------------------------------------------------
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
         self._release_due()
+        self._collect_spills()
         # acks that came in since the last commit go out even when no more acks follow
         self._commit_due()
         records = self._consume(max_messages, timeout)
@@ -303,8 +341,10 @@ class KafkaSource(Source):
                     raise mapped
                 log.warning("consume error", extra={"error": error.str()})
                 continue
-            topic, partition, offset = cast(str, record.topic()), cast(int, record.partition()), cast(
-                int, record.offset()
+            topic, partition, offset = (
+                cast(str, record.topic()),
+                cast(int, record.partition()),
+                cast(int, record.offset()),
             )
             if (topic, partition) in holding:
                 continue  # behind a retry record that is not due: re-read after the seek
@@ -325,9 +365,10 @@ class KafkaSource(Source):
                 rejection=rejection,
             )
             if topic == SHARED_ARRIVALS_TOPIC and tenant in self._paused_tenants:
-                # tracked now, so no commit passes it while it waits for its tenant's resume
+                # tracked now, so no commit passes it while it is held or its spilled copy
+                # is not acknowledged
                 self._tracker.add((topic, partition), offset)
-                self._tenant_hold.add(tenant, (topic, partition), message)
+                hold_or_spill(self._spill, self._tenant_hold, message)
                 continue
             if is_retry_topic(topic):
                 state = retry_state(message)
@@ -346,22 +387,124 @@ class KafkaSource(Source):
         self._bound_hold()
         return released + messages
 
+    def _send_spill(self, topic: str, message: Message, done: Callable[[BaseException | None], None]) -> None:
+        """Copy a shared record to `topic` (payload, key, signed headers); `done` runs in
+        `_collect_spills` when the broker acknowledged it (acks=all) or refused it."""
+        if self._spill_producer is None:
+            self._spill_producer = Producer(
+                _client_config(self._settings)
+                | {"enable.idempotence": True, "acks": "all", "linger.ms": self._settings.linger_ms}
+            )
+        _, partition, _ = cast(tuple[str, int, int], message.token)
+        if topic not in self._overflow_topics:
+            create_topics(self._settings, [topic], partitions=self._shared_partitions())
+            self._overflow_topics[topic] = self._shared_partitions()
+            self._assign_overflow([k for k in self._assigned if k[0] == SHARED_ARRIVALS_TOPIC], [topic])
+        if partition >= self._overflow_topics[topic]:
+            raise FatalError("bad_config", f"{topic} has fewer partitions than {SHARED_ARRIVALS_TOPIC}")
+
+        def delivered(error: KafkaError | None, _msg: Any) -> None:
+            done(None if error is None else _map_error(error, f"spill to {topic}"))
+
+        try:
+            self._spill_producer.produce(
+                topic,
+                partition=partition,
+                value=message.value,
+                key=message.key,
+                headers=list(message.headers),
+                on_delivery=delivered,
+            )
+        except BufferError as exc:
+            raise RetryableError("spill_queue_full", f"spill to {topic}: producer queue full") from exc
+        except KafkaException as exc:
+            raise _map_error(exc.args[0], f"spill to {topic}") from exc
+
+    def _collect_spills(self, timeout: float = 0) -> None:
+        """Delivery reports of spilled copies: the acknowledged ones' shared offsets are
+        finished, so the next commit may pass them; refused ones are spilled again."""
+        if self._spill_producer is None:
+            return
+        if timeout > 0:
+            self._spill_producer.flush(timeout)
+        self._spill_producer.poll(0)
+        for key, offset in self._spill.acknowledged():
+            if key in self._assigned:
+                self._tracker.finish(key, offset)
+        self._spill.retry()
+
+    def spilled(self) -> dict[str, int]:
+        """Shared records copied to each tenant's overflow topic and acknowledged."""
+        return dict(self._spill.spilled)
+
+    def _shared_partitions(self) -> int:
+        meta = self._consumer.list_topics(SHARED_ARRIVALS_TOPIC, timeout=10).topics.get(SHARED_ARRIVALS_TOPIC)
+        return max(1, len(meta.partitions) if meta is not None and meta.partitions else 1)
+
+    def _client_of(self, topic: str) -> Consumer:
+        if self._overflow is not None and tenant_of_overflow_topic(topic) is not None:
+            return self._overflow
+        return self._consumer
+
+    def _pause(self, partitions: list[TopicPartition]) -> None:
+        for client, tps in self._by_client(partitions):
+            client.pause(tps)
+
+    def _resume(self, partitions: list[TopicPartition]) -> None:
+        for client, tps in self._by_client(partitions):
+            client.resume(tps)
+
+    def _by_client(self, partitions: list[TopicPartition]) -> list[tuple[Consumer, list[TopicPartition]]]:
+        """The partitions of each of the two consumers (the group's, the overflow one)."""
+        grouped: dict[int, tuple[Consumer, list[TopicPartition]]] = {}
+        for tp in partitions:
+            client = self._client_of(tp.topic)
+            grouped.setdefault(id(client), (client, []))[1].append(tp)
+        return list(grouped.values())
+
+    def _assign_overflow(self, shared: list[tuple[str, int]], topics: list[str] | None = None) -> None:
+        """Take partition p of every overflow topic (or of `topics`) for each shared partition p
+        now owned, from `<group>.overflow`'s committed offsets; paused with a paused tenant."""
+        if self._overflow is None or not shared:
+            return
+        if topics is None:
+            found = self._consumer.list_topics(timeout=10).topics
+            for name, meta in found.items():
+                if tenant_of_overflow_topic(name) is not None:
+                    self._overflow_topics.setdefault(name, len(meta.partitions) or 1)
+            topics = list(self._overflow_topics)
+        new = [
+            (topic, p)
+            for topic in topics
+            for _, p in shared
+            if p < self._overflow_topics.get(topic, 0) and (topic, p) not in self._assigned
+        ]
+        if not new:
+            return
+        self._overflow.incremental_assign([TopicPartition(*key) for key in new])
+        self._assigned.update(new)
+        paused = [TopicPartition(*k) for k in new if tenant_of_kafka_topic(k[0]) in self._paused_tenants]
+        if paused:
+            self._overflow.pause(paused)
+        log.info("overflow partitions assigned", extra={"partitions": [f"{t}[{p}]" for t, p in new]})
+
     def _hold_is_full(self) -> bool:
-        return len(self._tenant_hold) >= self._max_held
+        return len(self._tenant_hold) >= self._max_held or self._spill.full()
 
     def _bound_hold(self) -> None:
-        """Past `max_held` held records the shared partitions are paused too (every shared
-        tenant waits then: the bound on memory costs the isolation); resumed below half."""
+        """Past `max_held` held or unacknowledged spilled records the shared partitions are
+        paused too (every shared tenant waits then: the last-resort bound on memory, reached
+        only when spills are not acknowledged fast enough); resumed below half."""
         if self._hold_is_full():
             new = [k for k in self._assigned if k[0] == SHARED_ARRIVALS_TOPIC and k not in self._hold_paused]
             if new:
                 self._hold_paused.update(new)
-                self._consumer.pause([TopicPartition(*key) for key in new])
-        elif self._hold_paused and len(self._tenant_hold) <= self._max_held // 2:
+                self._pause([TopicPartition(*key) for key in new])
+        elif self._hold_paused and len(self._tenant_hold) <= self._max_held // 2 and self._spill.drained():
             back = [k for k in self._hold_paused if k in self._assigned and k not in self._full]
             self._hold_paused.clear()
             if back:
-                self._consumer.resume([TopicPartition(*key) for key in back])
+                self._resume([TopicPartition(*key) for key in back])
 
     def _consume(self, max_messages: int, timeout: float) -> list[Any]:
         """Wait up to `timeout` for the first record only, then take what is already buffered.
@@ -370,7 +513,18 @@ class KafkaSource(Source):
         passed: at low load every idle turn held the records that came in for the full 50 ms,
         so the worker ran in 50 ms ticks and its p99 was worse than a consumer polling one at a
         time (docs/BENCHMARKS.md, issue 16). Records already fetched and not handed out yet do
-        not wait at all."""
+        not wait at all. Overflow partitions (their own consumer) are read without waiting."""
+        spilled: list[Any] = []
+        if self._overflow is not None and any(tenant_of_overflow_topic(t) for t, _ in self._assigned):
+            spilled = self._overflow.consume(num_messages=max_messages, timeout=0)
+            max_messages -= len(spilled)
+            if max_messages <= 0:
+                return spilled
+            if spilled:
+                timeout = 0
+        return spilled + self._consume_main(max_messages, timeout)
+
+    def _consume_main(self, max_messages: int, timeout: float) -> list[Any]:
         if timeout <= 0 or (len(self._fair) and set(self._fair.sizes()) & set(self._readable())):
             return self._consumer.consume(num_messages=max_messages, timeout=0)
         first = self._consumer.consume(num_messages=1, timeout=timeout)
@@ -402,14 +556,14 @@ class KafkaSource(Source):
         full = [key for key in self._fair.full() if key not in self._full and key in self._assigned]
         if full:
             self._full.update(full)
-            self._consumer.pause([TopicPartition(*key) for key in full])
+            self._pause([TopicPartition(*key) for key in full])
         drained = self._fair.drained(self._full)
         if drained:
             self._full.difference_update(drained)
             readable = set(self._readable())
             back = [TopicPartition(*key) for key in drained if key in readable]
             if back:
-                self._consumer.resume(back)
+                self._resume(back)
 
     def _hold(self, key: tuple[str, int], offset: int, due: float) -> None:
         """Pause a retry partition whose head is not due and rewind to that head."""
@@ -452,17 +606,18 @@ class KafkaSource(Source):
             self._paused_tenants |= new
             partitions = self._tenant_partitions(new)
             if partitions:
-                self._consumer.pause(partitions)
+                self._pause(partitions)
 
     def resume(self, tenants: Iterable[str]) -> None:
         back = set(tenants) & self._paused_tenants
+        self._spill.stop(back)
         if back:
             self._paused_tenants -= back
             partitions = [
                 tp for tp in self._tenant_partitions(back) if (tp.topic, tp.partition) not in self._full
             ]
             if partitions:
-                self._consumer.resume(partitions)
+                self._resume(partitions)
 
     def paused(self) -> frozenset[str]:
         return frozenset(self._paused_tenants)
@@ -495,10 +650,11 @@ class KafkaSource(Source):
             return
         partitions = [TopicPartition(*cast(tuple[str, int], key), offset) for key, offset in offsets.items()]
         try:
-            if asynchronous:
-                self._consumer.commit(offsets=partitions, asynchronous=True)
-            else:
-                self._consumer.commit(offsets=partitions, asynchronous=False)
+            for client, tps in self._by_client(partitions):
+                if asynchronous:
+                    client.commit(offsets=tps, asynchronous=True)
+                else:
+                    client.commit(offsets=tps, asynchronous=False)
         except KafkaException as exc:
             error = exc.args[0]
             if error.code() == KafkaError._NO_OFFSET:
@@ -556,11 +712,11 @@ class KafkaSource(Source):
         if not partitions:
             return result
         try:
-            positions = self._consumer.position(partitions)
-            for tp in positions:
-                low, high = self._consumer.get_watermark_offsets(tp, timeout=1, cached=True)
-                position = tp.offset if tp.offset >= 0 else low
-                result[(tp.topic, tp.partition)] = max(0, high - position)
+            for client, tps in self._by_client(partitions):
+                for tp in client.position(tps):
+                    low, high = client.get_watermark_offsets(tp, timeout=1, cached=True)
+                    position = tp.offset if tp.offset >= 0 else low
+                    result[(tp.topic, tp.partition)] = max(0, high - position)
         except KafkaException:
             pass
         return result
@@ -578,10 +734,17 @@ class KafkaSource(Source):
         def commit_and_close() -> None:
             try:
                 try:
+                    # spilled copies still in the producer: acknowledged ones may be committed
+                    self._collect_spills(timeout=max(0.0, timeout) / 2)
                     if not self._transactional:
                         self._commit()
                 finally:
-                    self._consumer.close()
+                    try:
+                        # first: its revoke callback commits the overflow partitions that follow
+                        self._consumer.close()
+                    finally:
+                        if self._overflow is not None:
+                            self._overflow.close()
             except BaseException as error:  # noqa: BLE001 - handed to the caller below
                 failure.append(error)
 
@@ -706,6 +869,7 @@ def open_kafka(settings: Settings, **options: Any) -> tuple[KafkaSource, KafkaSi
         transactional=eos,
         shared=shared,
         max_held=settings.max_held_events,
+        spill_after=settings.shared_spill_after,
         **options,
     )
     sink = KafkaSink(

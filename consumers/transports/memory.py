@@ -37,8 +37,10 @@ from dataclasses import dataclass
 from typing import cast
 
 from consumers.commits import OffsetTracker
+from consumers.overflow import Spill, hold_or_spill
 from consumers.tenancy import (
     KAFKA_ARRIVALS_PATTERN,
+    KAFKA_OVERFLOW_PATTERN,
     SHARED,
     SHARED_ARRIVALS_TOPIC,
     SharedTopic,
@@ -233,6 +235,7 @@ def forget_broker(name: str) -> None:
 
 # -- source -------------------------------------------------------------------------------
 _ARRIVALS_RE = re.compile(KAFKA_ARRIVALS_PATTERN)
+_OVERFLOW_RE = re.compile(KAFKA_OVERFLOW_PATTERN)
 
 
 class MemorySource(Source):
@@ -248,13 +251,22 @@ class MemorySource(Source):
         on_revoke: Callable[[list[Partition]], None] | None = None,
         shared: SharedTopic | None = None,
         max_held: int = 500,
+        spill_after: int = 100,
     ) -> None:
         self._broker = broker
         self._shared = shared
         # records of paused tenants read from the shared topic (consumers.tenancy.TenantHold);
-        # past `max_held` of them the shared topic is not read until they drop below
+        # a tenant holding `spill_after` of them spills to its overflow topic
+        # (consumers.overflow); past `max_held` held or unacknowledged, the shared topic is
+        # not read until they drop below (the last-resort memory bound)
         self._tenant_hold = TenantHold()
         self._max_held = max(1, max_held)
+        self._spill = Spill(self._send_spill, spill_after)
+        # spilled copies "in the producer": appended and acknowledged at the next poll, so a
+        # crash in between loses them as a killed process loses its producer's buffer
+        self._spill_queue: deque[tuple[str, Message, Callable[[BaseException | None], None]]] = deque()
+        #: the next this many spilled copies fail (for tests)
+        self.fail_spills = 0
         self.group = group
         self.member = member or f"memory-{uuid.uuid4().hex[:8]}"
         self._on_revoke = on_revoke
@@ -267,7 +279,7 @@ class MemorySource(Source):
         topics = frozenset(kafka_topic("arrivals", t) for t in tenants)
 
         def subscribes(topic: str) -> bool:
-            if topic == SHARED_ARRIVALS_TOPIC:
+            if topic == SHARED_ARRIVALS_TOPIC or _OVERFLOW_RE.match(topic):
                 return shared is not None
             return topic in topics if topics else bool(_ARRIVALS_RE.match(topic))
 
@@ -283,6 +295,7 @@ class MemorySource(Source):
                 self._on_revoke(gone)
             self._commit(only=set(gone))
             self._tenant_hold.forget(gone)
+            self._spill.forget(gone)
             for partition in gone:
                 del self._positions[partition]
                 self._tracker.forget(partition)
@@ -307,7 +320,31 @@ class MemorySource(Source):
                 return messages
             self._broker.wait(min(remaining, 0.05))
 
+    def _send_spill(self, topic: str, message: Message, done: Callable[[BaseException | None], None]) -> None:
+        self._spill_queue.append((topic, message, done))
+
+    def _deliver_spills(self) -> None:
+        """The producer's delivery reports: append the queued copies, then let the commit
+        pass the shared offsets of the acknowledged ones."""
+        while self._spill_queue:
+            topic, message, done = self._spill_queue.popleft()
+            if self.fail_spills > 0:
+                self.fail_spills -= 1
+                done(RetryableError("memory_unavailable", "injected spill failure"))
+                continue
+            self._broker.create_topic(topic)  # on first use, as on Kafka
+            self._broker.produce(topic, message.value, key=message.key, headers=message.headers)
+            done(None)
+        acknowledged = self._spill.acknowledged()
+        for partition, offset in acknowledged:
+            if partition in self._positions:
+                self._tracker.finish(partition, offset)
+        if acknowledged:
+            self._commit()
+        self._spill.retry()
+
     def _fetch(self, max_messages: int) -> list[Message]:
+        self._deliver_spills()
         # held shared-topic records of tenants resumed since go first, in their order
         messages = cast(list[Message], self._tenant_hold.release(self._paused_tenants, max_messages))
         readable = sorted(
@@ -324,7 +361,7 @@ class MemorySource(Source):
             for topic, partition in order:
                 if len(messages) >= max_messages:
                     break
-                if topic == SHARED_ARRIVALS_TOPIC and len(self._tenant_hold) >= self._max_held:
+                if topic == SHARED_ARRIVALS_TOPIC and self._hold_is_full():
                     continue
                 offset = self._positions[(topic, partition)]
                 records = self._broker.read(topic, partition, offset, 1)
@@ -339,18 +376,26 @@ class MemorySource(Source):
                 )
                 progressed = True
                 if topic == SHARED_ARRIVALS_TOPIC and tenant in self._paused_tenants:
-                    self._tenant_hold.add(tenant, (topic, partition), message)
+                    hold_or_spill(self._spill, self._tenant_hold, message)
                     continue
                 messages.append(message)
             if not progressed:
                 break
         return messages
 
+    def _hold_is_full(self) -> bool:
+        return len(self._tenant_hold) >= self._max_held or self._spill.full()
+
+    def spilled(self) -> dict[str, int]:
+        """Shared records copied to each tenant's overflow topic and acknowledged."""
+        return dict(self._spill.spilled)
+
     def pause(self, tenants: Iterable[str]) -> None:
         self._paused_tenants |= set(tenants)
 
     def resume(self, tenants: Iterable[str]) -> None:
         self._paused_tenants -= set(tenants)
+        self._spill.stop(tenants)
 
     def paused(self) -> frozenset[str]:
         return frozenset(self._paused_tenants)
@@ -397,6 +442,8 @@ class MemorySource(Source):
     def _leave(self) -> None:
         self._closed = True
         self._tenant_hold.forget(list(self._positions))
+        self._spill_queue.clear()
+        self._spill.forget(list(self._positions))
         self._positions.clear()
         self._broker.leave(self.group, self.member)
 
@@ -535,6 +582,7 @@ def open_memory(
         on_revoke=on_revoke,
         shared=shared_topic(settings.shared_tenants, settings.tenant_secrets),
         max_held=settings.max_held_events,
+        spill_after=settings.shared_spill_after,
     )
     return source, MemorySink(broker)
 
