@@ -307,7 +307,11 @@ def _export_onnx(args: argparse.Namespace) -> int:
             windows, source = None, None
             if args.quantize == "int8":
                 windows, manifest_sha256 = calibration_windows(args.data, artifact, args.calibration_clips)
-                source = {"split": "train", "clips": args.calibration_clips, "manifest_sha256": manifest_sha256}
+                source = {
+                    "split": "train",
+                    "clips": args.calibration_clips,
+                    "manifest_sha256": manifest_sha256,
+                }
             path = export_variant(artifact, args.out, args.quantize, windows, source)
     except AudioguardError as error:
         print(f"audioguard model: {error}", file=sys.stderr)

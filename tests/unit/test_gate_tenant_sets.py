@@ -3,8 +3,6 @@ built-in sets do not cover makes a candidate fail, and the gate names the tenant
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,28 +10,13 @@ import pytest
 import soundfile as sf
 
 from services.cli import main
-from services.detector import default_artifact_dir
 from services.detector.training.gate import _read, extra_set
 from services.errors import FatalError
-from services.registry import FileRegistry
+from tests.support.models import NAME, biased_artifact, registry_with_champion
 
-NAME = "audioguard-lfb-cnn"
 DEMO = Path(__file__).resolve().parents[2] / "services" / "demo_clips"
 #: quiet Dutch speakers: the demo's bona fide nl takes at four playback levels
 GAINS = (1.0, 0.5, 0.25, 0.125)
-
-
-def _slightly_biased(tmp_path: Path) -> Path:
-    """The shipped weights with +1.0 on the calibrated logit: bona fide scores creep up, which on
-    the demo clips turns one of 15 human takes (score 0.28) into an error, too few for the gate
-    to call, and on a set full of takes like it, many."""
-    out = tmp_path / "biased"
-    shutil.copytree(default_artifact_dir(), out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["calibration"]["bias"] += 1.0
-    manifest["version"] = f"{manifest['version']}-biased"
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return out
 
 
 def _tenant_set(directory: Path) -> Path:
@@ -52,10 +35,11 @@ def _tenant_set(directory: Path) -> Path:
 def test_a_tenant_set_makes_the_candidate_fail_and_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    registry = FileRegistry(tmp_path / "r")
-    registry.register(NAME, default_artifact_dir())
-    registry.set_alias(NAME, "champion", 1, reason="shipped")
-    registry.register(NAME, _slightly_biased(tmp_path))  # 2
+    registry = registry_with_champion(tmp_path / "r")
+    # +1.0 on the calibrated logit: bona fide scores creep up, which on the demo clips turns one of
+    # 15 human takes (score 0.28) into an error, too few for the gate to call, and on a set full of
+    # takes like it, many
+    registry.register(NAME, biased_artifact(tmp_path / "biased", 1.0, "biased"))  # 2
     tenant = _tenant_set(tmp_path / "acme-quiet-nl")
     where = ["model", "--registry", str(tmp_path / "r")]
     quick = ["--partial-pairs", "0", "--bootstrap", "300", "--data", str(tmp_path / "no-data-build")]

@@ -15,10 +15,9 @@ import soundfile as sf
 from services.cli import main
 from services.detector import ONNX_FILE, ONNX_SIDECAR, Detector, default_artifact_dir, load_detector
 from services.detector.training.onnx_variants import export_variant
-from services.registry import FileRegistry
+from tests.support.models import NAME, registry_with_champion
 
 DEMO = Path(__file__).resolve().parents[2] / "services" / "demo_clips"
-NAME = "audioguard-lfb-cnn"
 #: calibrated window scores against torch, stated per precision (docs/models.md: the full test
 #: split's maxima were 4.1e-4 for fp16 and 2.3e-2 for int8-dynamic)
 TOLERANCE = {"fp16": 2e-3, "int8-dynamic": 5e-2}
@@ -50,7 +49,16 @@ def test_a_variant_scores_within_its_tolerance(
 
 
 def test_static_int8_needs_a_training_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["model", "export-onnx", "--quantize", "int8", "--out", str(tmp_path / "v"), "--data", str(tmp_path)]
+    args = [
+        "model",
+        "export-onnx",
+        "--quantize",
+        "int8",
+        "--out",
+        str(tmp_path / "v"),
+        "--data",
+        str(tmp_path),
+    ]
     assert main(args) == 1
     assert "int8 calibration needs the training split" in capsys.readouterr().err
     assert not (tmp_path / "v" / ONNX_FILE).exists()
@@ -67,9 +75,7 @@ def test_a_registered_variant_keeps_its_network_and_is_gated_on_onnx(
 ) -> None:
     variant = tmp_path / "fp16"
     export_variant(default_artifact_dir(), variant, "fp16")
-    registry = FileRegistry(tmp_path / "r")
-    registry.register(NAME, default_artifact_dir())
-    registry.set_alias(NAME, "champion", 1, reason="shipped")
+    registry = registry_with_champion(tmp_path / "r")
     registry.register(NAME, variant)  # 2
     fetched = registry.fetch(NAME, 2)
     assert (fetched / ONNX_FILE).read_bytes() == (variant / ONNX_FILE).read_bytes()

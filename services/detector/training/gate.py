@@ -216,16 +216,20 @@ def extra_set(name: str, directory: Path) -> list[Item]:
     except OSError as exc:
         raise FatalError("bad_eval_set", f"{name}: cannot read {labels}: {exc}") from exc
     if not rows or not {"file", "label"} <= set(rows[0]):
-        raise FatalError("bad_eval_set", f"{name}: {labels} needs a header with file,label and one row or more")
+        raise FatalError("bad_eval_set", f"{name}: {labels} needs a file,label header and a row or more")
     limits = LimitsSettings()
     items = []
     for line, row in enumerate(rows, start=2):
         truth = (row.get("label") or "").strip()
         if truth not in TRUTHS:
-            raise FatalError("bad_eval_set", f"{name}: {labels}:{line}: label {truth!r} not in {sorted(TRUTHS)}")
+            raise FatalError(
+                "bad_eval_set", f"{name}: {labels}:{line}: label {truth!r} not in {sorted(TRUTHS)}"
+            )
         try:
             audio = decode_audio(
-                directory / row["file"], max_seconds=limits.max_audio_seconds, min_seconds=limits.min_audio_seconds
+                directory / row["file"],
+                max_seconds=limits.max_audio_seconds,
+                min_seconds=limits.min_audio_seconds,
             )
         except AudioguardError as exc:
             raise FatalError("bad_eval_set", f"{name}: {labels}:{line}: {row['file']}: {exc}") from exc

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._artifact import MANIFEST_FILE, ONNX_FILE, ONNX_SIDECAR, WEIGHTS_FILE, sha256_file
+from .._artifact import MANIFEST_FILE, ONNX_SIDECAR, WEIGHTS_FILE, sha256_file
 from .onnx_export import export_onnx
 
 PRECISIONS = ("fp32", "int8", "int8-dynamic", "fp16")
