@@ -18,9 +18,9 @@ from services.detector.training.onnx_variants import export_variant
 from tests.support.models import NAME, registry_with_champion
 
 DEMO = Path(__file__).resolve().parents[2] / "services" / "demo_clips"
-#: calibrated window scores against torch, stated per precision (docs/models.md: the full test
-#: split's maxima were 4.1e-4 for fp16 and 2.3e-2 for int8-dynamic)
-TOLERANCE = {"fp16": 2e-3, "int8-dynamic": 5e-2}
+#: calibrated window scores against torch, stated per precision; measured maxima on the 2,182
+#: clips of the test split (docs/models.md): fp16 7.2e-4, int8-dynamic 9.3e-2
+TOLERANCE = {"fp16": 2e-3, "int8-dynamic": 1e-1}
 CLIPS = ("02-bona_fide-human-cs.flac", "14-bona_fide-human-nl.flac", "16-synthetic-espeak-ng-cs.flac")
 
 
