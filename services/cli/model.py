@@ -127,6 +127,22 @@ def add_parser(subparsers: Any) -> None:
         default=Path("data/detector"),
         help="the data build whose test split joins the sets when its manifest.csv exists (data/detector)",
     )
+    gate.add_argument(
+        "--set",
+        action="append",
+        dest="sets",
+        default=[],
+        metavar="NAME=DIR",
+        help="one more named set, e.g. a tenant's long tail: DIR/labels.csv (file,label[,slice columns]) "
+        "and its audio; sliced NAME/all and NAME/<column>=<value> (repeatable; docs/models.md)",
+    )
+    for who in ("candidate", "champion"):
+        gate.add_argument(
+            f"--{who}-runtime",
+            choices=("auto", "torch", "onnx"),
+            default="auto",
+            help=f"how the {who} is scored (auto: onnx when its artifact carries network.onnx, else torch)",
+        )
     gate.add_argument("--json", action="store_true", help="the result as JSON instead of a table")
     gate.set_defaults(handler=_gate)
 
@@ -174,6 +190,18 @@ def add_parser(subparsers: Any) -> None:
         "--model", metavar="DIR", type=Path, help="artifact directory (default: the shipped one)"
     )
     export_onnx.add_argument("--out", metavar="DIR", type=Path, help="where to write (default: --model)")
+    export_onnx.add_argument(
+        "--quantize",
+        choices=("int8", "int8-dynamic", "fp16"),
+        help="write a reduced-precision variant: a whole artifact in --out (required) to register and "
+        "gate; int8 is calibrated on training-split clips of --data, never dev or test",
+    )
+    export_onnx.add_argument(
+        "--data", type=Path, default=Path("data/detector"), help="the data build for int8 calibration"
+    )
+    export_onnx.add_argument(
+        "--calibration-clips", type=int, default=200, help="training clips for int8 calibration (200)"
+    )
     export_onnx.set_defaults(handler=_export_onnx)
 
 
@@ -266,8 +294,25 @@ def _export_onnx(args: argparse.Namespace) -> int:
     from services.detector.training.onnx_export import export_onnx
     from services.errors import AudioguardError
 
+    artifact = args.model or default_artifact_dir()
     try:
-        path = export_onnx(args.model or default_artifact_dir(), args.out)
+        if args.quantize is None:
+            path = export_onnx(artifact, args.out)
+        else:
+            from services.detector.training.onnx_variants import calibration_windows, export_variant
+
+            if args.out is None or args.out.resolve() == artifact.resolve():
+                print("audioguard model: --quantize needs --out DIR (a new artifact folder)", file=sys.stderr)
+                return 2
+            windows, source = None, None
+            if args.quantize == "int8":
+                windows, manifest_sha256 = calibration_windows(args.data, artifact, args.calibration_clips)
+                source = {
+                    "split": "train",
+                    "clips": args.calibration_clips,
+                    "manifest_sha256": manifest_sha256,
+                }
+            path = export_variant(artifact, args.out, args.quantize, windows, source)
     except AudioguardError as error:
         print(f"audioguard model: {error}", file=sys.stderr)
         return 1
@@ -470,7 +515,13 @@ def _gate(args: argparse.Namespace) -> int:
         from services.detector.training.gate import evaluation_items, run_gate
 
         console = _console()
-        items = evaluation_items(partial_pairs=args.partial_pairs, data=args.data)
+        extra = {}
+        for spec in args.sets:
+            name, sep, directory = spec.partition("=")
+            if not sep or not directory:
+                raise FatalError("bad_config", f"--set {spec!r}: expected NAME=DIR")
+            extra[name] = Path(directory)
+        items = evaluation_items(partial_pairs=args.partial_pairs, data=args.data, extra=extra)
         result = run_gate(
             registry.fetch(candidate.name, candidate.version),
             registry.fetch(champion.name, champion.version),
@@ -479,6 +530,8 @@ def _gate(args: argparse.Namespace) -> int:
             bootstrap=args.bootstrap,
             items=items,
             progress=None if args.json else console.log,
+            candidate_runtime=args.candidate_runtime,
+            champion_runtime=args.champion_runtime,
         )
         record = {
             **result.to_json(),
@@ -499,7 +552,8 @@ def _gate(args: argparse.Namespace) -> int:
         print(json.dumps(record, sort_keys=True))
         return 0 if result.passed else 1
     title = (
-        f"gate: {candidate.name} v{candidate.version} vs champion v{champion.version} "
+        f"gate: {candidate.name} v{candidate.version} ({result.runtimes['candidate']}) vs champion "
+        f"v{champion.version} ({result.runtimes['champion']}) "
         f"(error rate, margin {args.margin}, 95% paired bootstrap, seed {args.seed})"
     )
     table = Table(title=title)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._artifact import ModelMeta, default_artifact_dir, read_manifest, sha256_file
+from ._artifact import ONNX_FILE, ONNX_SIDECAR, ModelMeta, default_artifact_dir, read_manifest, sha256_file
 from ._decision import Decision
 
 if TYPE_CHECKING:
@@ -32,6 +32,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "ONNX_FILE",
+    "ONNX_SIDECAR",
     "Decision",
     "Detector",
     "ModelMeta",

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from services.detector import read_manifest, sha256_file
+from services.detector import ONNX_FILE, ONNX_SIDECAR, read_manifest, sha256_file
 from services.errors import FatalError
 
 from ._model import AliasEvent, ModelRef, ModelVersion, actor, now, validate_alias, validate_name
@@ -57,6 +57,11 @@ def copy_artifact(artifact_dir: Path, into: Path, card: Path | None) -> tuple[st
     into.mkdir(parents=True, exist_ok=True)
     for item in ("weights.pt", "manifest.json"):
         shutil.copy2(artifact_dir / item, into / item)
+    # an exported network (fp32 or a reduced-precision variant) travels with its version, so a
+    # worker with runtime = "onnx" serves what the gate scored; it is verified at load
+    for item in (ONNX_FILE, ONNX_SIDECAR):
+        if (artifact_dir / item).is_file():
+            shutil.copy2(artifact_dir / item, into / item)
     card_source = card if card is not None else artifact_dir / CARD_FILE
     has_card = card_source.is_file()
     if card is not None and not has_card:

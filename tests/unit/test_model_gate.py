@@ -3,7 +3,6 @@ model against itself passes, and `promote` needs a passing gate result (or a rec
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -12,29 +11,16 @@ import pytest
 from services.cli import main
 from services.detector import default_artifact_dir
 from services.errors import FatalError
-from services.registry import FileRegistry, promote
-
-NAME = "audioguard-lfb-cnn"
-
-
-def _degraded(tmp_path: Path) -> Path:
-    """The shipped weights with a large bias on the calibrated logit: every clip reads synthetic."""
-    out = tmp_path / "degraded"
-    shutil.copytree(default_artifact_dir(), out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["calibration"]["bias"] = 8.0
-    manifest["version"] = f"{manifest['version']}-degraded"
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return out
+from services.registry import promote
+from tests.support.models import NAME, biased_artifact, registry_with_champion
 
 
 def test_gate_refuses_a_degraded_candidate_and_passes_the_shipped_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    registry = FileRegistry(tmp_path / "r")
-    registry.register(NAME, default_artifact_dir())
-    registry.set_alias(NAME, "champion", 1, reason="shipped")
-    registry.register(NAME, _degraded(tmp_path))  # 2
+    registry = registry_with_champion(tmp_path / "r")
+    # +8 on the calibrated logit: every clip reads synthetic
+    registry.register(NAME, biased_artifact(tmp_path / "degraded", 8.0, "degraded"))  # 2
     registry.register(NAME, default_artifact_dir())  # 3: the shipped weights again
     where = ["model", "--registry", str(tmp_path / "r")]
     quick = ["--partial-pairs", "1", "--bootstrap", "300", "--data", str(tmp_path / "no-data-build")]

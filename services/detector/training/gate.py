@@ -12,6 +12,12 @@ Sets that exist without a data build (every slice is named `set/key=value`):
   rows, sliced by generator, language, channel (the band: wideband, narrowband, g722), codec
   and duration bucket (`<4s`, `4-10s`, `>=10s`).
 
+Named sets brought from outside (a tenant's long tail, `--set NAME=DIR`, `extra_set`): a
+directory with `labels.csv` (columns `file` and `label`: bona_fide, synthetic or inconclusive;
+every other column is a slice key) and the audio files it names, decoded by the worker's own
+`services.audio.decode_audio` under the worker's default limits. Slices `NAME/all` and
+`NAME/<column>=<value>`, judged by the same rule as the built-in sets.
+
 Metric per slice: the **error rate** of the worker's decision (`Detector.score_samples`, the
 speech check included): the share of clips whose label is not the right answer (an
 inconclusive label on speech counts as an error). Error rates see calibration and threshold
@@ -37,7 +43,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Item", "SliceResult", "GateResult", "evaluation_items", "run_gate", "score_items"]
+__all__ = [
+    "Item",
+    "SliceResult",
+    "GateResult",
+    "artifact_runtime",
+    "evaluation_items",
+    "extra_set",
+    "run_gate",
+    "score_items",
+]
 
 RATE = 16000
 DEMO = Path(__file__).resolve().parents[2] / "demo_clips"
@@ -53,6 +68,7 @@ class Item:
     truth: str  # bona_fide | synthetic | inconclusive
     slices: tuple[str, ...]
     samples: np.ndarray = field(repr=False, compare=False)
+    rate: int = field(default=RATE, compare=False)
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,7 @@ class GateResult:
     slices: tuple[SliceResult, ...]
     candidate_drift: dict[str, Any]
     champion_drift: dict[str, Any]
+    runtimes: dict[str, str] = field(default_factory=dict)
 
     @property
     def regressed(self) -> list[SliceResult]:
@@ -91,6 +108,7 @@ class GateResult:
             "lower bound of that difference > margin",
             "slices": [asdict(s) for s in self.slices],
             "regressed": [s.slice for s in self.regressed],
+            "runtimes": self.runtimes,
         }
 
 
@@ -172,8 +190,60 @@ def _test_split(data: Path) -> list[Item]:
     return items
 
 
-def evaluation_items(partial_pairs: int = 4, seed: int = 17, data: Path | None = DATA) -> list[Item]:
-    """Every named set that exists here (the test split only when it has been built)."""
+BUILT_IN_SETS = frozenset({"demo-clips", "not-speech", "partial-spoof", "test-split"})
+SET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+TRUTHS = frozenset({"bona_fide", "synthetic", "inconclusive"})
+
+
+def extra_set(name: str, directory: Path) -> list[Item]:
+    """A named evaluation set from outside (e.g. a tenant's long tail): `directory/labels.csv`
+    (`file`, `label`, any other columns as slice keys) and its audio. Raises FatalError
+    ("bad_eval_set") naming the row for a bad name, label or file: a set that silently lost
+    clips would pass a candidate on less evidence than it shows."""
+    from services.audio import decode_audio
+    from services.errors import AudioguardError, FatalError
+    from services.settings import LimitsSettings
+
+    if not SET_NAME.match(name) or name in BUILT_IN_SETS:
+        raise FatalError(
+            "bad_eval_set",
+            f"set name {name!r}: lowercase letters, digits and '-', not one of {sorted(BUILT_IN_SETS)}",
+        )
+    labels = directory / "labels.csv"
+    try:
+        with labels.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise FatalError("bad_eval_set", f"{name}: cannot read {labels}: {exc}") from exc
+    if not rows or not {"file", "label"} <= set(rows[0]):
+        raise FatalError("bad_eval_set", f"{name}: {labels} needs a file,label header and a row or more")
+    limits = LimitsSettings()
+    items = []
+    for line, row in enumerate(rows, start=2):
+        truth = (row.get("label") or "").strip()
+        if truth not in TRUTHS:
+            raise FatalError(
+                "bad_eval_set", f"{name}: {labels}:{line}: label {truth!r} not in {sorted(TRUTHS)}"
+            )
+        try:
+            audio = decode_audio(
+                directory / row["file"],
+                max_seconds=limits.max_audio_seconds,
+                min_seconds=limits.min_audio_seconds,
+            )
+        except AudioguardError as exc:
+            raise FatalError("bad_eval_set", f"{name}: {labels}:{line}: {row['file']}: {exc}") from exc
+        keys = sorted(k for k in row if k not in ("file", "label") and k and (row[k] or "").strip())
+        slices = (f"{name}/all", *(f"{name}/{k}={row[k].strip()}" for k in keys))
+        items.append(Item(name, row["file"], truth, slices, audio.samples, audio.sample_rate))
+    return items
+
+
+def evaluation_items(
+    partial_pairs: int = 4, seed: int = 17, data: Path | None = DATA, extra: dict[str, Path] | None = None
+) -> list[Item]:
+    """Every named set that exists here (the test split only when it has been built), and the
+    `extra` sets (name -> directory, `extra_set`)."""
     from .partial import build_partial_spoof
 
     items = _demo_clips(DEMO)
@@ -185,6 +255,8 @@ def evaluation_items(partial_pairs: int = 4, seed: int = 17, data: Path | None =
             items.append(Item("partial-spoof", trial.name, truth, slices, trial.samples))
     if data is not None and (data / "manifest.csv").is_file():
         items += _test_split(data)
+    for name, directory in (extra or {}).items():
+        items += extra_set(name, directory)
     return items
 
 
@@ -192,24 +264,36 @@ def evaluation_items(partial_pairs: int = 4, seed: int = 17, data: Path | None =
 _CACHE: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _artifact_key(artifact: Path) -> str:
-    digest = hashlib.sha256()
-    for part in ("manifest.json", "weights.pt"):
+def artifact_runtime(artifact: Path) -> str:
+    """The runtime a candidate is judged with when none is named: "onnx" when the artifact
+    carries an exported network (an fp32 export or a reduced-precision variant), else "torch"."""
+    from .._artifact import ONNX_FILE
+
+    return "onnx" if (artifact / ONNX_FILE).is_file() else "torch"
+
+
+def _artifact_key(artifact: Path, runtime: str) -> str:
+    from .._artifact import ONNX_FILE
+
+    digest = hashlib.sha256(runtime.encode())
+    parts = ["manifest.json", "weights.pt", *([ONNX_FILE] if runtime == "onnx" else [])]
+    for part in parts:
         digest.update((artifact / part).read_bytes())
     return digest.hexdigest()
 
 
-def score_items(artifact: Path, items: list[Item]) -> tuple[np.ndarray, np.ndarray]:
-    """(errors 0/1, upload scores) of `artifact` on `items`; an identical artifact (same
-    manifest and weights) scores the same items once per process."""
-    key = (_artifact_key(artifact), tuple((item.set, item.name) for item in items))
+def score_items(artifact: Path, items: list[Item], runtime: str = "torch") -> tuple[np.ndarray, np.ndarray]:
+    """(errors 0/1, upload scores) of `artifact` on `items` with `runtime` ("torch" or "onnx":
+    the artifact's network.onnx); an identical artifact (same manifest, weights and, for onnx,
+    network) scores the same items once per process."""
+    key = (_artifact_key(artifact, runtime), tuple((item.set, item.name) for item in items))
     if key not in _CACHE:
         from services.detector import load_detector
 
-        detector = load_detector(artifact, device="cpu")
+        detector = load_detector(artifact, device="cpu", runtime="onnx" if runtime == "onnx" else "torch")
         errors, scores = [], []
         for item in items:
-            decision = detector.score_samples(item.samples, RATE)
+            decision = detector.score_samples(item.samples, item.rate)
             errors.append(decision.label != item.truth)
             scores.append(decision.score)
         _CACHE[key] = (np.array(errors, dtype=np.float64), np.array(scores, dtype=np.float64))
@@ -247,14 +331,21 @@ def run_gate(
     bootstrap: int = 1000,
     items: list[Item] | None = None,
     progress: Callable[[str], None] | None = None,
+    candidate_runtime: str = "auto",
+    champion_runtime: str = "auto",
 ) -> GateResult:
-    """Score both artifacts on every set and apply the rule of the module docstring."""
+    """Score both artifacts on every set and apply the rule of the module docstring. A runtime
+    "auto" is `artifact_runtime(artifact)`: a variant is judged as the worker would serve it."""
     items = items if items is not None else evaluation_items()
     say = progress or (lambda _: None)
-    say(f"scoring the candidate on {len(items)} clips")
-    cand_err, cand_scores = score_items(candidate, items)
-    say(f"scoring the champion on {len(items)} clips")
-    champ_err, champ_scores = score_items(champion, items)
+    runtimes = {
+        "candidate": artifact_runtime(candidate) if candidate_runtime == "auto" else candidate_runtime,
+        "champion": artifact_runtime(champion) if champion_runtime == "auto" else champion_runtime,
+    }
+    say(f"scoring the candidate ({runtimes['candidate']}) on {len(items)} clips")
+    cand_err, cand_scores = score_items(candidate, items, runtimes["candidate"])
+    say(f"scoring the champion ({runtimes['champion']}) on {len(items)} clips")
+    champ_err, champ_scores = score_items(champion, items, runtimes["champion"])
     rng = np.random.default_rng(seed)
     names = sorted({s for item in items for s in item.slices})
     results = []
@@ -276,4 +367,5 @@ def run_gate(
         slices=tuple(results),
         candidate_drift=drift_reference(cand_scores[speech]),
         champion_drift=drift_reference(champ_scores[speech]),
+        runtimes=runtimes,
     )
