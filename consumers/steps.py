@@ -299,8 +299,22 @@ def idempotency_conflict(arrival: AudioArrival, stored_json: bytes) -> PoisonMes
 
 
 def verdict_record(tenant: str, verdict_json: bytes) -> OutRecord:
+    """The verdict topic's record of a stored verdict (any worker's, any version)."""
     verdict = json.loads(verdict_json)
     key = verdict["idempotency_key"]
+    return _verdict_record(
+        tenant,
+        verdict_json,
+        key=key,
+        model_version=str(verdict["model"]["version"]),
+        schema_version=str(verdict.get("schema_version", SCHEMA_VERSION)),
+        ordering_key=str(verdict.get("content_id", key)),
+    )
+
+
+def _verdict_record(
+    tenant: str, verdict_json: bytes, *, key: str, model_version: str, schema_version: str, ordering_key: str
+) -> OutRecord:
     return OutRecord(
         tenant=tenant,
         destination="verdicts",
@@ -308,10 +322,10 @@ def verdict_record(tenant: str, verdict_json: bytes) -> OutRecord:
         value=verdict_json,
         headers=(
             ("ag-idempotency-key", key.encode()),
-            ("ag-model-version", str(verdict["model"]["version"]).encode()),
-            ("ag-schema-version", str(verdict.get("schema_version", SCHEMA_VERSION)).encode()),
+            ("ag-model-version", model_version.encode()),
+            ("ag-schema-version", schema_version.encode()),
         ),
-        ordering_key=str(verdict.get("content_id", key)),
+        ordering_key=ordering_key,
     )
 
 
@@ -628,16 +642,27 @@ class BuildVerdict(_Forwarding):
             attempt=work.message.delivery_attempt,
             **decision.verdict_fields(),
         )
+        ours = verdict.model_dump_json().encode()
         try:
             stored = self._store_call(
-                lambda: self._store.put_if_absent(
-                    work.tenant, arrival.idempotency_key, verdict.model_dump_json().encode()
-                )
+                lambda: self._store.put_if_absent(work.tenant, arrival.idempotency_key, ours)
             )
         except RetryableError as error:
             if self._dead_letter is None:
                 raise
             return self._dead_letter, replace(work, error=error)
+        if stored == ours:
+            # ours won (the usual case): nothing to compare, and no need to parse back the JSON
+            # just written for its headers (two json.loads per upload on the loop thread)
+            record = _verdict_record(
+                work.tenant,
+                stored,
+                key=verdict.idempotency_key,
+                model_version=str(verdict.model.version),
+                schema_version=str(verdict.schema_version),
+                ordering_key=verdict.content_id,
+            )
+            return self._next, replace(work, record=record, outcome="verdict", label=decision.label)
         # another worker stored first for the same key (both missed in ParseArrival): fine for
         # the same content, a conflict for other content
         conflict = idempotency_conflict(arrival, stored)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from services.tools.bench import BenchConfig, plot, report, run_bench
+from services.tools.bench_report import write_report
 
 
 def add_parser(subparsers: Any) -> None:
@@ -66,7 +67,13 @@ def add_parser(subparsers: Any) -> None:
         "--process-repeats", type=int, default=None, help="part f: interleaved rounds (0: skip part f)"
     )
     bench.add_argument("--process-events", type=int, default=None, help="part f: backlog size of each run")
-    bench.add_argument("--out", type=Path, default=Path("bench-out"), help="where JSON and PNG go")
+    bench.add_argument(
+        "--overload-seconds",
+        type=float,
+        default=None,
+        help="seconds of 10x flood on a worker process for its RSS (default 20; 0: skip)",
+    )
+    bench.add_argument("--out", type=Path, default=Path("bench-out"), help="where JSON, PNG and report.md go")
     bench.set_defaults(handler=_bench_cmd)
 
 
@@ -89,7 +96,8 @@ def _bench_cmd(args: argparse.Namespace) -> int:
     }
     if args.fixed_batches is not None:
         options["fixed_batch_windows"] = args.fixed_batches
-    for name in ("clip_seconds", "events", "phase_seconds", "repeats", "process_repeats", "process_events"):
+    names = ("clip_seconds", "events", "phase_seconds", "repeats", "process_repeats", "process_events")
+    for name in (*names, "overload_seconds"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     config = BenchConfig.smoke_run(**options) if args.smoke else BenchConfig(**options)
@@ -108,6 +116,9 @@ def _bench_cmd(args: argparse.Namespace) -> int:
     data["forward_threads"] = {str(k): v for k, v in result.forward_threads.items()}
     data["process_summary"] = result.process_summary()
     (config.out / f"bench-{stamp}.json").write_text(json.dumps(data, indent=2, default=str))
-    wrote = f"{png} and " if png is not None else ""
-    print(f"wrote {wrote}{config.out / f'bench-{stamp}.json'} in {time.monotonic() - started:.1f}s")
+    # the whole run as one page: docs/BENCHMARKS.md is regenerated from it (see its first section)
+    markdown = write_report(result, config, time.monotonic() - started, config.out / "report.md")
+    wrote = f"{png}, " if png is not None else ""
+    json_path = config.out / f"bench-{stamp}.json"
+    print(f"wrote {wrote}{json_path} and {markdown} in {time.monotonic() - started:.1f}s")
     return 0

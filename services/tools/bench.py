@@ -132,6 +132,14 @@ class BenchResult:
     #: part f: every run, in the order they ran (interleaved)
     process_runs: list[ProcessRun] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: what the run was: UTC start, the scorer, the load average when it ended
+    started_at: str = ""
+    scorer: str = "model"
+    load_average_end: tuple[float, float, float] | None = None
+    #: wall-clock seconds of each part, in the order they ran (the report sizes the bench by it)
+    part_seconds: dict[str, float] = field(default_factory=dict)
+    #: RSS of a worker process under a 10x flood (services.tools.loadtest.OverloadResult as a dict)
+    overload: dict[str, Any] | None = None
 
     def process_summary(self) -> dict[str, dict[str, float]]:
         """min / median / max steady uploads/s of each part-f variant."""
@@ -210,6 +218,8 @@ class BenchConfig:
     only: str | None = None
     #: the same-rate point's uploads/s (None: 0.7x the naive consumer's measured capacity)
     rate: float | None = None
+    #: seconds of 10x flood on a worker process for RSS (services.tools.loadtest.overload; 0: skip)
+    overload_seconds: float = 20.0
 
     @classmethod
     def smoke_run(cls, **overrides: Any) -> BenchConfig:
@@ -230,6 +240,7 @@ class BenchConfig:
             "process_baseline": False,
             "process_events": 12,
             "process_repeats": 1,
+            "overload_seconds": 0.0,
         }
         values.update(overrides)
         return cls(**values)
@@ -245,13 +256,12 @@ def machine_info(torch_threads: int, device: str) -> Machine:
                 break
     except OSError:
         pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     return Machine(
         cpu_model=model,
         cores=os.cpu_count() or 1,
         torch_threads=torch_threads,
         device=device,
-        load_average=(round(load[0], 2), round(load[1], 2), round(load[2], 2)),
+        load_average=load_average(),
         python=platform.python_version(),
     )
 
@@ -1239,11 +1249,25 @@ def report(result: BenchResult) -> None:
 
 
 # -- the run --------------------------------------------------------------------------------
+def load_average() -> tuple[float, float, float]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return (round(load[0], 2), round(load[1], 2), round(load[2], 2))
+
+
+@contextmanager
+def _part(result: BenchResult, name: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        result.part_seconds[name] = result.part_seconds.get(name, 0.0) + time.monotonic() - started
+
+
 def run_bench(config: BenchConfig) -> BenchResult:
     from services.detector import configure_torch_threads, load_detector
     from services.local.broker import EmbeddedBroker
-    from services.settings import BatchSettings, TenantSettings
 
+    started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     with ExitStack() as stack, _progress(config.smoke) as progress:
         bootstrap = config.bootstrap_servers
         if bootstrap is None:
@@ -1262,37 +1286,52 @@ def run_bench(config: BenchConfig) -> BenchResult:
             machine=machine_info(threads, detector.device),
             clip_seconds=config.clip_seconds,
             windows_per_upload=0,
+            started_at=started_at,
+            scorer=config.scorer,
         )
-        if config.only == "processes":
-            clip = rig.clips[0][1]
-            from services.audio import decode_with_limits
-            from services.settings import LimitsSettings
+        _run_parts(config, rig, result, progress)
+        result.load_average_end = load_average()
+    return result
 
-            audio = decode_with_limits(clip, LimitsSettings())
-            result.windows_per_upload = len(detector.windows(audio.samples, audio.sample_rate))
+
+def _run_parts(config: BenchConfig, rig: Rig, result: BenchResult, progress: Any) -> None:
+    from services.settings import BatchSettings, TenantSettings
+
+    detector = rig.detector
+    if config.only == "processes":
+        clip = rig.clips[0][1]
+        from services.audio import decode_with_limits
+        from services.settings import LimitsSettings
+
+        audio = decode_with_limits(clip, LimitsSettings())
+        result.windows_per_upload = len(detector.windows(audio.samples, audio.sample_rate))
+        with _part(result, "f. every core"):
             bench_processes(rig, result, progress)
-            return result
-        if config.only == "same-rate":
-            rate = config.rate
+        return
+    if config.only == "same-rate":
+        rate = config.rate
+        with _part(result, "same rate"):
             if rate is None:
                 result.naive = saturate_naive(rig, config.events, progress)
                 rate = 0.7 * result.naive.steady_rate
             for _ in range(config.repeats):
                 bench_naive_point(rig, result, rate)
                 result.same_rate += [p for p in (result.naive_point, result.pipeline_point) if p is not None]
-            return result
+        return
+    with _part(result, "a. stages alone"):
         bench_stages(rig, result, progress)
         bench_decode(rig, result)
-        runs = 4 + len(config.fixed_batch_windows)
-        task = progress.add_task("b./c. saturation runs", total=config.repeats * runs)
-        best: dict[str, Saturation] = {}
+    runs = 4 + len(config.fixed_batch_windows)
+    task = progress.add_task("b./c. saturation runs", total=config.repeats * runs)
+    best: dict[str, Saturation] = {}
 
-        def keep(run: Saturation) -> None:
-            if run.label not in best or run.steady_rate > best[run.label].steady_rate:
-                best[run.label] = run
-            progress.advance(task)
+    def keep(run: Saturation) -> None:
+        if run.label not in best or run.steady_rate > best[run.label].steady_rate:
+            best[run.label] = run
+        progress.advance(task)
 
-        # interleaved repeats, best of each: a burst of someone else's load hits one run, not one kind
+    # interleaved repeats, best of each: a burst of someone else's load hits one run, not one kind
+    with _part(result, "b./c. saturation"):
         for _ in range(config.repeats):
             keep(saturate(rig, "pipeline (default: adaptive cap <= 32)", config.events, progress))
             for size in config.fixed_batch_windows:
@@ -1306,25 +1345,53 @@ def run_bench(config: BenchConfig) -> BenchResult:
             keep(saturate(rig, "pipeline, tenant caps 1024", config.events, progress, overrides=wide))
             keep(saturate_naive(rig, max(4, config.events // 2), progress))
             keep(saturate_naive(rig, config.events, progress, ScratchThread, "from-scratch loop"))
-        progress.remove_task(task)
-        result.pipeline = best.pop("pipeline (default: adaptive cap <= 32)")
-        result.naive = best.pop("naive consumer")
-        result.scratch = best.pop("from-scratch loop")
-        result.fixed_batches = list(best.values())
-        if config.ceiling_only:
+    progress.remove_task(task)
+    result.pipeline = best.pop("pipeline (default: adaptive cap <= 32)")
+    result.naive = best.pop("naive consumer")
+    result.scratch = best.pop("from-scratch loop")
+    result.fixed_batches = list(best.values())
+    if config.ceiling_only:
+        with _part(result, "same rate"):
             bench_naive_point(rig, result, 0.7 * result.naive.rate)
-            result.notes.append("--ceiling: no open-loop curve, no cold start")
-            return result
-        capacity = max(result.pipeline.steady_rate, *(s.steady_rate for s in result.fixed_batches))
+        result.notes.append("--ceiling: no open-loop curve, no cold start")
+        return
+    capacity = max(result.pipeline.steady_rate, *(s.steady_rate for s in result.fixed_batches))
+    with _part(result, "d. open-loop curve"):
         bench_curve(rig, result, capacity, progress)
+    with _part(result, "same rate"):
         bench_naive_point(rig, result, 0.7 * result.naive.rate)
-        result.sizing = sizing(result, config.target_rate, config.target_p99)
-        if config.cold_starts:
+    result.sizing = sizing(result, config.target_rate, config.target_p99)
+    if config.cold_starts:
+        with _part(result, "cold start"):
             result.cold_start = cold_start(rig, config.cold_starts)
-        if config.process_repeats:
+    if config.process_repeats:
+        with _part(result, "f. every core"):
             bench_processes(rig, result, progress)
-        result.notes.append(
-            "everything (publisher, worker, broker) shares this machine; the open-loop publisher runs "
-            "in the worker's process"
+    if config.overload_seconds > 0:
+        with _part(result, "RSS under 10x overload"):
+            result.overload = bench_overload(rig, config.overload_seconds)
+    result.notes.append(
+        "everything (publisher, worker, broker) shares this machine; the open-loop publisher runs "
+        "in the worker's process"
+    )
+
+
+def bench_overload(rig: Rig, seconds: float) -> dict[str, Any]:
+    """A worker process under 10x its capacity for `seconds` on the bench's broker: RSS and
+    what was lost (the sampling list is left out: the report prints the band)."""
+    from dataclasses import asdict
+
+    from services.tools.loadtest import overload
+
+    run = asdict(
+        overload(
+            seconds=seconds,
+            warmup=min(6.0, seconds / 3),
+            flood_factor=10.0,
+            clip_seconds=2.0,
+            bootstrap=rig.bootstrap,
+            capacity_events=150,
         )
-    return result
+    )
+    run["rss_samples"] = len(run.pop("rss_samples_mb"))
+    return run

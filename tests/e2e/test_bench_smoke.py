@@ -64,6 +64,22 @@ def test_bench_smoke_produces_every_part(tmp_path: Path):
     assert "every core" in result.stdout
     png = out / "bench-smoke.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one markdown page of the whole run, with every part's table and how long each part took
+    page = (out / "report.md").read_text()
+    for heading in (
+        "## Machine",
+        "## GPU",
+        "## How long each part took",
+        "## a. Stages alone",
+        "## b./c. Saturation",
+        "## Ratios and issue 16's targets",
+        "## d. Open loop",
+        "## Low load: both consumers at the same rate",
+        "## f. Every core",
+    ):
+        assert heading in page, heading
+    assert set(data["part_seconds"]) >= {"a. stages alone", "b./c. saturation", "f. every core"}
+    assert "worker --processes 2" in page and "p99 pipeline / naive" in page
 
 
 def test_bench_same_rate_runs_interleaved_pairs(tmp_path: Path):

@@ -342,3 +342,26 @@ def test_a_finished_batch_wakes_the_loop_from_its_scorer_thread() -> None:
         assert ready.wait(5), "the finished batch did not wake the loop"
         step.join(5)
     assert [w.arrival.content_id for w in verdicts.items if w.arrival] == ["a"]
+
+
+def test_a_fresh_verdicts_record_is_the_one_its_stored_json_gives(broker: Any, tmp_path: Path) -> None:
+    """BuildVerdict no longer parses back the verdict it has just stored: the key and headers it
+    builds from the model must be those `verdict_record` reads from the JSON (which a verdict
+    stored by another worker still goes through)."""
+    from consumers.steps import verdict_record
+
+    _, memory = broker
+    worker = worker_for(broker, tmp_path)
+    uploads = Uploads(memory, tmp_path)
+    for name in ("one", "two"):
+        uploads.arrival(TENANT, name)
+    try:
+        drive(worker, lambda: worker.pipeline.stats.acked == 2)
+    finally:
+        worker.shutdown()
+    published = records(memory, "verdicts", TENANT)
+    assert len(published) == 2
+    for key, value, headers in published:
+        expected = verdict_record(TENANT, value)
+        assert key == expected.key
+        assert dict(headers) == dict(expected.headers)

@@ -75,6 +75,23 @@ def test_a_tenant_without_roots_reads_nothing(layout):
     assert reason(lambda: storage.fetch(f"file://{acme}/ok.wav", "initech")) == "uri_outside_roots"
 
 
+def test_a_file_that_grew_after_its_size_was_read_is_read_whole_and_still_bounded(layout, monkeypatch):
+    """The read is sized by fstat (a 50 MiB read buffer per upload cost more than the read);
+    a file longer than fstat said is still read to its end, and the limit still holds."""
+    storage, acme, _ = layout
+    (acme / "grown.wav").write_bytes(b"y" * 60)
+    (acme / "huge.wav").write_bytes(b"z" * 150)
+    real_fstat = os.fstat
+
+    class Stale:
+        def __init__(self, fd: int) -> None:
+            self.st_size = 10 if fd > 2 else real_fstat(fd).st_size
+
+    monkeypatch.setattr("services.storage.os.fstat", Stale)
+    assert storage.fetch(f"file://{acme}/grown.wav", "acme") == b"y" * 60
+    assert reason(lambda: storage.fetch(f"file://{acme}/huge.wav", "acme")) == "oversize"
+
+
 def test_size_limit_and_sha256(layout):
     storage, acme, _ = layout
     (acme / "big.wav").write_bytes(b"x" * 101)
