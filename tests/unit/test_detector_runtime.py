@@ -34,6 +34,8 @@ def test_public_names_do_not_drift() -> None:
         "Decision",
         "Detector",
         "ModelMeta",
+        "ONNX_FILE",
+        "ONNX_SIDECAR",
         "configure_torch_threads",
         "default_artifact_dir",
         "load_detector",
