@@ -23,7 +23,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import random
 import socket
 import threading
 import time
@@ -38,6 +37,7 @@ from consumers.transport import Message, OutRecord, Sink
 from dlq.envelope import build_dead_letter, dead_letter_record
 from services.database import connect, mapped_errors
 from services.errors import RetryableError
+from services.retry import jittered
 from services.settings import ApiSettings
 from services.store import VerdictStore
 
@@ -242,7 +242,7 @@ class WebhookDispatcher:
                 self.settings.webhook_max_backoff_seconds,
                 self.settings.webhook_initial_backoff_seconds * 2**attempts,
             )
-            self._reschedule(detection_id, attempts + 1, backoff * random.uniform(0.5, 1.0), error)
+            self._reschedule(detection_id, attempts + 1, jittered(backoff), error)
 
     def _dead_letter(
         self, tenant: str, detection_id: str, url: str, reason: str, error: str, attempts: int, age: float

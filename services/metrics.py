@@ -339,6 +339,7 @@ ALL_METRICS: Final[tuple[MetricWrapperBase, ...]] = (
     DEAD_LETTERS,
     RETRIES,
     DUPLICATES,
+    SHARED_SPILLED,
     BATCH_WINDOWS,
     BATCH_FILL_RATIO,
     BATCH_AUDIO_SECONDS,

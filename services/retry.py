@@ -30,11 +30,21 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 from services.errors import RetryableError
 from services.settings import RetrySettings
 
-__all__ = ["RetryBudget", "backoff_ceiling", "retry_call"]
+__all__ = ["RetryBudget", "backoff_ceiling", "jittered", "retry_call"]
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+#: every pause's jitter comes from this generator of our own: the worker's background threads
+#: (pollers, publishers, webhook deliveries) must not advance the process's global `random`
+#: state, which a host application may have seeded (and which hypothesis checks while it draws)
+_JITTER = random.Random()
+
+
+def jittered(delay: float) -> float:
+    """`delay` times a factor uniform in [0.5, 1): clients that failed together retry apart."""
+    return delay * _JITTER.uniform(0.5, 1.0)
 
 
 def backoff_ceiling(policy: RetrySettings, retry_number: int) -> float:
@@ -63,7 +73,7 @@ def retry_call(
     on_retry: Callable[[int, BaseException], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
-    rng: Callable[[], float] = random.random,
+    rng: Callable[[], float] = _JITTER.random,
 ) -> T:
     """Call `fn` and return its result, retrying `RetryableError` per `policy`.
 

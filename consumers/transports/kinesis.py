@@ -50,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -66,6 +65,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from consumers.tenancy import kinesis_stream, validate_tenant
 from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
 from services.errors import AudioguardError, FatalError, RetryableError
+from services.retry import jittered
 from services.settings import Settings
 
 __all__ = [
@@ -409,7 +409,7 @@ class KinesisSource(Source):
             shard.backoff = min(
                 max(shard.backoff * 2, retry.initial_backoff_seconds), max(retry.max_backoff_seconds, 0.001)
             )
-            shard.next_fetch = now + shard.backoff * random.uniform(0.5, 1.0)
+            shard.next_fetch = now + jittered(shard.backoff)
             log.warning(
                 "GetRecords on %s/%s failed (%s); backing off %.2fs",
                 shard.stream,
@@ -708,7 +708,7 @@ class KinesisSink(Sink):
         backoff = retry.initial_backoff_seconds
         for attempt in range(max(retry.attempts, 1)):
             if attempt:
-                time.sleep(backoff * random.uniform(0.5, 1.0))
+                time.sleep(jittered(backoff))
                 backoff = min(backoff * 2, retry.max_backoff_seconds)
             try:
                 self.calls += 1

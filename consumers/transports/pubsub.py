@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import threading
 import time
 from collections import deque
@@ -68,6 +67,7 @@ from google.protobuf import duration_pb2
 from consumers.tenancy import pubsub_subscription, pubsub_topic, validate_tenant
 from consumers.transport import AckToken, Message, MessageRejected, OutRecord, Sink, Source
 from services.errors import AudioguardError, FatalError, RetryableError
+from services.retry import jittered
 from services.settings import Settings
 
 __all__ = [
@@ -554,7 +554,7 @@ class PubSubSource(Source):
                     backoff = min(
                         retry.initial_backoff_seconds * 2 ** (attempt - 1), retry.max_backoff_seconds
                     )
-                    delay = backoff * random.uniform(0.5, 1.0)
+                    delay = jittered(backoff)
                 else:
                     delay = delay_seconds
                 seconds = min(max(round(delay), 0), _MAX_DEADLINE_SECONDS)
