@@ -1,4 +1,4 @@
-"""Sub-commands of the detector: `data build|demo-clips|partial-spoof`, `train`, `eval`, `score`.
+"""Sub-commands of the detector: `data build|demo-clips|partial-spoof|sealed`, `train`, `eval`, `score`.
 
 Every handler imports torch and the heavy modules lazily so `audioguard --help` stays fast.
 This module must never hold logic of its own beyond argument wiring and output formatting.
@@ -59,6 +59,21 @@ def add_parser(subparsers: Any) -> None:
     partial.add_argument("--model", type=Path, default=None, help="artifact directory (default: shipped)")
     partial.add_argument("--json", action="store_true", help="print the report as JSON")
     partial.set_defaults(handler=_partial_spoof)
+    sealed = data_sub.add_parser(
+        "sealed",
+        help="build the sealed generator family's set (sinusoidal-model resynthesis of the test takes), "
+        "or take its one first look on the final artifact",
+        description="Without --first-look: write DATA/sealed/ (clips, manifest.csv, build.json), which no "
+        "other command reads. With --first-look: score it once against the test split's bona fide clips "
+        "and write DATA/sealed/first_look.json; a second look is refused (docs/model-card.md, 'Sealed "
+        "family').",
+    )
+    sealed.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    sealed.add_argument("--seed", type=int, default=4242)
+    sealed.add_argument("--limit", type=int, default=None, help="only the first N test takes")
+    sealed.add_argument("--first-look", action="store_true", help="break the seal: score it, once")
+    sealed.add_argument("--model", type=Path, default=None, help="artifact folder for --first-look")
+    sealed.set_defaults(handler=_sealed)
 
     train = subparsers.add_parser(
         "train", help="train the detector on a built data set and export an artifact"
@@ -128,6 +143,23 @@ def _data_build(args: argparse.Namespace) -> int:
 
     build_dataset(
         args.out, seed=args.seed, per_source=args.per_source, install=not args.no_install, force=args.force
+    )
+    return 0
+
+
+def _sealed(args: argparse.Namespace) -> int:
+    from services.detector.training.sealed import build_sealed, first_look
+
+    if not args.first_look:
+        manifest = build_sealed(args.data, seed=args.seed, limit=args.limit)
+        print(f"wrote {manifest}; sealed: only `--first-look` on the final artifact may score it")
+        return 0
+    report = first_look(args.data, args.model)
+    lo, hi = report["eer_ci95"]
+    print(
+        f"first look at {report['family']} with {report['model']['name']}@{report['model']['version']}: "
+        f"EER {report['eer']:.2%} [{lo:.2%}, {hi:.2%}], miss@1%FA {report['miss_at_1pct_fa']:.2%} "
+        f"({report['n_synthetic']} sealed vs {report['n_bona_fide']} bona fide clips)"
     )
     return 0
 
