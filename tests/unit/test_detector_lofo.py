@@ -13,7 +13,7 @@ import pytest
 
 from services.cli import build_parser
 from services.detector.training import lofo as lofo_module
-from services.detector.training.data import MANIFEST_COLUMNS
+from services.detector.training.data import write_manifest
 from services.detector.training.lofo import leave_one_family_out, training_families
 from services.detector.training.train import TrainConfig
 from tests.unit.test_detector_train import _write_set
@@ -30,10 +30,7 @@ def _two_families(root: Path) -> Path:
     for label in ("bona_fide", "synthetic"):
         for row in [r for r in rows if r["label"] == label and r["split"] == "train"][-2:]:
             row["split"] = "test"
-    with (data / "manifest.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(data / "manifest.csv", rows)
     return data
 
 

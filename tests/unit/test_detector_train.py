@@ -3,7 +3,6 @@ espeak-ng is missing, harmonic buzzes, said out loud in the test report) against
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import soundfile as sf
 
 from services.detector import load_detector
 from services.detector.training.channel import RATE, apply_chain, draw_chain
-from services.detector.training.data import MANIFEST_COLUMNS
+from services.detector.training.data import write_manifest
 from services.detector.training.demo import DEMO_DIR
 from services.detector.training.train import TrainConfig, train_and_export
 
@@ -77,10 +76,7 @@ def _write_set(root: Path) -> Path:
                     "source_file": "",
                 }
             )
-    with (root / "manifest.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(root / "manifest.csv", rows)
     return root
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from services.detector.training.data import MANIFEST_COLUMNS, read_manifest
+from services.detector.training.data import read_manifest, write_manifest
 from services.detector.training.sealed import FAMILY, FIRST_LOOK, build_sealed, first_look, sms_vocode
 from services.detector.training.train import load_clips
 
@@ -58,7 +58,6 @@ def _made_up_data(root: Path) -> Path:
         sf.write(clip, audio, RATE, subtype="PCM_16")
         rows.append(
             {
-                **{c: "" for c in MANIFEST_COLUMNS},
                 "path": f"clips/bona{i}.flac",
                 "split": split,
                 "label": "bona_fide",
@@ -68,10 +67,7 @@ def _made_up_data(root: Path) -> Path:
                 "source_file": str(source),
             }
         )
-    with (data / "manifest.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(data / "manifest.csv", rows)
     return data
 
 

@@ -369,10 +369,7 @@ def build_dataset(
                 rate = i / (time.monotonic() - started)
                 log(f"{i}/{len(jobs)} clips, {rate:.1f}/s, eta {(len(jobs) - i) / rate:.0f}s")
     rows.sort(key=lambda r: (r["split"], r["label"], r["path"]))
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(manifest, rows)
     digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
     summary = Counter((r["split"], r["label"]) for r in rows)
     stamp.write_text(
@@ -391,6 +388,14 @@ def build_dataset(
     return manifest
 
 
+def write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
+    """`rows` as a manifest CSV with the columns in their order (a column a row lacks is empty)."""
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def read_manifest(data: Path) -> list[dict[str, str]]:
     with (data / "manifest.csv").open(newline="") as fh:
         return list(csv.DictReader(fh))
@@ -400,4 +405,13 @@ def manifest_sha256(data: Path) -> str:
     return hashlib.sha256((data / "manifest.csv").read_bytes()).hexdigest()
 
 
-__all__ = ["Job", "build_dataset", "manifest_sha256", "plan", "read_manifest", "run_job", "asdict"]
+__all__ = [
+    "Job",
+    "build_dataset",
+    "manifest_sha256",
+    "plan",
+    "read_manifest",
+    "run_job",
+    "write_manifest",
+    "asdict",
+]

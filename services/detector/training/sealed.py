@@ -26,7 +26,6 @@ This module must never train, and nothing but `first_look` may score the sealed 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import time
@@ -117,7 +116,7 @@ def _read_take(path: Path) -> tuple[np.ndarray, bool]:
 
 def build_sealed(data: Path, *, seed: int = 4242, limit: int | None = None) -> Path:
     """Write `<data>/sealed/` (FLAC clips, manifest.csv, build.json); returns its manifest."""
-    from .data import MANIFEST_COLUMNS, MAX_SECONDS, MIN_SECONDS, P_GSM, P_NARROWBAND, read_manifest
+    from .data import MAX_SECONDS, MIN_SECONDS, P_GSM, P_NARROWBAND, read_manifest, write_manifest
 
     takes = [
         r
@@ -142,7 +141,6 @@ def build_sealed(data: Path, *, seed: int = 4242, limit: int | None = None) -> P
         sf.write(out / rel, treated, RATE, subtype="PCM_16")
         rows.append(
             {
-                **{col: "" for col in MANIFEST_COLUMNS},
                 "path": str(rel),
                 "split": "sealed",
                 "label": "synthetic",
@@ -160,10 +158,7 @@ def build_sealed(data: Path, *, seed: int = 4242, limit: int | None = None) -> P
             }
         )
     manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda r: r["path"]))
+    write_manifest(manifest, sorted(rows, key=lambda r: r["path"]))
     (out / "build.json").write_text(
         json.dumps(
             {
