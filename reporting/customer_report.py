@@ -13,6 +13,7 @@ import html
 import io
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d")
-    if isinstance(value, float):
+    if isinstance(value, float | Decimal):  # PostgreSQL's numeric arrives as Decimal ("0E-20")
         return f"{value:.3f}"
     return str(value)
 
@@ -124,14 +125,15 @@ def render_html(report: MonthReport) -> str:
         "<tr>" + "".join(f"<td>{esc(_cell(d[c]))}</td>" for c in DAILY_COLUMNS) + "</tr>"
         for d in report.daily
     )
-    charts = "".join(f'<figure><img alt="{esc(t)}" src="{src}"><figcaption>{esc(t)}</figcaption></figure>'
-                     for t, src in _charts(report))  # fmt: skip
+    # each chart carries its title in the image; the alt text says it to a screen reader
+    charts = "".join(f'<figure><img alt="{esc(t)}" src="{src}"></figure>' for t, src in _charts(report))
     reasons = "".join(f"<li>{esc(r)}: {n}</li>" for r, n in sorted(report.dead_letters_by_reason.items()))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>audioguard report {esc(report.tenant)} {esc(report.month)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}figure{{display:inline-block}}</style></head>
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}figure{{display:inline-block;margin:0 1em 0 0}}
+img{{max-width:100%}}.wide{{overflow-x:auto}}</style></head>
 <body><h1>audioguard: {esc(report.tenant)}, {esc(report.month)}</h1>
 <p>Uploads checked: <strong id="uploads">{report.uploads}</strong>;
 audio hours: <strong id="audio-hours">{report.audio_hours:.2f}</strong>;
@@ -140,7 +142,7 @@ bona fide: <strong id="bona-fide">{report.labels.get("bona_fide", 0)}</strong>;
 inconclusive: <strong id="inconclusive">{report.labels.get("inconclusive", 0)}</strong>;
 dead letters: <strong id="dead-letters">{report.dead_letters}</strong>.</p>
 {charts}
-<h2>Per day</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<h2>Per day</h2><div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
 <h2>Dead letters by reason</h2><ul>{reasons or "<li>none</li>"}</ul>
 </body></html>
 """

@@ -58,6 +58,9 @@ def test_the_monthly_report_renders_in_chromium_with_its_numbers(postgres_url: s
     with (tmp_path / "audioguard-acme-2026-11.csv").open() as handle:
         days = list(csv.DictReader(handle))
     assert [d["day"] for d in days] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    # shares as a person reads them, in the CSV and the page (numeric columns once read "0E-20")
+    assert {d["share_synthetic"] for d in days} <= {"0.000", "0.333", "0.667", "1.000"}
+    assert "E-" not in dom
     assert sum(int(d["uploads"]) for d in days) == 45
 
 
