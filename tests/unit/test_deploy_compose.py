@@ -295,6 +295,23 @@ def test_topics_and_publisher_cover_the_workers_tenants(services: dict[str, dict
     )
 
 
+def test_grafana_also_loads_the_reporting_dashboard_on_compose_postgres(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    datasources = yaml.safe_load(compose["configs"]["grafana-datasource"]["content"])["datasources"]
+    reporting = next(d for d in datasources if d["type"] == "grafana-postgresql-datasource")
+    postgres = compose["services"]["postgres"]["environment"]
+    assert reporting["url"].split(":")[0] == "postgres"
+    assert reporting["user"] == postgres["POSTGRES_USER"]
+    assert reporting["jsonData"]["database"] == postgres["POSTGRES_DB"]
+    assert reporting["secureJsonData"]["password"] == postgres["POSTGRES_PASSWORD"]
+    mount = next(str(v) for v in grafana["volumes"] if "reporting-dashboard.json" in str(v))
+    assert (ROOT / mount.split(":")[0]).is_file()
+    # the dashboard pins this data source's uid (its other panels use a variable of its type)
+    text = (ROOT / mount.split(":")[0]).read_text()
+    pinned = {u for u in re.findall(r'"uid":\s*"([^"$]+)"', text)}
+    assert reporting["uid"] in pinned, pinned
+
+
 def test_scrape_job_is_the_one_the_rules_and_dashboard_select(compose: dict[str, Any]) -> None:
     config = yaml.safe_load(compose["configs"]["prometheus-config"]["content"])
     jobs = {job["job_name"] for job in config["scrape_configs"]}
