@@ -99,6 +99,13 @@ def _resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
     return np.asarray(out.numpy(), dtype=np.float32)
 
 
+def read_mono(path: Path) -> tuple[np.ndarray, int]:
+    """An audio file as 16 kHz mono float32 (channels averaged), and the rate it was recorded at."""
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    mono = np.ascontiguousarray(audio.mean(axis=1), dtype=np.float32)
+    return (mono if rate == RATE else _resample(mono, rate, RATE)), int(rate)
+
+
 def _gsm_round_trip(x8k: np.ndarray) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.wav"

@@ -221,7 +221,6 @@ def evaluate(
     limits: LimitsSettings | None = None,
 ) -> dict[str, Any]:
     """`limits`: the worker's (settings.limits); clips it would refuse are left out, as it would."""
-    from .data import read_manifest
 
     out.mkdir(parents=True, exist_ok=True)
     det = load_detector(model, device="cpu", threads=threads, speech_check=False)
@@ -229,8 +228,7 @@ def evaluate(
         f"model {det.meta.name}@{det.meta.version} ({det.meta.checksum[:12]}), "
         f"threshold {det.meta.threshold:.4f}"
     )
-    rows = read_manifest(data)
-    seen = {r["generator"] for r in rows if r["split"] == "train" and r["label"] == "synthetic"}
+    seen = seen_generators(data)
     test = load_clips(data, "test", limits=limits)
     train = load_clips(data, "train", limits=limits)
     _log(f"test clips: {len(test)}; seen generators: {sorted(seen)}")
@@ -323,6 +321,14 @@ def evaluate(
     return report
 
 
+def seen_generators(data: Path) -> set[str]:
+    """The synthetic generators of the train split: "seen" in every breakdown."""
+    from .data import read_manifest
+
+    rows = read_manifest(data)
+    return {r["generator"] for r in rows if r["split"] == "train" and r["label"] == "synthetic"}
+
+
 def beaten_generators(
     model: dict[str, dict[str, Any]], other: dict[str, dict[str, Any]], name: str
 ) -> list[dict[str, Any]]:
@@ -365,14 +371,12 @@ def compare_with_peer(
     """The public AASIST peer (training.peer, its official input) and the model on the same test
     clips, per generator: where the peer has the lower EER, ours failed. Writes peer.json and
     peer.md. The peer costs ~1 s per clip on 2 CPU threads, so a subsample may be asked for."""
-    from .data import read_manifest
     from .peer import load_peer
 
     out.mkdir(parents=True, exist_ok=True)
     det = load_detector(model, device="cpu", threads=threads, speech_check=False)
     peer = load_peer()
-    rows = read_manifest(data)
-    seen = {r["generator"] for r in rows if r["split"] == "train" and r["label"] == "synthetic"}
+    seen = seen_generators(data)
     clips = _stratified(load_clips(data, "test", limits=limits), per_generator, bona_fide, seed)
     _log(f"{len(clips)} test clips for {det.meta.name}@{det.meta.version} and {peer.name}")
     ours = _score_clips(det, [c.audio for c in clips])

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from .channel import RATE, apply_chain, draw_chain, trim_silence
+from .channel import RATE, apply_chain, draw_chain, read_mono, trim_silence
 from .metrics import eer
 
 __all__ = ["Trial", "build_partial_spoof", "evaluate_partial_spoof", "write_partial_spoof"]
@@ -48,14 +48,7 @@ class Trial:
 
 
 def _read(path: Path) -> np.ndarray:
-    x, rate = sf.read(path, dtype="float32", always_2d=True)
-    mono = x.mean(axis=1)
-    if rate != RATE:
-        import torch
-        import torchaudio
-
-        mono = torchaudio.functional.resample(torch.from_numpy(mono), rate, RATE).numpy()
-    return trim_silence(np.ascontiguousarray(mono, dtype=np.float32))
+    return trim_silence(read_mono(path)[0])
 
 
 def build_partial_spoof(source: Path, pairs: int = 40, seed: int = 17) -> list[Trial]:

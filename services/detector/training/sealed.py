@@ -36,7 +36,7 @@ import numpy as np
 import soundfile as sf
 from scipy import ndimage, signal
 
-from .channel import RATE, apply_chain, draw_chain, trim_silence
+from .channel import RATE, apply_chain, draw_chain, read_mono, trim_silence
 
 FAMILY = "sms-vocoder"
 SEALED_DIR = "sealed"
@@ -100,20 +100,6 @@ def sms_vocode(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _read_take(path: Path) -> tuple[np.ndarray, bool]:
-    """A source take as 16 kHz mono, and whether it was narrowband (recorded at 8 kHz)."""
-    audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1)
-    if rate != RATE:
-        import torch
-        import torchaudio
-
-        mono = torchaudio.functional.resample(
-            torch.from_numpy(np.ascontiguousarray(mono)), rate, RATE
-        ).numpy()
-    return np.ascontiguousarray(mono, dtype=np.float32), rate <= 8000
-
-
 def build_sealed(data: Path, *, seed: int = 4242, limit: int | None = None) -> Path:
     """Write `<data>/sealed/` (FLAC clips, manifest.csv, build.json); returns its manifest."""
     from .data import MAX_SECONDS, MIN_SECONDS, P_GSM, P_NARROWBAND, read_manifest, write_manifest
@@ -129,15 +115,16 @@ def build_sealed(data: Path, *, seed: int = 4242, limit: int | None = None) -> P
     rows: list[dict[str, str]] = []
     started = time.monotonic()
     for row in takes:
-        key = f"sealed/{row['path']}"
-        rng = np.random.default_rng([seed, int(hashlib.sha1(key.encode()).hexdigest()[:12], 16)])
-        take, narrowband = _read_take(Path(row["source_file"]))
+        ident = hashlib.sha1(f"sealed/{row['path']}".encode()).hexdigest()
+        rng = np.random.default_rng([seed, int(ident[:12], 16)])
+        take, source_rate = read_mono(Path(row["source_file"]))
         take = trim_silence(take)[: int(MAX_SECONDS * RATE)]
         if take.size < MIN_SECONDS * RATE:
             continue
         chain = draw_chain(rng, P_NARROWBAND, P_GSM)
-        treated = apply_chain(sms_vocode(take, rng), chain, rng, already_narrowband=narrowband)
-        rel = Path("clips") / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.flac"
+        # a take recorded at 8 kHz already has its band limit and codec (the data build's rule)
+        treated = apply_chain(sms_vocode(take, rng), chain, rng, already_narrowband=source_rate <= 8000)
+        rel = Path("clips") / f"{ident[:16]}.flac"
         sf.write(out / rel, treated, RATE, subtype="PCM_16")
         rows.append(
             {
