@@ -74,6 +74,11 @@ class Saturation:
     #: completions per second over the last three quarters: without the group join, the first
     #: batches and the tuner's initial sweep, which a long-running worker pays once
     steady_rate: float = 0.0
+    #: CPU seconds per wall second from the first record consumed to the last verdict: of the
+    #: bench process (the consumer's threads; the bench's own threads only sleep then) and of
+    #: the embedded broker's process (nan when the broker is not ours)
+    cores: float = float("nan")
+    broker_cores: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -285,6 +290,18 @@ def make_clip(seconds: float, seed: int, rate: int = 16000) -> bytes:
     return buffer.getvalue()
 
 
+def process_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc); nan when unknown."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    # after the command's closing bracket: state is field 3, utime 14 and stime 15 (1-based)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
@@ -324,6 +341,8 @@ class Rig:
         self.bootstrap = bootstrap
         self.workdir = workdir
         self.detector = detector
+        #: the embedded broker's pid, for its CPU share in the saturation runs; None when external
+        self.broker_pid: int | None = None
         self._sink: Any | None = None
         self.clips: list[tuple[str, bytes]] = []
         clip_dir = workdir / "clips"
@@ -432,6 +451,9 @@ class Recorder:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.first_consumed: float | None = None
+        #: (process CPU seconds, broker CPU seconds) when the first record was consumed
+        self.cpu_at_first: tuple[float, float] | None = None
+        self.broker_pid: int | None = None
         self.done_at: dict[str, float] = {}
         self.latency: dict[str, float] = {}
         self.legs: dict[str, tuple[float, ...]] = {}
@@ -439,6 +461,16 @@ class Recorder:
     def consumed(self) -> None:
         if self.first_consumed is None:
             self.first_consumed = time.monotonic()
+            self.cpu_at_first = (time.process_time(), process_cpu_seconds(self.broker_pid))
+
+    def cores(self) -> tuple[float, float]:
+        """(this process, the broker) CPU seconds per wall second since the first record."""
+        if self.first_consumed is None or self.cpu_at_first is None:
+            return float("nan"), float("nan")
+        wall = time.monotonic() - self.first_consumed
+        own = (time.process_time() - self.cpu_at_first[0]) / wall
+        broker = (process_cpu_seconds(self.broker_pid) - self.cpu_at_first[1]) / wall
+        return own, broker
 
     def finished(self, key: str, submitted_at: datetime, work: Any = None) -> None:
         now, done = datetime.now(UTC), time.monotonic()
@@ -495,6 +527,7 @@ class WorkerThread:
         overrides = dict(overrides or {}) | ({"batch": batch} if batch is not None else {})
         settings = rig.settings(tenants, **overrides)
         self.recorder = Recorder()
+        self.recorder.broker_pid = rig.broker_pid
         self.hooks = _recording_hooks(rig.detector, self.recorder, settings.batch.max_windows)
         self.worker = build_worker(settings, detector=rig.detector, hooks=self.hooks)
         self.stop = threading.Event()
@@ -526,6 +559,7 @@ class NaiveThread:
         self.settings = rig.settings(tenants)
         self.source, self.sink = open_transport(self.settings)
         self.recorder = Recorder()
+        self.recorder.broker_pid = rig.broker_pid
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name="bench-naive")
@@ -723,12 +757,15 @@ def saturate(
         if not _wait(running, events, timeout=60 + events, progress=progress):
             raise RuntimeError(f"{label}: only {running.recorder.count()}/{events} verdicts")
         recorder = running.recorder
+        cores, broker_cores = recorder.cores()
         windows = running.hooks.batch_windows
         cap = running.worker.pipeline.batcher.policy.max_windows
     assert recorder.first_consumed is not None
     seconds = max(recorder.done_at.values()) - recorder.first_consumed
     mean_batch = float(np.mean(windows)) if windows else 0.0
-    return Saturation(label, events, seconds, events / seconds, mean_batch, cap, steady(recorder))
+    return Saturation(
+        label, events, seconds, events / seconds, mean_batch, cap, steady(recorder), cores, broker_cores
+    )
 
 
 def saturate_naive(
@@ -740,9 +777,10 @@ def saturate_naive(
         if not _wait(running, events, timeout=60 + 2 * events, progress=progress):
             raise RuntimeError(f"{label}: only {running.recorder.count()}/{events} verdicts")
         recorder = running.recorder
+        cores, broker_cores = recorder.cores()
     assert recorder.first_consumed is not None
     seconds = max(recorder.done_at.values()) - recorder.first_consumed
-    return Saturation(label, events, seconds, events / seconds, 1.0, 1, steady(recorder))
+    return Saturation(label, events, seconds, events / seconds, 1.0, 1, steady(recorder), cores, broker_cores)
 
 
 def steady(recorder: Recorder) -> float:
@@ -1140,6 +1178,7 @@ def report(result: BenchResult) -> None:
             "steady/s",
             "mean windows/batch",
             "final cap",
+            "cores: consumer / broker",
         ):
             table.add_column(column, justify="right" if column != "run" else "left")
         kinds = (result.pipeline, *result.fixed_batches, result.naive, result.scratch)
@@ -1153,6 +1192,7 @@ def report(result: BenchResult) -> None:
                 f"{run.steady_rate:.1f}",
                 f"{run.mean_batch_windows:.1f}",
                 str(run.final_cap),
+                f"{run.cores:.2f} / {run.broker_cores:.2f}",
             )
         console.print(table)
         for name, ratio in result.ratios().items():
@@ -1270,8 +1310,10 @@ def run_bench(config: BenchConfig) -> BenchResult:
     started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     with ExitStack() as stack, _progress(config.smoke) as progress:
         bootstrap = config.bootstrap_servers
+        broker_pid = None
         if bootstrap is None:
-            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
+            broker = stack.enter_context(EmbeddedBroker())
+            bootstrap, broker_pid = broker.bootstrap_servers, broker.pid
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audioguard-bench-")))
         detector: Any
         if config.scorer == "null":
@@ -1282,6 +1324,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
             detector = load_detector(device=config.device, threads=config.threads)
         threads = configure_torch_threads(config.threads)
         rig = Rig(config, bootstrap, workdir, detector)
+        rig.broker_pid = broker_pid
         result = BenchResult(
             machine=machine_info(threads, detector.device),
             clip_seconds=config.clip_seconds,

@@ -121,9 +121,24 @@ def _saturation(result: BenchResult) -> list[str]:
     runs = [
         r for r in (result.pipeline, *result.fixed_batches, result.naive, result.scratch) if r is not None
     ]
-    out = ["## b./c. Saturation (pre-published backlog, best of the interleaved repeats)", ""]
+    out = [
+        "## b./c. Saturation (pre-published backlog, best of the interleaved repeats)",
+        "",
+        "cores: CPU seconds per wall second from the first record consumed to the last verdict, of "
+        "the bench process (the consumer's threads) and of the embedded broker.",
+        "",
+    ]
     return out + _table(
-        ("run", "events", "seconds", "uploads/s", "steady/s", "mean windows/batch", "final cap"),
+        (
+            "run",
+            "events",
+            "seconds",
+            "uploads/s",
+            "steady/s",
+            "mean windows/batch",
+            "final cap",
+            "cores: consumer / broker",
+        ),
         (
             (
                 r.label,
@@ -133,6 +148,7 @@ def _saturation(result: BenchResult) -> list[str]:
                 _f(r.steady_rate),
                 _f(r.mean_batch_windows),
                 r.final_cap,
+                f"{r.cores:.2f} / {r.broker_cores:.2f}",
             )
             for r in runs
         ),
