@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DATA = Path("data/detector")
+ONE_CLASS_HELP = (
+    "one-class head and OC-softmax loss instead of binary cross-entropy (bona fide kept within a narrow "
+    "angle of a learnt direction, everything else pushed outside a wide one)"
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -97,6 +101,7 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="add SpecAugment feature masks (the 2.0.0 recipe; 3.0.0's dev chose training without them)",
     )
+    train.add_argument("--one-class", action="store_true", help=ONE_CLASS_HELP)
     train.add_argument("--shuffle-labels", action="store_true", help="sanity run: train on shuffled labels")
     train.set_defaults(handler=_train)
 
@@ -148,6 +153,7 @@ def add_parser(subparsers: Any) -> None:
     lofo.add_argument("--threads", type=int, default=2)
     lofo.add_argument("--seed", type=int, default=0)
     lofo.add_argument("--spec-augment", action="store_true", help="the 2.0.0 recipe's feature masks")
+    lofo.add_argument("--one-class", action="store_true", help=ONE_CLASS_HELP)
     lofo.add_argument("--bootstrap", type=int, default=300)
     lofo.set_defaults(handler=_lofo)
 
@@ -227,6 +233,7 @@ def _train_config(args: argparse.Namespace, **extra: Any) -> Any:
         threads=args.threads,
         seed=args.seed,
         spec_augment=args.spec_augment,
+        one_class=args.one_class,
         **extra,
     )
 

@@ -121,3 +121,41 @@ def test_chain_draw_is_deterministic(seed: int) -> None:
     a = draw_chain(np.random.default_rng(seed), 0.35, 0.5)
     b = draw_chain(np.random.default_rng(seed), 0.35, 0.5)
     assert a == b
+
+
+def test_one_class_loss_pays_by_angle_to_the_bona_fide_direction() -> None:
+    import torch
+
+    from services.detector._model import NetConfig
+    from services.detector.training.train import _loss
+
+    nc = NetConfig(one_class=True)
+    a = nc.oc_alpha
+    cos = torch.tensor([1.0, 0.5, 0.1, -0.5, 0.5, 0.95])
+    labels = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    per = [float(_loss(-a * cos[i : i + 1], labels[i : i + 1], nc)) for i in range(6)]
+    # bona fide: cheap inside the 0.9 margin, dearer the further out; synthetic: cheap below 0.2
+    assert per[0] < 0.15 < 1.0 < per[1] < per[2]
+    assert per[3] < 0.01 < 1.0 < per[4] < per[5]
+
+
+def test_one_class_recipe_trains_exports_and_scores(tmp_path: Path) -> None:
+    import json
+
+    data = _write_set(tmp_path / "data")
+    art = train_and_export(
+        data,
+        tmp_path / "model",
+        TrainConfig(
+            minutes=2.0, epochs=1, batch_size=4, threads=1, progress=False, version="0.0.0-oc", one_class=True
+        ),
+    )
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["network"]["one_class"] is True and manifest["training"]["one_class"] is True
+    det = load_detector(art, device="cpu", threads=1)
+    clip, rate = sf.read(next(DEMO_DIR.glob("*.flac")), dtype="float32")
+    d = det.score_samples(clip, rate)
+    assert 0.0 <= d.score <= 1.0
+    # the logit is -alpha * cos, so no window can leave [-alpha, alpha]
+    logits = det.logits(det.windows(clip, rate))
+    assert np.all(np.abs(logits) <= 20.0 + 1e-4)

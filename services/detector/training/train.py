@@ -58,6 +58,9 @@ class TrainConfig:
     progress: bool = True
     #: generators left out of train and dev entirely (leave-one-family-out, training.lofo)
     hold_out: tuple[str, ...] = ()
+    #: the one-class head and its OC-softmax loss (NetConfig.one_class) instead of binary
+    #: cross-entropy; margins as published: bona fide cos >= 0.9, synthetic cos <= 0.2
+    one_class: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,22 @@ def clip_logits(net: DetectorNet, clips: list[Clip], window: int, batch: int = 6
     return [logits[bounds[i] : bounds[i + 1]] for i in range(len(clips))]
 
 
+#: OC-softmax margins on the cosine to the bona fide direction (Zhang et al., 2021)
+OC_MARGIN_BONA_FIDE = 0.9
+OC_MARGIN_SYNTHETIC = 0.2
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, nc: NetConfig) -> torch.Tensor:
+    """Binary cross-entropy, or with the one-class head OC-softmax: the logit is -alpha * cos,
+    so bona fide pays softplus(alpha * (m_bona - cos)) and synthetic softplus(alpha * (cos - m_synth))."""
+    if not nc.one_class:
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    a = nc.oc_alpha
+    synthetic = torch.nn.functional.softplus(-logits - a * OC_MARGIN_SYNTHETIC)
+    bona_fide = torch.nn.functional.softplus(logits + a * OC_MARGIN_BONA_FIDE)
+    return torch.where(labels > 0.5, synthetic, bona_fide).mean()
+
+
 def _learning_rate(peak: float, done: float) -> float:
     """Warm-up over the first 10 %, then cosine decay to zero. `done` is the larger of the share
     of steps and the share of the time budget used, so a run that the budget stops early has
@@ -175,7 +194,7 @@ def train(data: Path, cfg: TrainConfig) -> tuple[DetectorNet, NetConfig, dict[st
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
-    fe, nc = FrontEndConfig(), NetConfig()
+    fe, nc = FrontEndConfig(), NetConfig(one_class=cfg.one_class)
     window = int(WINDOW_SECONDS * fe.sample_rate)
     train_clips = load_clips(data, "train", cfg.max_train_clips)
     dev_clips = load_clips(
@@ -220,7 +239,7 @@ def train(data: Path, cfg: TrainConfig) -> tuple[DetectorNet, NetConfig, dict[st
                 feats = net.frontend(x)
                 if cfg.spec_augment:
                     feats = masking(feats.unsqueeze(1)).squeeze(1)
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(net.classify(feats), y)
+                loss = _loss(net.classify(feats), y, nc)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, step {b}")
                 opt.zero_grad(set_to_none=True)
@@ -279,6 +298,7 @@ def train(data: Path, cfg: TrainConfig) -> tuple[DetectorNet, NetConfig, dict[st
         "threads": cfg.threads,
         "speed_perturb": cfg.speed_perturb,
         "spec_augment": cfg.spec_augment,
+        "one_class": cfg.one_class,
         "weight_decay": cfg.weight_decay,
         "hold_out": list(cfg.hold_out),
         "frontend": FrontEndConfig().to_dict(),
