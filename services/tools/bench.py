@@ -81,6 +81,32 @@ class Saturation:
     broker_cores: float = float("nan")
 
 
+#: the columns of a saturation table, console and report alike (saturation_row)
+SATURATION_COLUMNS = (
+    "run",
+    "events",
+    "seconds",
+    "uploads/s",
+    "steady/s",
+    "mean windows/batch",
+    "final cap",
+    "cores: consumer / broker",
+)
+
+
+def saturation_row(run: Saturation) -> tuple[str, ...]:
+    return (
+        run.label,
+        str(run.events),
+        f"{run.seconds:.2f}",
+        f"{run.rate:.1f}",
+        f"{run.steady_rate:.1f}",
+        f"{run.mean_batch_windows:.1f}",
+        str(run.final_cap),
+        f"{run.cores:.2f} / {run.broker_cores:.2f}",
+    )
+
+
 @dataclass(frozen=True)
 class ProcessRun:
     """One saturation run of `audioguard worker` as processes of its own (part f)."""
@@ -145,6 +171,11 @@ class BenchResult:
     part_seconds: dict[str, float] = field(default_factory=dict)
     #: RSS of a worker process under a 10x flood (services.tools.loadtest.OverloadResult as a dict)
     overload: dict[str, Any] | None = None
+
+    def saturation_runs(self) -> list[Saturation]:
+        """The pipeline, its fixed batch sizes, the naive consumer and the from-scratch loop."""
+        kinds = (self.pipeline, *self.fixed_batches, self.naive, self.scratch)
+        return [r for r in kinds if r is not None]
 
     def process_summary(self) -> dict[str, dict[str, float]]:
         """min / median / max steady uploads/s of each part-f variant."""
@@ -1194,30 +1225,10 @@ def report(result: BenchResult) -> None:
             table.add_row(stage.name, f"{stage.uploads_per_second:.1f}", "files/s, no framework")
         console.print(table)
         table = Table(title="b./c. saturation (pre-published backlog)")
-        for column in (
-            "run",
-            "events",
-            "seconds",
-            "uploads/s",
-            "steady/s",
-            "mean windows/batch",
-            "final cap",
-            "cores: consumer / broker",
-        ):
+        for column in SATURATION_COLUMNS:
             table.add_column(column, justify="right" if column != "run" else "left")
-        kinds = (result.pipeline, *result.fixed_batches, result.naive, result.scratch)
-        runs = [r for r in kinds if r is not None]
-        for run in runs:
-            table.add_row(
-                run.label,
-                str(run.events),
-                f"{run.seconds:.2f}",
-                f"{run.rate:.1f}",
-                f"{run.steady_rate:.1f}",
-                f"{run.mean_batch_windows:.1f}",
-                str(run.final_cap),
-                f"{run.cores:.2f} / {run.broker_cores:.2f}",
-            )
+        for run in result.saturation_runs():
+            table.add_row(*saturation_row(run))
         console.print(table)
         for name, ratio in result.ratios().items():
             console.print(f"  {name}: [bold]{ratio:.2f}x[/bold]")

@@ -15,7 +15,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from services.tools.bench import LEGS, BenchConfig, BenchResult, process_label
+from services.tools.bench import (
+    LEGS,
+    SATURATION_COLUMNS,
+    BenchConfig,
+    BenchResult,
+    process_label,
+    saturation_row,
+)
 
 __all__ = ["TARGETS", "markdown", "write_report"]
 
@@ -118,9 +125,6 @@ def _stages(result: BenchResult) -> list[str]:
 
 
 def _saturation(result: BenchResult) -> list[str]:
-    runs = [
-        r for r in (result.pipeline, *result.fixed_batches, result.naive, result.scratch) if r is not None
-    ]
     out = [
         "## b./c. Saturation (pre-published backlog, best of the interleaved repeats)",
         "",
@@ -128,31 +132,7 @@ def _saturation(result: BenchResult) -> list[str]:
         "the bench process (the consumer's threads) and of the embedded broker.",
         "",
     ]
-    return out + _table(
-        (
-            "run",
-            "events",
-            "seconds",
-            "uploads/s",
-            "steady/s",
-            "mean windows/batch",
-            "final cap",
-            "cores: consumer / broker",
-        ),
-        (
-            (
-                r.label,
-                r.events,
-                _f(r.seconds, 2),
-                _f(r.rate),
-                _f(r.steady_rate),
-                _f(r.mean_batch_windows),
-                r.final_cap,
-                f"{r.cores:.2f} / {r.broker_cores:.2f}",
-            )
-            for r in runs
-        ),
-    )
+    return out + _table(SATURATION_COLUMNS, (saturation_row(r) for r in result.saturation_runs()))
 
 
 def _targets(result: BenchResult) -> list[str]:
