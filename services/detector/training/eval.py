@@ -40,7 +40,7 @@ def _log(msg: str) -> None:
     print(f"[eval {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _metrics(bona: np.ndarray, synth: np.ndarray, n_boot: int, seed: int = 0) -> dict[str, Any]:
+def eer_metrics(bona: np.ndarray, synth: np.ndarray, n_boot: int, seed: int = 0) -> dict[str, Any]:
     e, _ = eer(bona, synth)
     m, _ = miss_at_fa(bona, synth, 0.01)
     return {
@@ -55,7 +55,7 @@ def _metrics(bona: np.ndarray, synth: np.ndarray, n_boot: int, seed: int = 0) ->
     }
 
 
-def _score_clips(det: Detector, audios: list[np.ndarray]) -> np.ndarray:
+def score_clips(det: Detector, audios: list[np.ndarray]) -> np.ndarray:
     """Runtime rule per clip: windows -> calibrated window scores -> mean."""
     windows = [det.windows(a, 16000) for a in audios]
     flat = np.concatenate(windows)
@@ -71,17 +71,17 @@ def breakdown(
     gens = np.array([c.row["generator"] for c in clips])
     langs = np.array([c.row["language"] for c in clips])
     bona = scores[labels == 0]
-    out: dict[str, dict[str, Any]] = {"pooled": _metrics(bona, scores[labels == 1], n_boot)}
+    out: dict[str, dict[str, Any]] = {"pooled": eer_metrics(bona, scores[labels == 1], n_boot)}
     synth_gens = sorted(set(gens[labels == 1]))
     seen_mask = (labels == 1) & np.isin(gens, sorted(seen))
     unseen_mask = (labels == 1) & ~np.isin(gens, sorted(seen))
-    out["seen_generators"] = _metrics(bona, scores[seen_mask], n_boot)
-    out["unseen_generators"] = _metrics(bona, scores[unseen_mask], n_boot)
+    out["seen_generators"] = eer_metrics(bona, scores[seen_mask], n_boot)
+    out["unseen_generators"] = eer_metrics(bona, scores[unseen_mask], n_boot)
     for g in synth_gens:
-        out[f"generator:{g}"] = _metrics(bona, scores[(labels == 1) & (gens == g)], n_boot)
+        out[f"generator:{g}"] = eer_metrics(bona, scores[(labels == 1) & (gens == g)], n_boot)
     for lang in sorted(set(langs)):
         m = langs == lang
-        out[f"language:{lang}"] = _metrics(scores[m & (labels == 0)], scores[m & (labels == 1)], n_boot)
+        out[f"language:{lang}"] = eer_metrics(scores[m & (labels == 0)], scores[m & (labels == 1)], n_boot)
     return out
 
 
@@ -243,7 +243,7 @@ def evaluate(
         },
         "seen_generators": sorted(seen),
     }
-    scores = _score_clips(det, [c.audio for c in test])
+    scores = score_clips(det, [c.audio for c in test])
     report["clip"] = breakdown(scores, test, seen, bootstrap)
     pred = scores >= det.meta.threshold
     report["clip_operating_point"] = {
@@ -270,7 +270,7 @@ def evaluate(
         sub = [test[i] for i in keep]
         if not sub or len({c.label for c in sub}) < 2:
             continue
-        s = _score_clips(det, [c.audio[:n] for c in sub])
+        s = score_clips(det, [c.audio[:n] for c in sub])
         report["chunks"][f"{seconds:g}s"] = breakdown(s, sub, seen, max(50, bootstrap // 3))
         _log(
             f"{seconds:g}s chunks ({len(sub)} clips): "
@@ -286,7 +286,7 @@ def evaluate(
     shuffled = ShortcutProbe().fit(
         feature_matrix([c.audio for c in train]), rng.permutation(np.array([c.label for c in train]))
     )
-    report["probe_label_shuffle"] = _metrics(*_split(shuffled.score(test_feats), labels), bootstrap)
+    report["probe_label_shuffle"] = eer_metrics(*_split(shuffled.score(test_feats), labels), bootstrap)
     failures = beaten_generators(report["clip"], report["probe"], "probe")
     report["probe_beats_model"] = failures
     _log(
@@ -379,7 +379,7 @@ def compare_with_peer(
     seen = seen_generators(data)
     clips = _stratified(load_clips(data, "test", limits=limits), per_generator, bona_fide, seed)
     _log(f"{len(clips)} test clips for {det.meta.name}@{det.meta.version} and {peer.name}")
-    ours = _score_clips(det, [c.audio for c in clips])
+    ours = score_clips(det, [c.audio for c in clips])
     theirs: list[np.ndarray] = []
     from rich.progress import track
 
@@ -455,8 +455,8 @@ def _shuffle_model(data: Path, out: Path, bootstrap: int, threads: int) -> dict[
     det = load_detector(art, device="cpu", threads=threads, speech_check=False)
     test = load_clips(data, "test")
     labels = np.array([c.label for c in test])
-    scores = _score_clips(det, [c.audio for c in test])
-    return _metrics(*_split(scores, labels), bootstrap)
+    scores = score_clips(det, [c.audio for c in test])
+    return eer_metrics(*_split(scores, labels), bootstrap)
 
 
 def _json_default(o: Any) -> Any:

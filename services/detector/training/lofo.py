@@ -32,8 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .eval import save_figure
-from .metrics import bootstrap_ci, eer, miss_at_fa
+from .eval import eer_metrics, save_figure
 from .train import WINDOW_SECONDS, Clip, TrainConfig, calibrate, clip_logits, clip_scores, load_clips, train
 
 
@@ -46,16 +45,6 @@ def training_families(rows: list[dict[str, str]]) -> list[str]:
     return sorted(
         {r["generator"] for r in rows if r["split"] in ("train", "dev") and r["label"] == "synthetic"}
     )
-
-
-def _group(bona: np.ndarray, synth: np.ndarray, n_boot: int) -> dict[str, Any]:
-    return {
-        "n_bona_fide": int(bona.size),
-        "n_synthetic": int(synth.size),
-        "eer": eer(bona, synth)[0],
-        "eer_ci95": bootstrap_ci(bona, synth, lambda b, s: eer(b, s)[0], n_boot),
-        "miss_at_1pct_fa": miss_at_fa(bona, synth, 0.01)[0],
-    }
 
 
 def run_fold(
@@ -82,8 +71,8 @@ def run_fold(
     b = scores(bona)
     return {
         "family": family,
-        "held_out": _group(b, scores(held), n_boot),
-        "seen": _group(b, scores(seen), n_boot),
+        "held_out": eer_metrics(b, scores(held), n_boot),
+        "seen": eer_metrics(b, scores(seen), n_boot),
         "dev_eer": cal["dev_eer"],
         "train_clips": summary["train_clips"],
         "epochs_run": summary["epochs_run"],

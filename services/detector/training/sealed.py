@@ -166,7 +166,7 @@ def build_sealed(data: Path, *, seed: int = 4242, limit: int | None = None) -> P
 def first_look(data: Path, model: Path | None, *, bootstrap: int = 300, threads: int = 2) -> dict[str, Any]:
     """Score the sealed set once against the test split's bona fide clips; refuse a second look."""
     from .._runtime import load_detector
-    from .eval import _metrics, _score_clips
+    from .eval import eer_metrics, score_clips
     from .train import load_clips
 
     sealed = data / SEALED_DIR
@@ -183,7 +183,7 @@ def first_look(data: Path, model: Path | None, *, bootstrap: int = 300, threads:
         "model": {"name": det.meta.name, "version": det.meta.version, "checksum": det.meta.checksum},
         "looked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sealed_manifest_sha256": hashlib.sha256((sealed / "manifest.csv").read_bytes()).hexdigest(),
-        **_metrics(_score_clips(det, bona), _score_clips(det, synthetic), bootstrap),
+        **eer_metrics(score_clips(det, bona), score_clips(det, synthetic), bootstrap),
     }
     record.write_text(json.dumps(report, indent=2) + "\n")
     return report
