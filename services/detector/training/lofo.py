@@ -135,6 +135,7 @@ def _summary(
             "minutes_per_fold": cfg.minutes,
             "seed": cfg.seed,
             "spec_augment": cfg.spec_augment,
+            "one_class": cfg.one_class,
             "threads": cfg.threads,
         },  # fmt: skip
         "families": families,
@@ -154,7 +155,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "# Leave-one-generator-family-out",
         "",
         f"Recipe: {r['epochs']} planned epochs, {r['minutes_per_fold']:g} min budget per fold, "
-        f"seed {r['seed']}, SpecAugment {'on' if r['spec_augment'] else 'off'}, {r['threads']} threads.",
+        f"seed {r['seed']}, SpecAugment {'on' if r['spec_augment'] else 'off'}, "
+        f"{'one-class head (OC-softmax)' if r.get('one_class') else 'binary cross-entropy'}, "
+        f"{r['threads']} threads.",
         "",
         "| held-out family | n synthetic | held-out EER [95% CI] | miss@1%FA | seen EER (test) "
         "| dev EER | epochs (best) |",
