@@ -367,13 +367,15 @@ def _progress(smoke: bool) -> Iterator[Any]:
 class Rig:
     """A broker, a directory of clips, the detector; makes fresh tenants per run."""
 
-    def __init__(self, config: BenchConfig, bootstrap: str, workdir: Path, detector: Any) -> None:
+    def __init__(
+        self, config: BenchConfig, bootstrap: str, workdir: Path, detector: Any, broker_pid: int | None = None
+    ) -> None:
         self.config = config
         self.bootstrap = bootstrap
         self.workdir = workdir
         self.detector = detector
         #: the embedded broker's pid, for its CPU share in the saturation runs; None when external
-        self.broker_pid: int | None = None
+        self.broker_pid = broker_pid
         self._sink: Any | None = None
         self.clips: list[tuple[str, bytes]] = []
         clip_dir = workdir / "clips"
@@ -479,12 +481,12 @@ class Recorder:
     """Latency of every verdict: done wall time - the arrival's submitted_at; for the pipeline
     also the legs of it (LEGS), so a latency is never a number without a reason."""
 
-    def __init__(self) -> None:
+    def __init__(self, broker_pid: int | None = None) -> None:
         self.lock = threading.Lock()
         self.first_consumed: float | None = None
         #: (process CPU seconds, broker CPU seconds) when the first record was consumed
         self.cpu_at_first: tuple[float, float] | None = None
-        self.broker_pid: int | None = None
+        self.broker_pid = broker_pid
         self.done_at: dict[str, float] = {}
         self.latency: dict[str, float] = {}
         self.legs: dict[str, tuple[float, ...]] = {}
@@ -557,8 +559,7 @@ class WorkerThread:
 
         overrides = dict(overrides or {}) | ({"batch": batch} if batch is not None else {})
         settings = rig.settings(tenants, **overrides)
-        self.recorder = Recorder()
-        self.recorder.broker_pid = rig.broker_pid
+        self.recorder = Recorder(rig.broker_pid)
         self.hooks = _recording_hooks(rig.detector, self.recorder, settings.batch.max_windows)
         self.worker = build_worker(settings, detector=rig.detector, hooks=self.hooks)
         self.stop = threading.Event()
@@ -589,8 +590,7 @@ class NaiveThread:
         self.rig = rig
         self.settings = rig.settings(tenants)
         self.source, self.sink = open_transport(self.settings)
-        self.recorder = Recorder()
-        self.recorder.broker_pid = rig.broker_pid
+        self.recorder = Recorder(rig.broker_pid)
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name="bench-naive")
@@ -718,7 +718,7 @@ def bench_stages(rig: Rig, result: BenchResult, progress: Any) -> None:
 
     rounds = config.repeats
     task = progress.add_task("a. stages alone", total=rounds * (2 + len(config.forward_batches)))
-    per_upload = len(detector.windows(audio.samples, audio.sample_rate))
+    per_upload = len(upload_windows)
     result.windows_per_upload = per_upload
     rng = np.random.default_rng(0)
     fetch_rate = front_rate = speech_rate = 0.0
@@ -1358,8 +1358,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
         else:
             detector = load_detector(device=config.device, threads=config.threads)
         threads = configure_torch_threads(config.threads)
-        rig = Rig(config, bootstrap, workdir, detector)
-        rig.broker_pid = broker_pid
+        rig = Rig(config, bootstrap, workdir, detector, broker_pid)
         result = BenchResult(
             machine=machine_info(threads, detector.device),
             clip_seconds=config.clip_seconds,

@@ -221,7 +221,6 @@ def evaluate(
     limits: LimitsSettings | None = None,
 ) -> dict[str, Any]:
     """`limits`: the worker's (settings.limits); clips it would refuse are left out, as it would."""
-
     out.mkdir(parents=True, exist_ok=True)
     det = load_detector(model, device="cpu", threads=threads, speech_check=False)
     _log(
