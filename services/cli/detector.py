@@ -15,10 +15,21 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DATA = Path("data/detector")
+RAWBOOST_HELP = (
+    "share of training windows (0-1) given one RawBoost distortion: random band-stop filters with a "
+    "polynomial non-linearity, signal-dependent impulses, or shaped stationary noise (default 0: off)"
+)
 ONE_CLASS_HELP = (
     "one-class head and OC-softmax loss instead of binary cross-entropy (bona fide kept within a narrow "
     "angle of a learnt direction, everything else pushed outside a wide one)"
 )
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -102,6 +113,7 @@ def add_parser(subparsers: Any) -> None:
         help="add SpecAugment feature masks (the 2.0.0 recipe; 3.0.0's dev chose training without them)",
     )
     train.add_argument("--one-class", action="store_true", help=ONE_CLASS_HELP)
+    train.add_argument("--rawboost", type=_share, default=0.0, metavar="P", help=RAWBOOST_HELP)
     train.add_argument("--shuffle-labels", action="store_true", help="sanity run: train on shuffled labels")
     train.set_defaults(handler=_train)
 
@@ -154,6 +166,7 @@ def add_parser(subparsers: Any) -> None:
     lofo.add_argument("--seed", type=int, default=0)
     lofo.add_argument("--spec-augment", action="store_true", help="the 2.0.0 recipe's feature masks")
     lofo.add_argument("--one-class", action="store_true", help=ONE_CLASS_HELP)
+    lofo.add_argument("--rawboost", type=_share, default=0.0, metavar="P", help=RAWBOOST_HELP)
     lofo.add_argument("--bootstrap", type=int, default=300)
     lofo.set_defaults(handler=_lofo)
 
@@ -234,6 +247,7 @@ def _train_config(args: argparse.Namespace, **extra: Any) -> Any:
         seed=args.seed,
         spec_augment=args.spec_augment,
         one_class=args.one_class,
+        rawboost=args.rawboost,
         **extra,
     )
 

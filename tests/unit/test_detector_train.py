@@ -85,7 +85,9 @@ def test_train_a_few_steps_and_load(tmp_path: Path) -> None:
     art = train_and_export(
         data,
         tmp_path / "model",
-        TrainConfig(minutes=2.0, epochs=2, batch_size=4, threads=1, progress=False, version="0.0.0-test"),
+        TrainConfig(
+            minutes=2.0, epochs=2, batch_size=4, threads=1, progress=False, version="0.0.0-test", rawboost=0.5
+        ),
     )
     det = load_detector(art, device="cpu", threads=1)
     assert det.meta.version == "0.0.0-test" and not det.meta.provisional
@@ -93,7 +95,7 @@ def test_train_a_few_steps_and_load(tmp_path: Path) -> None:
     import json
 
     manifest = json.loads((art / "manifest.json").read_text())
-    assert manifest["training"]["epochs_run"] == 2
+    assert manifest["training"]["epochs_run"] == 2 and manifest["training"]["rawboost"] == 0.5
     assert all(np.isfinite(h["loss"]) for h in manifest["training"]["history"])
     assert (
         manifest["train_manifest_sha256"] == hashlib.sha256((data / "manifest.csv").read_bytes()).hexdigest()

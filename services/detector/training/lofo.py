@@ -136,6 +136,7 @@ def _summary(
             "seed": cfg.seed,
             "spec_augment": cfg.spec_augment,
             "one_class": cfg.one_class,
+            "rawboost": cfg.rawboost,
             "threads": cfg.threads,
         },  # fmt: skip
         "families": families,
@@ -157,6 +158,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Recipe: {r['epochs']} planned epochs, {r['minutes_per_fold']:g} min budget per fold, "
         f"seed {r['seed']}, SpecAugment {'on' if r['spec_augment'] else 'off'}, "
         f"{'one-class head (OC-softmax)' if r.get('one_class') else 'binary cross-entropy'}, "
+        f"RawBoost on {r.get('rawboost', 0.0):.0%} of windows, "
         f"{r['threads']} threads.",
         "",
         "| held-out family | n synthetic | held-out EER [95% CI] | miss@1%FA | seen EER (test) "

@@ -32,6 +32,7 @@ from .._model import DetectorNet, NetConfig, count_parameters
 from .._windows import cut_windows, repeat_pad
 from .export import export_artifact
 from .metrics import eer, miss_at_fa
+from .rawboost import rawboost
 
 WINDOW_SECONDS = 4.0
 MIN_TAIL_SECONDS = 1.0
@@ -61,6 +62,8 @@ class TrainConfig:
     #: the one-class head and its OC-softmax loss (NetConfig.one_class) instead of binary
     #: cross-entropy; margins as published: bona fide cos >= 0.9, synthetic cos <= 0.2
     one_class: bool = False
+    #: share of training windows given one RawBoost distortion (training.rawboost); 0 = off
+    rawboost: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -110,13 +113,17 @@ def _perturb(x: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
     return np.asarray(y.numpy(), dtype=np.float32)
 
 
-def _train_window(x: np.ndarray, n: int, rng: np.random.Generator, perturb: float = 0.0) -> np.ndarray:
+def _train_window(
+    x: np.ndarray, n: int, rng: np.random.Generator, perturb: float = 0.0, boost: float = 0.0
+) -> np.ndarray:
     x = _perturb(x, rng, perturb)
     if x.size >= n:
         start = int(rng.integers(0, x.size - n + 1))
-        return x[start : start + n]
-    shift = int(rng.integers(0, max(1, x.size)))
-    return repeat_pad(np.roll(x, -shift), n)
+        window = x[start : start + n]
+    else:
+        shift = int(rng.integers(0, max(1, x.size)))
+        window = repeat_pad(np.roll(x, -shift), n)
+    return rawboost(window, rng, boost)
 
 
 def clip_logits(net: DetectorNet, clips: list[Clip], window: int, batch: int = 64) -> list[np.ndarray]:
@@ -232,7 +239,10 @@ def train(data: Path, cfg: TrainConfig) -> tuple[DetectorNet, NetConfig, dict[st
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 x = torch.from_numpy(
                     np.stack(
-                        [_train_window(train_clips[i].audio, window, rng, cfg.speed_perturb) for i in idx]
+                        [
+                            _train_window(train_clips[i].audio, window, rng, cfg.speed_perturb, cfg.rawboost)
+                            for i in idx
+                        ]
                     )
                 )
                 y = torch.from_numpy(labels[idx])
@@ -299,6 +309,7 @@ def train(data: Path, cfg: TrainConfig) -> tuple[DetectorNet, NetConfig, dict[st
         "speed_perturb": cfg.speed_perturb,
         "spec_augment": cfg.spec_augment,
         "one_class": cfg.one_class,
+        "rawboost": cfg.rawboost,
         "weight_decay": cfg.weight_decay,
         "hold_out": list(cfg.hold_out),
         "frontend": FrontEndConfig().to_dict(),
