@@ -61,11 +61,14 @@ def test_every_fold_holds_its_family_out_of_training_and_scores_all_of_it(
         assert fold["held_out"]["n_synthetic"] == every_clip  # all splits, not just test
         assert fold["held_out"]["n_bona_fide"] == 2  # the test split's bona fide only
         assert 0.0 <= fold["held_out"]["eer"] <= 1.0
+        assert 0.0 <= fold["held_out_ece"] <= 1.0
         # each fold trained on fewer clips than the whole set: its family was left out
         assert fold["train_clips"] < sum(1 for r in rows if r["split"] == "train")
     held = [f["held_out"]["eer"] for f in report["folds"]]
     assert report["worst_held_out_eer"] == max(held)
     assert report["mean_held_out_eer"] == pytest.approx(sum(held) / len(held))
+    eces = [f["held_out_ece"] for f in report["folds"]]
+    assert report["mean_held_out_ece"] == pytest.approx(sum(eces) / len(eces))
     assert json.loads((tmp_path / "out" / "lofo.json").read_text())["folds_planned"] == [
         "family-a",
         "family-b",

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .eval import eer_metrics, save_figure
+from .eval import CALIBRATION_BINS, eer_metrics, save_figure
+from .metrics import expected_calibration_error
 from .train import WINDOW_SECONDS, Clip, TrainConfig, calibrate, clip_logits, clip_scores, load_clips, train
 
 
@@ -68,10 +69,14 @@ def run_fold(
             clip_scores(clip_logits(net, clips, window), cal["scale"], cal["bias"]) if clips else np.array([])
         )
 
-    b = scores(bona)
+    b, h = scores(bona), scores(held)
     return {
         "family": family,
-        "held_out": eer_metrics(b, scores(held), n_boot),
+        "held_out": eer_metrics(b, h, n_boot),
+        # calibrated on a dev split without the family: how honest P(synthetic) is on a new one
+        "held_out_ece": expected_calibration_error(
+            np.concatenate([b, h]), np.concatenate([np.zeros(b.size), np.ones(h.size)]), CALIBRATION_BINS
+        ),
         "seen": eer_metrics(b, scores(seen), n_boot),
         "dev_eer": cal["dev_eer"],
         "train_clips": summary["train_clips"],
@@ -128,6 +133,7 @@ def _summary(
 ) -> dict[str, Any]:
     held = [f["held_out"]["eer"] for f in folds]
     seen = [f["seen"]["eer"] for f in folds]
+    eces = [f["held_out_ece"] for f in folds if "held_out_ece" in f]
     worst = max(folds, key=lambda f: f["held_out"]["eer"]) if folds else None
     return {
         "recipe": {
@@ -146,6 +152,7 @@ def _summary(
         "worst_held_out_eer": float(max(held)) if held else float("nan"),
         "worst_family": worst["family"] if worst else None,
         "mean_seen_eer": float(np.mean(seen)) if seen else float("nan"),
+        "mean_held_out_ece": float(np.mean(eces)) if eces else float("nan"),
     }
 
 
@@ -162,8 +169,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{r['threads']} threads.",
         "",
         "| held-out family | n synthetic | held-out EER [95% CI] | miss@1%FA | seen EER (test) "
-        "| dev EER | epochs (best) |",
-        "|---|---|---|---|---|---|---|",
+        "| dev EER | held-out ECE | epochs (best) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for f in report["folds"]:
         h, s = f["held_out"], f["seen"]
@@ -171,13 +178,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {f['family']} | {h['n_synthetic']} | {h['eer']:.1%} [{lo:.1%}, {hi:.1%}] | "
             f"{h['miss_at_1pct_fa']:.1%} | {s['eer']:.1%} | {f['dev_eer']:.1%} | "
-            f"{f['epochs_run']} ({f['best_epoch']}) |"
+            f"{f.get('held_out_ece', float('nan')):.3f} | {f['epochs_run']} ({f['best_epoch']}) |"
         )
     lines += [
         "",
         f"Mean held-out EER **{report['mean_held_out_eer']:.1%}**, "
         f"worst **{report['worst_held_out_eer']:.1%}** ({report['worst_family']}); "
-        f"mean seen EER {report['mean_seen_eer']:.1%}. Bona fide side: the test split's {n_bona} clips.",
+        f"mean seen EER {report['mean_seen_eer']:.1%}; mean held-out ECE "
+        f"{report.get('mean_held_out_ece', float('nan')):.3f} ({CALIBRATION_BINS} bins, the held-out "
+        f"family's clips with the bona fide side). Bona fide side: the test split's {n_bona} clips.",
     ]
     return "\n".join(lines) + "\n"
 
