@@ -9,7 +9,7 @@ from scipy.signal import welch
 
 from services.detector.training import rawboost as rb
 
-RATE = rb.SAMPLE_RATE
+RATE = rb.RATE
 
 
 def _voice_like(seconds: float = 4.0) -> np.ndarray:
@@ -23,6 +23,8 @@ def _voice_like(seconds: float = 4.0) -> np.ndarray:
 def test_off_and_not_drawn_return_the_window_itself() -> None:
     x = _voice_like()
     assert rb.rawboost(x, np.random.default_rng(0), 0.0) is x
+    untouched = [rb.rawboost(x, np.random.default_rng(seed), 0.5) is x for seed in range(40)]
+    assert 5 < sum(untouched) < 35  # about half the windows are left as they are
 
 
 @pytest.mark.parametrize("seed", range(8))

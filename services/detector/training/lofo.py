@@ -133,7 +133,7 @@ def _summary(
 ) -> dict[str, Any]:
     held = [f["held_out"]["eer"] for f in folds]
     seen = [f["seen"]["eer"] for f in folds]
-    eces = [f["held_out_ece"] for f in folds if "held_out_ece" in f]
+    eces = [f["held_out_ece"] for f in folds]
     worst = max(folds, key=lambda f: f["held_out"]["eer"]) if folds else None
     return {
         "recipe": {
@@ -165,7 +165,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Recipe: {r['epochs']} planned epochs, {r['minutes_per_fold']:g} min budget per fold, "
         f"seed {r['seed']}, SpecAugment {'on' if r['spec_augment'] else 'off'}, "
         f"{'one-class head (OC-softmax)' if r.get('one_class') else 'binary cross-entropy'}, "
-        f"RawBoost on {r.get('rawboost', 0.0):.0%} of windows, "
+        f"RawBoost on {r['rawboost']:.0%} of windows, "
         f"{r['threads']} threads.",
         "",
         "| held-out family | n synthetic | held-out EER [95% CI] | miss@1%FA | seen EER (test) "
@@ -178,14 +178,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {f['family']} | {h['n_synthetic']} | {h['eer']:.1%} [{lo:.1%}, {hi:.1%}] | "
             f"{h['miss_at_1pct_fa']:.1%} | {s['eer']:.1%} | {f['dev_eer']:.1%} | "
-            f"{f.get('held_out_ece', float('nan')):.3f} | {f['epochs_run']} ({f['best_epoch']}) |"
+            f"{f['held_out_ece']:.3f} | {f['epochs_run']} ({f['best_epoch']}) |"
         )
     lines += [
         "",
         f"Mean held-out EER **{report['mean_held_out_eer']:.1%}**, "
         f"worst **{report['worst_held_out_eer']:.1%}** ({report['worst_family']}); "
         f"mean seen EER {report['mean_seen_eer']:.1%}; mean held-out ECE "
-        f"{report.get('mean_held_out_ece', float('nan')):.3f} ({CALIBRATION_BINS} bins, the held-out "
+        f"{report['mean_held_out_ece']:.3f} ({CALIBRATION_BINS} bins, the held-out "
         f"family's clips with the bona fide side). Bona fide side: the test split's {n_bona} clips.",
     ]
     return "\n".join(lines) + "\n"

@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import firwin, oaconvolve
 
-SAMPLE_RATE = 16000
+from .channel import RATE
+
 #: band-stop cascade: bands per filter, centre frequency, bandwidth (Hz), taps per band
 BANDS = 3
 CENTRE_HZ = (20.0, 7800.0)
@@ -47,7 +48,7 @@ SNR_DB = (10.0, 40.0)
 def _band_stop(rng: np.random.Generator) -> np.ndarray:
     """The impulse response of BANDS random band-stop FIR filters in cascade."""
     h = np.ones(1)
-    nyquist = SAMPLE_RATE / 2
+    nyquist = RATE / 2
     for _ in range(BANDS):
         centre = rng.uniform(*CENTRE_HZ)
         width = rng.uniform(*BANDWIDTH_HZ)
@@ -55,7 +56,7 @@ def _band_stop(rng: np.random.Generator) -> np.ndarray:
         if hi - lo < 20.0:
             continue
         taps = int(rng.integers(TAPS[0] // 2, TAPS[1] // 2 + 1)) * 2 + 1  # odd: a band-stop needs it
-        h = np.convolve(h, firwin(taps, [lo, hi], pass_zero="bandstop", fs=SAMPLE_RATE))
+        h = np.convolve(h, firwin(taps, [lo, hi], pass_zero="bandstop", fs=RATE))
     return h
 
 
