@@ -19,6 +19,7 @@ from services.detector import default_artifact_dir
 from services.local.emulators import free_port
 from services.registry import FileRegistry
 from tests.support.audio import write_clip
+from tests.support.models import shipped_version
 
 CLI = [sys.executable, "-m", "services.cli"]
 NAME = "audioguard-lfb-cnn"
@@ -116,5 +117,5 @@ def test_promote_swaps_a_running_worker_process(broker, tenants, tmp_path: Path)
     keys = [str(v["idempotency_key"]) for v in seen]
     assert sorted(keys) == sorted(before | after)  # one verdict each
     version = {str(v["idempotency_key"]): v["model"]["version"] for v in seen}  # type: ignore[index]
-    assert {version[k] for k in before} == {"3.0.0+r1"}
-    assert {version[k] for k in after} == {"3.0.0+r2"}
+    assert {version[k] for k in before} == {f"{shipped_version()}+r1"}
+    assert {version[k] for k in after} == {f"{shipped_version()}+r2"}

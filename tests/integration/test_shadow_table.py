@@ -20,6 +20,7 @@ from services.errors import FatalError
 from services.registry import FileRegistry, ShadowTable
 from services.tools.worker import build_worker, shadow_scorer
 from tests.support.memory import Uploads, drive, memory_settings, records, registered_broker
+from tests.support.models import shipped_version
 
 TENANT = "acme"
 NAME = "audioguard-lfb-cnn"
@@ -67,7 +68,9 @@ def test_shadow_rows_land_in_postgresql_and_compare_reads_them(
     assert (shadow.skipped, shadow.failed) == (0, 0)
     rows = ShadowTable(postgres_url).read()
     assert len(rows) == 8 and {r.tenant for r in rows} == {TENANT}
-    assert {(r.champion_version, r.challenger_version) for r in rows} == {("3.0.0", "3.0.0+r1")}
+    assert {(r.champion_version, r.challenger_version) for r in rows} == {
+        (shipped_version(), f"{shipped_version()}+r1")
+    }
     assert all(r.challenger_seconds_per_window > 0 for r in rows)
 
     capsys.readouterr()

@@ -12,6 +12,11 @@ from services.registry import FileRegistry
 NAME = "audioguard-lfb-cnn"
 
 
+def shipped_version() -> str:
+    """The version in the shipped artifact's manifest (registry versions are `<it>+r<n>`)."""
+    return str(json.loads((default_artifact_dir() / "manifest.json").read_text())["version"])
+
+
 def registry_with_champion(root: Path) -> FileRegistry:
     """A file registry at `root` whose version 1, the shipped artifact, is the champion."""
     registry = FileRegistry(root)
