@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from services.detector import default_artifact_dir
+from services.detector import default_artifact_dir, read_manifest
 from services.registry import FileRegistry
 
 NAME = "audioguard-lfb-cnn"
@@ -14,7 +14,7 @@ NAME = "audioguard-lfb-cnn"
 
 def shipped_version() -> str:
     """The version in the shipped artifact's manifest (registry versions are `<it>+r<n>`)."""
-    return str(json.loads((default_artifact_dir() / "manifest.json").read_text())["version"])
+    return read_manifest(default_artifact_dir())[0].version
 
 
 def registry_with_champion(root: Path) -> FileRegistry:

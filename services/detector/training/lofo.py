@@ -164,7 +164,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Recipe: {r['epochs']} planned epochs, {r['minutes_per_fold']:g} min budget per fold, "
         f"seed {r['seed']}, SpecAugment {'on' if r['spec_augment'] else 'off'}, "
-        f"{'one-class head (OC-softmax)' if r.get('one_class') else 'binary cross-entropy'}, "
+        f"{'one-class head (OC-softmax)' if r['one_class'] else 'binary cross-entropy'}, "
         f"RawBoost on {r['rawboost']:.0%} of windows, "
         f"{r['threads']} threads.",
         "",
