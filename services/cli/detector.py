@@ -47,6 +47,13 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="bona fide takes per speaker and language (default 150; smaller = a quicker, smaller set)",
     )
+    build.add_argument(
+        "--builder",
+        default=None,
+        metavar="VERSION",
+        help="builder version to reproduce: 3.0.0 (the default; the build model 3.0.0 was trained on) or "
+        "4.0.0 (adds the phase-vocoder family, pitch shift by a phase vocoder, to every split)",
+    )
     build.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
     build.add_argument("--force", action="store_true", help="rebuild even when the cache matches")
     build.set_defaults(handler=_data_build)
@@ -179,10 +186,15 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _data_build(args: argparse.Namespace) -> int:
-    from services.detector.training.data import build_dataset
+    from services.detector.training.data import BUILDER_VERSION, build_dataset
 
     build_dataset(
-        args.out, seed=args.seed, per_source=args.per_source, install=not args.no_install, force=args.force
+        args.out,
+        seed=args.seed,
+        per_source=args.per_source,
+        install=not args.no_install,
+        force=args.force,
+        builder=args.builder or BUILDER_VERSION,
     )
     return 0
 

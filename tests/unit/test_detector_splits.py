@@ -56,3 +56,21 @@ def test_every_kde_pack_lives_in_one_split() -> None:
             assert "train" not in pair
         else:
             assert pair[0] == pair[1], lang
+
+
+def _choices(split: str, builder: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    monkeypatch.setattr(S, "dialog_lines", lambda lang: ("a line of text",))
+    return [
+        D._synthetic_choice(_take(split, "en"), np.random.default_rng(i), builder)[0] for i in range(600)
+    ]
+
+
+def test_builder_4_adds_the_phase_vocoder_to_every_split_and_builder_3_never_draws_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for split in ("train", "dev", "test"):
+        old, new = _choices(split, "3.0.0", monkeypatch), _choices(split, "4.0.0", monkeypatch)
+        assert "phase-vocoder" not in old and new.count("phase-vocoder") > 30
+        assert old == _choices(split, D.BUILDER_VERSION, monkeypatch)  # the default is still 3.0.0
+    with pytest.raises(ValueError, match="unknown builder version"):
+        D.plan(1234, 1, "9.9.9")

@@ -41,3 +41,20 @@ def test_vocoders_keep_length_level_and_pitch_and_repeat_for_a_seed(vocode) -> N
     assert 140.0 * 0.85 < float(np.median(f0_out)) < 140.0 * 1.15
     assert not np.allclose(y, x, atol=1e-3)  # it really resynthesised
     assert np.array_equal(y, vocode(x, np.random.default_rng(3)))
+
+
+def test_phase_vocoder_shifts_pitch_by_its_draw_and_keeps_length() -> None:
+    from services.detector.training.sources import phase_vocode
+
+    x = _vowel(140.0)
+    shifted = []
+    for seed in range(6):
+        y = phase_vocode(x, np.random.default_rng(seed))
+        assert y.shape == x.shape and y.dtype == np.float32 and np.isfinite(y).all()
+        f0 = analyse(y.astype(np.float64), 0.3).f0
+        shifted.append(float(np.median(f0[f0 > 0])) / 140.0)
+        assert np.array_equal(y, phase_vocode(x, np.random.default_rng(seed)))
+    # every draw moves the pitch by 0.5-3 semitones, up or down (a factor 0.84-0.97 or 1.03-1.19)
+    ratios = np.array(shifted)
+    assert (np.abs(np.log2(ratios) * 12) > 0.3).all() and (np.abs(np.log2(ratios) * 12) < 3.4).all()
+    assert (ratios > 1).any() and (ratios < 1).any()

@@ -35,7 +35,12 @@ from . import sources as S
 from .channel import RATE, apply_chain, draw_chain, trim_silence
 from .vocoder import cepstral_vocode, lpc_vocode
 
-BUILDER_VERSION = "3.0.0"
+#: builder versions `audioguard data build --builder` can reproduce; each shipped model's manifest
+#: names the build it was trained on. 4.0.0 adds the phase-vocoder family to every split; with
+#: it left out, every draw is the same as 3.0.0's, so the 3.0.0 build stays reproducible clip for
+#: clip.
+BUILDERS = ("3.0.0", "4.0.0")
+BUILDER_VERSION = "3.0.0"  # the default: the build the shipped model was trained on
 MANIFEST_COLUMNS = (
     "path",
     "split",
@@ -77,6 +82,7 @@ class Job:
     p_narrowband: float
     p_gsm: float
     seed: int
+    builder: str = BUILDER_VERSION
 
 
 #: generators that resynthesise the paired bona fide take itself (no text)
@@ -85,6 +91,7 @@ RESYNTHESIS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] 
     "world": S.world_resynth,
     "lpc-vocoder": lpc_vocode,
     "cepstral-vocoder": cepstral_vocode,
+    "phase-vocoder": S.phase_vocode,
 }
 
 
@@ -125,7 +132,9 @@ def _balance(utts: list[S.Utterance]) -> dict[str, tuple[float, float, float, fl
     return out
 
 
-def _synthetic_choice(u: S.Utterance, rng: np.random.Generator) -> tuple[str, str, str]:
+def _synthetic_choice(
+    u: S.Utterance, rng: np.random.Generator, builder: str = BUILDER_VERSION
+) -> tuple[str, str, str]:
     """-> (generator, voice, language) for the synthetic partner of bona fide take `u`."""
     split, lang = u.split, u.language
     options: list[tuple[str, str, float]] = []
@@ -151,24 +160,33 @@ def _synthetic_choice(u: S.Utterance, rng: np.random.Generator) -> tuple[str, st
     options += [("lpc-vocoder", "lpc", 1.5), ("cepstral-vocoder", "cepstral", 1.5)]
     if split == "test":
         options.append(("world", "world", 2.0))
+    if builder != "3.0.0":
+        # builder 4.0.0: pitch shift by phase vocoder (a voice changer's family), every split
+        options.append(("phase-vocoder", "pv", 1.5))
     weights = np.array([w for *_, w in options])
     gen, voice, _ = options[int(rng.choice(len(options), p=weights / weights.sum()))]
     return gen, voice, "en" if gen == "piper" else lang
 
 
-def plan(seed: int, per_source: int) -> list[Job]:
+def _check_builder(builder: str) -> None:
+    if builder not in BUILDERS:
+        raise ValueError(f"unknown builder version {builder!r}: one of {', '.join(BUILDERS)}")
+
+
+def plan(seed: int, per_source: int, builder: str = BUILDER_VERSION) -> list[Job]:
+    _check_builder(builder)
     inventory = S.bona_fide_inventory()
     chosen = _select(inventory, per_source, seed)
     balance = _balance(chosen)
     jobs: list[Job] = []
     for u in chosen:
         q, r, p, g = balance[u.split]
-        jobs.append(Job(f"bona/{u.key}", "bona_fide", u, "human", u.speaker, u.language, "", q, r, seed))
+        jobs.append(Job(f"bona/{u.key}", "bona_fide", u, "human", u.speaker, u.language, "", q, r, seed, builder))
         rng = _rng(seed, "pair/" + u.key)
-        gen, voice, lang = _synthetic_choice(u, rng)
+        gen, voice, lang = _synthetic_choice(u, rng, builder)
         lines = S.dialog_lines(lang) or S.dialog_lines("en")
         text = lines[int(rng.integers(len(lines)))] if gen not in RESYNTHESIS else ""
-        jobs.append(Job(f"synth/{u.key}", "synthetic", u, gen, voice, lang, text, p, g, seed))
+        jobs.append(Job(f"synth/{u.key}", "synthetic", u, gen, voice, lang, text, p, g, seed, builder))
     # extra test clips for the reserved HTS voice, paired with English test takes for duration
     en_test = [u for u in chosen if u.split == "test" and u.language == "en"] or [
         u for u in chosen if u.split == "test"
@@ -190,6 +208,7 @@ def plan(seed: int, per_source: int) -> list[Job]:
                 p,
                 g,
                 seed,
+                builder,
             )
         )
     return jobs
@@ -256,12 +275,12 @@ def run_job(job: Job, out: Path) -> dict[str, str] | None:
         speaker = f"piper:{job.voice}"
     elif job.generator in RESYNTHESIS:
         pkg = job.utterance.package
-        if job.generator == "griffin-lim":
+        if job.generator in ("griffin-lim", "phase-vocoder"):
             tool = f"torch {S.pypi_version('torch')}"
         elif job.generator == "world":
             tool = f"pyworld {S.pypi_version('pyworld')}"
         else:  # the vocoders of services.detector.training.vocoder
-            tool = f"audioguard {BUILDER_VERSION} + scipy {S.pypi_version('scipy')}"
+            tool = f"audioguard {job.builder} + scipy {S.pypi_version('scipy')}"
         version = f"{S.package_version(pkg)} + {tool}"
         licence = S.package_licence(pkg)
         speaker = f"{job.generator}:{job.utterance.speaker}"
@@ -315,9 +334,9 @@ def _run_one(args: tuple[Job, str]) -> dict[str, str] | None:
     return run_job(args[0], Path(args[1]))
 
 
-def signature(seed: int, per_source: int) -> dict[str, object]:
+def signature(seed: int, per_source: int, builder: str = BUILDER_VERSION) -> dict[str, object]:
     return {
-        "builder": BUILDER_VERSION,
+        "builder": builder,
         "seed": seed,
         "per_source": per_source,
         "packages": {p: S.package_version(p) for p in S.APT_PACKAGES},
@@ -333,8 +352,10 @@ def build_dataset(
     install: bool = True,
     force: bool = False,
     workers: int | None = None,
+    builder: str = BUILDER_VERSION,
     log: Callable[[str], None] = _log,
 ) -> Path:
+    _check_builder(builder)  # before installing anything
     cap = per_source if per_source is not None else PER_SOURCE
     missing = S.missing_packages()
     if missing:
@@ -348,15 +369,15 @@ def build_dataset(
     absent = [dist for mod, dist in S.PYPI_MODULES.items() if S.pypi_version(dist) == "missing"]
     if absent:
         raise SystemExit(f"missing PyPI packages (pip install -e '.[data]'): {' '.join(absent)}")
-    sig = signature(seed, cap)
+    sig = signature(seed, cap, builder)
     manifest = out / "manifest.csv"
     stamp = out / "build.json"
     cached = not force and manifest.exists() and stamp.exists()
     if cached and json.loads(stamp.read_text()).get("signature") == sig:
         log(f"cached: {manifest} matches seed={seed} per_source={cap} and the package versions")
         return manifest
-    jobs = plan(seed, cap)
-    log(f"planned {len(jobs)} clips ({Counter(j.label for j in jobs)}) from {cap} takes per speaker+language")
+    jobs = plan(seed, cap, builder)
+    log(f"builder {builder}: planned {len(jobs)} clips ({Counter(j.label for j in jobs)}) from {cap} takes per speaker+language")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
     started = time.monotonic()

@@ -568,6 +568,33 @@ def griffin_lim(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(y.numpy(), dtype=np.float32)
 
 
+def phase_vocode(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pitch shift by a phase vocoder (torchaudio's `pitch_shift`: STFT time-stretch with phase
+    advanced bin by bin, then resampled back to the take's length).
+
+    A family of its own beside Griffin-Lim: it keeps the take's magnitudes *and* carries its
+    phase, but smears it across frames (the vocoder's "phasiness"), and it moves pitch and
+    formants together, as a voice changer does. No F0 tracker and no spectral peak picking, so it
+    is kin neither to the source-filter vocoders nor to the sealed sinusoidal family.
+    """
+    import torch
+    import torchaudio
+
+    n_fft = int(rng.choice([512, 1024]))
+    steps = float(rng.uniform(0.5, 3.0)) * float(rng.choice([-1.0, 1.0]))
+    # bins_per_octave=120: tenths of a semitone, so a draw is not rounded to a whole semitone
+    with torch.no_grad():
+        y = torchaudio.functional.pitch_shift(
+            torch.from_numpy(np.ascontiguousarray(x, np.float32)),
+            RATE,
+            n_steps=round(steps * 10),
+            bins_per_octave=120,
+            n_fft=n_fft,
+            hop_length=n_fft // 4,
+        )
+    return np.asarray(y.numpy(), dtype=np.float32)
+
+
 def world_resynth(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """WORLD vocoder analysis/synthesis (DIO + StoneMask + CheapTrick + D4C), reserved for test."""
     import pyworld
