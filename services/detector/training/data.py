@@ -181,7 +181,9 @@ def plan(seed: int, per_source: int, builder: str = BUILDER_VERSION) -> list[Job
     jobs: list[Job] = []
     for u in chosen:
         q, r, p, g = balance[u.split]
-        jobs.append(Job(f"bona/{u.key}", "bona_fide", u, "human", u.speaker, u.language, "", q, r, seed, builder))
+        jobs.append(
+            Job(f"bona/{u.key}", "bona_fide", u, "human", u.speaker, u.language, "", q, r, seed, builder)
+        )
         rng = _rng(seed, "pair/" + u.key)
         gen, voice, lang = _synthetic_choice(u, rng, builder)
         lines = S.dialog_lines(lang) or S.dialog_lines("en")
@@ -377,7 +379,10 @@ def build_dataset(
         log(f"cached: {manifest} matches seed={seed} per_source={cap} and the package versions")
         return manifest
     jobs = plan(seed, cap, builder)
-    log(f"builder {builder}: planned {len(jobs)} clips ({Counter(j.label for j in jobs)}) from {cap} takes per speaker+language")
+    log(
+        f"builder {builder}: planned {len(jobs)} clips ({Counter(j.label for j in jobs)}) "
+        f"from {cap} takes per speaker+language"
+    )
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
     started = time.monotonic()
