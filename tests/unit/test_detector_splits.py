@@ -60,9 +60,7 @@ def test_every_kde_pack_lives_in_one_split() -> None:
 
 def _choices(split: str, builder: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(S, "dialog_lines", lambda lang: ("a line of text",))
-    return [
-        D._synthetic_choice(_take(split, "en"), np.random.default_rng(i), builder)[0] for i in range(600)
-    ]
+    return [D._synthetic_choice(_take(split, "en"), np.random.default_rng(i), builder)[0] for i in range(600)]
 
 
 def test_builder_4_adds_the_phase_vocoder_to_every_split_and_builder_3_never_draws_it(
@@ -74,3 +72,9 @@ def test_builder_4_adds_the_phase_vocoder_to_every_split_and_builder_3_never_dra
         assert old == _choices(split, D.BUILDER_VERSION, monkeypatch)  # the default is still 3.0.0
     with pytest.raises(ValueError, match="unknown builder version"):
         D.plan(1234, 1, "9.9.9")
+
+
+def test_an_unknown_builder_version_is_refused_before_anything_is_installed(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown builder version '2.0.0': one of 3.0.0, 4.0.0"):
+        D.build_dataset(tmp_path, builder="2.0.0", install=True)
+    assert not any(tmp_path.iterdir())

@@ -168,13 +168,9 @@ def _synthetic_choice(
     return gen, voice, "en" if gen == "piper" else lang
 
 
-def _check_builder(builder: str) -> None:
+def plan(seed: int, per_source: int, builder: str = BUILDER_VERSION) -> list[Job]:
     if builder not in BUILDERS:
         raise ValueError(f"unknown builder version {builder!r}: one of {', '.join(BUILDERS)}")
-
-
-def plan(seed: int, per_source: int, builder: str = BUILDER_VERSION) -> list[Job]:
-    _check_builder(builder)
     inventory = S.bona_fide_inventory()
     chosen = _select(inventory, per_source, seed)
     balance = _balance(chosen)
@@ -357,7 +353,8 @@ def build_dataset(
     builder: str = BUILDER_VERSION,
     log: Callable[[str], None] = _log,
 ) -> Path:
-    _check_builder(builder)  # before installing anything
+    if builder not in BUILDERS:  # before installing anything
+        raise SystemExit(f"unknown builder version {builder!r}: one of {', '.join(BUILDERS)}")
     cap = per_source if per_source is not None else PER_SOURCE
     missing = S.missing_packages()
     if missing:
