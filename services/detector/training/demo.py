@@ -95,8 +95,8 @@ def export_demo_clips(data: Path, dest: Path = DEMO_DIR, n: int = 30, seed: int 
         "fillets-ng-data-* are GPL-2+; klettres-data and ktuberling-data are GPL-2+ (KDE); espeak-ng is",
         "GPL-3+; flite is BSD-like (CMU); festvox voices carry the festival/CMU/EST licences named in",
         "their Debian copyright files; piper-tts is GPL-3.0-or-later and the joe voice MIT; resynthesised",
-        "clips (griffin-lim, world, lpc-vocoder, cepstral-vocoder) keep the licence of the bona fide",
-        "recording they were made from.",
+        "clips (griffin-lim, world, lpc-vocoder, cepstral-vocoder, phase-vocoder) keep the licence of the",
+        "bona fide recording they were made from.",
         "",
     ]
     (dest / "PROVENANCE.md").write_text("\n".join(lines))

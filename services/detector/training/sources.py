@@ -15,6 +15,7 @@ installs and produces raw audio.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import subprocess
@@ -569,8 +570,8 @@ def griffin_lim(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def phase_vocode(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Pitch shift by a phase vocoder (torchaudio's `pitch_shift`: STFT time-stretch with phase
-    advanced bin by bin, then resampled back to the take's length).
+    """Pitch shift by a phase vocoder: STFT time-stretch by 1/f with the phase advanced bin by bin
+    (torchaudio's `phase_vocoder`), then resampled by f back to the take's length.
 
     A family of its own beside Griffin-Lim: it keeps the take's magnitudes *and* carries its
     phase, but smears it across frames (the vocoder's "phasiness"), and it moves pitch and
@@ -581,18 +582,24 @@ def phase_vocode(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     import torchaudio
 
     n_fft = int(rng.choice([512, 1024]))
+    hop = n_fft // 4
     steps = float(rng.uniform(0.5, 3.0)) * float(rng.choice([-1.0, 1.0]))
-    # bins_per_octave=120: tenths of a semitone, so a draw is not rounded to a whole semitone
+    # the stretched signal's rate, on a 100 Hz grid (0.1 semitone): its gcd with 16 kHz stays
+    # large, so the resampling kernel stays small (torchaudio's own pitch_shift truncates the rate
+    # to 1 Hz, and a rate prime to 16 kHz takes seconds and gigabytes per clip)
+    stretched_rate = int(round(RATE * 2.0 ** (steps / 12) / 100)) * 100
+    factor = stretched_rate / RATE
+    window = torch.hann_window(n_fft)
     with torch.no_grad():
-        y = torchaudio.functional.pitch_shift(
-            torch.from_numpy(np.ascontiguousarray(x, np.float32)),
-            RATE,
-            n_steps=round(steps * 10),
-            bins_per_octave=120,
-            n_fft=n_fft,
-            hop_length=n_fft // 4,
-        )
-    return np.asarray(y.numpy(), dtype=np.float32)
+        wav = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        spec = torch.stft(wav, n_fft, hop, window=window, return_complex=True)
+        advance = torch.linspace(0, math.pi * hop, n_fft // 2 + 1)[..., None]
+        spec = torchaudio.functional.phase_vocoder(spec, rate=1.0 / factor, phase_advance=advance)
+        longer = torch.istft(spec, n_fft, hop, window=window, length=int(round(x.size * factor)))
+        y = torchaudio.functional.resample(longer, stretched_rate, RATE)
+    out = np.zeros(x.size, np.float32)
+    out[: min(x.size, y.numel())] = y.numpy()[: x.size]
+    return out
 
 
 def world_resynth(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
