@@ -231,7 +231,11 @@ def run(config: ReportingConfig, *, log_level: str = "info") -> None:
         time.sleep(config.discover_seconds)
         topics = asyncio.run(matching_topics(config))
     app = build_app(config, topics)
-    worker = faust.Worker(app, loglevel=log_level, quiet=True)
+    # override_logging=False: faust's worker would otherwise clear the root handlers and install
+    # its own coloured text handler, so its lines (and ours) would stop being the JSON that
+    # `configure_logging` set up for the log pipeline
+    worker = faust.Worker(app, loglevel=log_level, quiet=True, override_logging=False)
+    worker.spinner = None  # its terminal escapes would land between the JSON lines
     started = time.monotonic()
     try:
         worker.execute_from_commandline()

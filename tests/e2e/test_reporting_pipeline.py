@@ -9,6 +9,7 @@ The sink's rate is printed (rows/s), never asserted.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -46,17 +47,20 @@ N_PER_TENANT = int(os.environ.get("AUDIOGUARD_TEST_REPORTING_N", "300"))
 class ReportingApp:
     """`audioguard report run` in a process of its own (so it can be SIGKILLed)."""
 
-    def __init__(self, bootstrap: str, url: str, app_id: str, workdir: Path) -> None:
+    def __init__(
+        self, bootstrap: str, url: str, app_id: str, workdir: Path, log_format: str = "text"
+    ) -> None:
         self.args = [
             sys.executable, "-m", "services.cli", "report", "run", "--database-url", url,
             "--bootstrap-servers", bootstrap, "--app-id", app_id, "--data-dir", str(workdir / "faust"),
             "--batch-records", "200", "--batch-seconds", "0.2",
         ]  # fmt: skip
         self.log = workdir / "reporting.log"
+        self.log_format = log_format
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = os.environ | {"PYTHONPATH": str(ROOT), "AUDIOGUARD_LOG_FORMAT": "text"}
+        env = os.environ | {"PYTHONPATH": str(ROOT), "AUDIOGUARD_LOG_FORMAT": self.log_format}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -201,6 +205,29 @@ def test_every_verdict_lands_exactly_once_and_invalid_records_are_dead_lettered(
 
     app_factory.kill(signal.SIGTERM)  # faust's worker stops, commits what was acked, exits
     assert app_factory.proc is not None and app_factory.proc.returncode == 0, app_factory.tail()
+
+
+def test_the_app_logs_json_lines_faust_s_own_included(
+    broker: EmbeddedBroker, postgres_url: str, tenants: list[str], tmp_path: Path
+) -> None:
+    """The log pipeline parses one JSON object per line: faust's worker must not swap the handler."""
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
+    create_topics(settings, tenant_topics(tenants[2:3], ("verdicts",)))
+    migrate_store(postgres_url)
+    records, _ = _records(tenants[2:3], 5)
+    _publish(settings, records)
+    app_id = f"reporting-{uuid.uuid4().hex[:6]}"
+    app = ReportingApp(broker.bootstrap_servers, postgres_url, app_id, tmp_path, log_format="json")
+    app.start()
+    try:
+        _wait(lambda: _rows(postgres_url, tenants[2:3])[0] >= 5, 120, app)
+    finally:
+        app.kill(signal.SIGTERM)
+    lines = [line for line in app.log.read_text().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # a coloured faust line would not parse
+    loggers = {entry.get("logger", "") for entry in entries}
+    assert any(name.startswith(("faust", "mode", "aiokafka")) for name in loggers), loggers
+    assert app.proc is not None and app.proc.returncode == 0, app.tail()
 
 
 def _decision(tenant: str, key: str, truth: str, minute: int) -> OutRecord:
